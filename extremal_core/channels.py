@@ -1,0 +1,167 @@
+"""Channel attribution at an intermediate layer (paper section 3.4, supplement section 4).
+
+The network is split at a named layer, Φ = Φ_2 ∘ Φ_1. A mask m in [0, 1]^K over the layer's K
+channels (no spatial smoothing) perturbs the activations, m ⊙ Φ_1(x) for preserve, under the
+same vecsort area constraint (over channels) and the same optimizer as the spatial masks.
+The split is done with a forward hook, so any model works without being rewritten; the input
+is not jittered, since flipping the image would change the activations being masked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .api import as_targets, check_images, check_targets, frozen, resolve_settings
+from .area import area_loss
+from .optimize import model_scores, variant_reward
+from .rewards import Reward, get_reward
+from .settings import ExtremalSettings
+
+_MASKS_PER_BATCH = 64
+
+
+@dataclass
+class ChannelResult:
+    """channel_masks `[B, A, K]`; saliency `[B, A, H, W]` = Σ_k (1 - m_k)·|Φ_1(x)_k| upsampled to
+    the image (the activation the mask removes); rewards `[B, A]`; phi0 `[B]`; history
+    `[B, A, 2, T]` when asked for."""
+
+    areas: tuple[float, ...]
+    layer: str
+    targets: torch.Tensor
+    channel_masks: torch.Tensor
+    saliency: torch.Tensor
+    rewards: torch.Tensor
+    phi0: torch.Tensor
+    history: torch.Tensor | None = None
+
+
+def find_layer(model: torch.nn.Module, layer: str) -> torch.nn.Module:
+    modules = dict(model.named_modules())
+    modules.pop("", None)
+    if layer not in modules:
+        raise ValueError(f"layer {layer!r} is not in the model; valid layers: {', '.join(modules)}")
+    return modules[layer]
+
+
+class _ChannelMask:
+    """A forward hook that replaces the layer's output with masked copies of cached activations."""
+
+    def __init__(self, activations: torch.Tensor):
+        self.activations = activations  # [N, K, ...], one row per mask
+        self.masks: torch.Tensor | None = None
+
+    def __call__(self, module, inputs, output):
+        if self.masks is None:
+            return output
+        shape = self.masks.shape + (1,) * (self.activations.dim() - 2)
+        return self.activations * self.masks.view(shape)
+
+
+def channel_perturbation(
+    model: torch.nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    targets: int | Sequence[int] | torch.Tensor,
+    areas: float | Sequence[float] | None = None,
+    variant: str | None = None,
+    *,
+    reward: str | Reward | None = None,
+    settings: ExtremalSettings | None = None,
+    **overrides,
+) -> ChannelResult:
+    """Channel masks of `images` `[B, C, H, W]` at `layer` (a name from `model.named_modules()`)."""
+    check_images(images)
+    module = find_layer(model, layer)
+    named_reward = reward if isinstance(reward, str) else None
+    settings = resolve_settings(settings, {"areas": areas, "variant": variant, "reward": named_reward, **overrides})
+    reward_fn = get_reward(reward if callable(reward) else settings.reward)
+    b = images.shape[0]
+    t = as_targets(targets, b, images.device)
+    copies = 2 if settings.variant == "dual" else 1
+    per_batch = max(1, (settings.max_masks_per_batch or _MASKS_PER_BATCH) // (len(settings.areas) * copies))
+    parts = []
+    with frozen(model):
+        for lo in range(0, b, per_batch):
+            parts.append(_optimize_channels(model, module, images[lo : lo + per_batch], t[lo : lo + per_batch], reward_fn, settings))
+    out = {k: torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None for k in parts[0]}
+    return ChannelResult(areas=settings.areas, layer=layer, targets=t, **out)
+
+
+def _optimize_channels(
+    model: torch.nn.Module,
+    module: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    reward: Reward,
+    settings: ExtremalSettings,
+) -> dict[str, torch.Tensor | None]:
+    b, _, h, w = images.shape
+    a = len(settings.areas)
+    captured: list[torch.Tensor] = []
+    grab = module.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
+    try:
+        with torch.no_grad():
+            clean = model_scores(model, images, settings)
+    finally:
+        grab.remove()
+    check_targets(targets, clean.shape[1])
+    activations = captured[0].float()
+    if activations.dim() < 2:
+        raise ValueError(f"layer output must be [B, K, ...] to mask channels, got shape {list(activations.shape)}")
+    k = activations.shape[1]
+
+    copies = 2 if settings.variant == "dual" else 1
+    per_mask = activations.repeat_interleave(a, dim=0)
+    hook = _ChannelMask(per_mask.repeat(copies, *([1] * (per_mask.dim() - 1))))
+    handle = module.register_forward_hook(hook)
+    inputs = images.repeat_interleave(a, dim=0).repeat(copies, 1, 1, 1)
+    mask_areas = torch.tensor(settings.areas, device=images.device).repeat(b)
+    mask_targets = targets.repeat_interleave(a)
+    params = torch.ones(b * a, k, device=images.device, requires_grad=True)
+    optimizer = torch.optim.SGD([params], lr=settings.learning_rate, momentum=settings.momentum, dampening=settings.dampening)
+    weight = settings.lambda0
+    history = []
+    try:
+        for _ in range(settings.max_iter):
+            hook.masks = _variant_masks(params, settings.variant)
+            gain = variant_reward(model_scores(model, inputs, settings), mask_targets, reward, settings.variant)
+            penalty = weight * area_loss(params, mask_areas)
+            optimizer.zero_grad(set_to_none=True)
+            (penalty - gain).sum().backward()
+            optimizer.step()
+            with torch.no_grad():
+                params.clamp_(0.0, 1.0)
+            if settings.keep_history:
+                history.append(torch.stack((gain.detach(), -penalty.detach()), dim=1))
+            weight *= settings.lambda_growth
+        with torch.no_grad():
+            hook.masks = _variant_masks(params, settings.variant)
+            rewards = variant_reward(model_scores(model, inputs, settings), mask_targets, reward, settings.variant)
+    finally:
+        handle.remove()
+
+    masks = params.detach()
+    saliency = None
+    if per_mask.dim() == 4:  # a spatial layer: the activation the mask removes, at image size
+        removed = ((1 - masks)[:, :, None, None] * per_mask.abs()).sum(dim=1, keepdim=True)
+        saliency = F.interpolate(removed, size=(h, w), mode="bilinear", align_corners=False).view(b, a, h, w)
+    return {
+        "channel_masks": masks.view(b, a, k),
+        "saliency": saliency,
+        "rewards": rewards.view(b, a),
+        "phi0": reward(clean, targets),
+        "history": torch.stack(history, dim=-1).view(b, a, 2, -1).cpu() if history else None,
+    }
+
+
+def _variant_masks(params: torch.Tensor, variant: str) -> torch.Tensor:
+    if variant == "preserve":
+        return params
+    if variant == "delete":
+        return 1 - params
+    return torch.cat((params, 1 - params))

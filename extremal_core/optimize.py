@@ -1,0 +1,107 @@
+"""The optimization loop: B images x A areas (x2 for dual) as one batch of masks.
+
+Every image and area owns its own parameters and its own term of the energy, so the gradient
+that reaches a mask does not depend on what else shares the batch: batching changes the speed,
+not the answer.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from .area import area_loss
+from .masks import SmoothMaskGenerator
+from .perturbation import build_pyramid, perturb
+from .rewards import Reward, class_scores
+from .settings import ExtremalSettings
+
+
+@dataclass
+class MaskBatch:
+    """The outcome for one micro-batch of B images and A areas."""
+
+    masks: torch.Tensor  # [B, A, H, W] in [0, 1]
+    history: torch.Tensor | None  # [B, A, 2, T]: reward and area penalty per iteration
+
+
+def model_scores(model: torch.nn.Module, x: torch.Tensor, settings: ExtremalSettings) -> torch.Tensor:
+    """Class scores `[N, C]` (float32) with the settings' autocast and memory format."""
+    if settings.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    cast = (
+        torch.autocast(device_type=x.device.type, dtype=getattr(torch, settings.autocast))
+        if settings.autocast
+        else nullcontext()
+    )
+    with cast:
+        return class_scores(model(x))
+
+
+def variant_inputs(pyramid: torch.Tensor, masks: torch.Tensor, variant: str) -> torch.Tensor:
+    """Perturbed images for a variant: masks `[B, A, H, W]` -> `[B·A, C, H, W]` (x2 for dual)."""
+    c, h, w = pyramid.shape[2:]
+    if variant == "preserve":
+        return perturb(pyramid, masks).reshape(-1, c, h, w)
+    if variant == "delete":
+        return perturb(pyramid, 1 - masks).reshape(-1, c, h, w)
+    return torch.cat(
+        (perturb(pyramid, masks).reshape(-1, c, h, w), perturb(pyramid, 1 - masks).reshape(-1, c, h, w))
+    )
+
+
+def variant_reward(scores: torch.Tensor, targets: torch.Tensor, reward: Reward, variant: str) -> torch.Tensor:
+    """The variant's reward per mask `[K]` from scores of `variant_inputs` (targets `[K]`)."""
+    if variant == "preserve":
+        return reward(scores, targets)
+    if variant == "delete":
+        return -reward(scores, targets)
+    k = targets.shape[0]
+    return reward(scores[:k], targets) - reward(scores[k:], targets)
+
+
+def optimize_masks(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    reward: Reward,
+    settings: ExtremalSettings,
+) -> MaskBatch:
+    """Find the extremal masks of `images` `[B, C, H, W]` for `targets` `[B]` at every area.
+
+    The model must already be in eval mode with its parameters frozen (the public API does it).
+    """
+    b, _, h, w = images.shape
+    areas = settings.areas
+    a = len(areas)
+    generator = SmoothMaskGenerator(h, w, settings.step, settings.sigma, settings.smooth_max_coldness)
+    pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
+    mask_areas = torch.tensor(areas, device=images.device).repeat(b)  # [B·A], image-major
+    mask_targets = targets.repeat_interleave(a)
+
+    params = torch.ones(b * a, *generator.geometry.param_shape, device=images.device, requires_grad=True)
+    optimizer = torch.optim.SGD(
+        [params], lr=settings.learning_rate, momentum=settings.momentum, dampening=settings.dampening
+    )
+    weight = settings.lambda0
+    history = []
+    for t in range(settings.max_iter):
+        masks, full = generator.generate(params)
+        x = variant_inputs(pyramid, masks.view(b, a, h, w), settings.variant)
+        if settings.jitter and t % 2 == 0:
+            x = torch.flip(x, dims=(3,))
+        gain = variant_reward(model_scores(model, x, settings), mask_targets, reward, settings.variant)
+        penalty = weight * area_loss(full, mask_areas)
+        optimizer.zero_grad(set_to_none=True)
+        (penalty - gain).sum().backward()
+        optimizer.step()
+        with torch.no_grad():
+            params.clamp_(0.0, 1.0)
+        if settings.keep_history:
+            history.append(torch.stack((gain.detach(), -penalty.detach()), dim=1))
+        weight *= settings.lambda_growth
+
+    hist = torch.stack(history, dim=-1).view(b, a, 2, -1).cpu() if history else None
+    return MaskBatch(masks=masks.detach().view(b, a, h, w), history=hist)

@@ -1,0 +1,62 @@
+"""The perturbation operator m ⊗ x: a pyramid of increasingly perturbed copies of each image,
+blended per pixel by the mask (1 keeps the pixel, 0 perturbs it fully)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Matches TorchRay's single-precision constants so the filters agree bit for bit.
+_SQRT_TWO = math.sqrt(2.0)
+_EPS = 1.19209290e-07
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of `[N, C, H, W]` with a ±⌈4σ⌉ support and zero padding."""
+    if sigma <= 0:
+        return images.clone()
+    width = math.ceil(4 * sigma)
+    taps = torch.arange(-width, width + 1, dtype=torch.float32, device=images.device) / (_SQRT_TWO * sigma + _EPS)
+    taps = torch.exp(-taps * taps)
+    taps = (taps / taps.sum()).to(images.dtype)
+    c = images.shape[1]
+    out = F.conv2d(images, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(width, 0), groups=c)
+    return F.conv2d(out, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, width), groups=c)
+
+
+def build_pyramid(images: torch.Tensor, num_levels: int = 8, max_blur: float = 20.0, kind: str = "blur") -> torch.Tensor:
+    """`[B, C, H, W]` -> `[B, L, C, H, W]`; level 0 is the most perturbed, level L-1 the image.
+
+    blur: σ_l = max_blur·(1 - l/(L-1)); fade: level l = x·l/(L-1).
+    """
+    levels = []
+    with torch.no_grad():
+        for l in range(num_levels):
+            t = l / (num_levels - 1)
+            if kind == "blur":
+                levels.append(gaussian_blur(images, (1.0 - t) * max_blur))
+            elif kind == "fade":
+                levels.append(images * t)
+            else:
+                raise ValueError(f"unknown perturbation {kind!r}; valid perturbations: blur, fade")
+    return torch.stack(levels, dim=1)
+
+
+def perturb(pyramid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Blend pyramid levels per pixel: `[B, L, C, H, W]` x masks `[B, K, H, W]` -> `[B, K, C, H, W]`.
+
+    The mask value selects a fractional level, linearly interpolated between its neighbours.
+    """
+    num_levels = pyramid.shape[1]
+    w = (masks * (num_levels - 1)).unsqueeze(2)  # [B, K, 1, H, W]
+    lower = w.detach().floor().clamp(0, num_levels - 1)
+    frac = w - lower
+    lower = lower.long()
+    upper = (lower + 1).clamp(max=num_levels - 1)
+    levels = pyramid.unsqueeze(1)  # [B, 1, L, C, H, W]
+    shape = (-1, -1, 1, pyramid.shape[2], -1, -1)
+    y0 = torch.take_along_dim(levels, lower.unsqueeze(2).expand(*shape), dim=2).squeeze(2)
+    y1 = torch.take_along_dim(levels, upper.unsqueeze(2).expand(*shape), dim=2).squeeze(2)
+    return y0 + frac * (y1 - y0)

@@ -1,0 +1,81 @@
+"""Every number of the algorithm in one validated dataclass (SPEC section 1 defaults)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+VARIANTS = ("preserve", "delete", "dual")
+PERTURBATIONS = ("blur", "fade")
+AUTOCAST_DTYPES = (None, "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class ExtremalSettings:
+    """Settings of one extremal-perturbation run.
+
+    The defaults are the paper's (and TorchRay's): areas are fractions of the image in (0, 1).
+    `max_masks_per_batch` bounds how many masks (images x areas, x2 for `dual`) go through the
+    network at once; `memory_budget_mb` (CUDA only) derives that bound from a measured probe.
+    """
+
+    areas: tuple[float, ...] = (0.1,)
+    variant: str = "preserve"
+    reward: str = "simple"
+    perturbation: str = "blur"
+    max_iter: int = 800
+    num_levels: int = 8
+    max_blur: float = 20.0
+    step: int = 7
+    sigma: float = 21.0
+    smooth_max_coldness: float = 20.0
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    dampening: float = 0.9
+    lambda0: float = 300.0
+    lambda_growth: float = 1.0035
+    jitter: bool = True
+    keep_history: bool = False
+    max_masks_per_batch: int | None = None
+    memory_budget_mb: float | None = None
+    autocast: str | None = None
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        areas = self.areas
+        if isinstance(areas, (int, float)):
+            areas = (float(areas),)
+        areas = tuple(float(a) for a in areas)
+        object.__setattr__(self, "areas", areas)
+        if not areas:
+            raise ValueError("areas: give at least one area in (0, 1)")
+        bad = [a for a in areas if not 0.0 < a < 1.0]
+        if bad:
+            raise ValueError(f"areas must lie strictly between 0 and 1, got {bad}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; valid variants: {', '.join(VARIANTS)}")
+        if self.perturbation not in PERTURBATIONS:
+            raise ValueError(
+                f"unknown perturbation {self.perturbation!r}; valid perturbations: {', '.join(PERTURBATIONS)}"
+            )
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be one of {AUTOCAST_DTYPES}, got {self.autocast!r}")
+        for name in ("max_iter", "num_levels", "step"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_levels < 2:
+            raise ValueError(f"num_levels must be at least 2, got {self.num_levels}")
+        for name in ("max_blur", "sigma", "smooth_max_coldness", "learning_rate", "lambda0", "lambda_growth"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if self.max_masks_per_batch is not None and self.max_masks_per_batch < 1:
+            raise ValueError(f"max_masks_per_batch must be >= 1, got {self.max_masks_per_batch}")
+
+    def with_overrides(self, **overrides: Any) -> "ExtremalSettings":
+        """A copy with some fields changed; unknown names raise a TypeError listing the valid ones."""
+        valid = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - valid)
+        if unknown:
+            raise TypeError(f"unknown setting(s) {unknown}; valid settings: {', '.join(sorted(valid))}")
+        return replace(self, **overrides)
