@@ -1,0 +1,517 @@
+"""Model config -> (model, preprocessing).
+
+A model is either a torchvision architecture by name (``arch``, optionally with a torchvision
+weights name) or a user factory ``"package.module:function"``; either may be loaded from a
+``checkpoint`` state_dict (local path or fsspec URL). Checkpoints are only ever read with
+``torch.load(..., weights_only=True)``: no arbitrary objects are unpickled.
+
+Preprocessing follows torchvision's ``ImageClassification`` preset (shorter side resize with
+antialias, centre crop, scale to [0, 1], normalize), taking its numbers from the weights' preset
+when there are weights, and records the geometry so that a mask at the model-input resolution can
+be mapped back onto the original image.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torchvision
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch import nn
+from torchvision.transforms import InterpolationMode
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+IMAGENET_RESIZE = 256  # torchvision's classic evaluation recipe: shorter side 256, centre crop 224
+IMAGENET_CROP = 224
+
+# ---------------------------------------------------------------------------------------------
+# Spec
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSpec:
+    """Which model to load and how to preprocess its input. ``load_model`` also accepts any
+    object with these attributes (missing ones count as None), e.g. the job config's model
+    section.
+
+    Exactly one of ``arch`` (a torchvision model name, e.g. "resnet50") and ``factory``
+    ("package.module:function" returning an ``nn.Module``) is required.
+
+    - ``weights``: torchvision weights name for ``arch`` ("DEFAULT", "IMAGENET1K_V2", or
+      "ResNet50_Weights.IMAGENET1K_V2"); None = random init. Without a ``checkpoint`` the
+      pretrained state is read from the torch hub cache. With a ``checkpoint`` the weights only
+      provide the preprocessing defaults (e.g. a model fine-tuned from them).
+    - ``checkpoint``: a state_dict (or a dict holding one under "state_dict" / "model"), path or
+      fsspec URL.
+    - ``num_classes``: passed to the torchvision builder / the factory when given.
+    - ``resize`` (shorter side, px), ``crop`` (centre crop, px or (h, w)), ``mean``, ``std``,
+      ``interpolation`` ("bilinear" / "bicubic"): None = from the weights' transforms; else for a
+      torchvision arch ImageNet defaults (256 / 224 / ImageNet mean, std / bilinear); for a
+      factory model no resize, no crop, mean 0, std 1, bilinear.
+    - ``name``: the model's name in outputs; derived from the rest when None.
+    """
+
+    arch: str | None = None
+    weights: str | None = None
+    checkpoint: str | None = None
+    factory: str | None = None
+    num_classes: int | None = None
+    resize: int | None = None
+    crop: int | Sequence[int] | None = None
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    interpolation: str | None = None
+    name: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Preprocessing and geometry
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an original image became the model input, so that input-resolution results can be
+    mapped back.
+
+    The original ``width`` x ``height`` image was resized by ``scale`` (shorter side; 1.0 when
+    not resized) to ``resized_width`` x ``resized_height``, then the ``out_width`` x
+    ``out_height`` input was cut from it at (``crop_left``, ``crop_top``). Offsets are negative
+    when the crop was larger than the resized image (zero padding).
+    """
+
+    width: int
+    height: int
+    scale: float
+    resized_width: int
+    resized_height: int
+    crop_left: int
+    crop_top: int
+    out_width: int
+    out_height: int
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Geometry:
+        """Inverse of ``dataclasses.asdict`` (extra keys are ignored)."""
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+    def to_original_xy(self, x: float, y: float) -> tuple[float, float]:
+        """A point in input pixel coordinates (pixel centres at integers) -> original pixels."""
+        sx = self.resized_width / self.width
+        sy = self.resized_height / self.height
+        return (x + self.crop_left + 0.5) / sx - 0.5, (y + self.crop_top + 0.5) / sy - 0.5
+
+    def mask_to_original(self, mask: np.ndarray) -> np.ndarray:
+        """Map a mask at the model input resolution back onto the original image.
+
+        ``mask``: [out_height, out_width] or [A, out_height, out_width], float or uint8.
+        Returns [height, width] or [A, height, width]: the mask is placed at the crop's position in
+        the resized frame (zeros where the crop did not reach), and that frame is resized to the
+        original size (bilinear, antialiased when shrinking). uint8 in -> uint8 out (rounded),
+        otherwise float32.
+        """
+        m = np.asarray(mask)
+        squeeze = m.ndim == 2
+        if squeeze:
+            m = m[None]
+        if m.ndim != 3 or m.shape[1:] != (self.out_height, self.out_width):
+            raise ValueError(
+                f"mask shape {np.shape(mask)} does not match the model input "
+                f"({self.out_height}, {self.out_width})"
+            )
+        src = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))
+        frame = torch.zeros((m.shape[0], self.resized_height, self.resized_width), dtype=torch.float32)
+        # Intersection of the crop window with the resized frame, in both coordinate systems.
+        y0, x0 = max(self.crop_top, 0), max(self.crop_left, 0)
+        y1 = min(self.crop_top + self.out_height, self.resized_height)
+        x1 = min(self.crop_left + self.out_width, self.resized_width)
+        if y1 > y0 and x1 > x0:
+            frame[:, y0:y1, x0:x1] = src[
+                :, y0 - self.crop_top : y1 - self.crop_top, x0 - self.crop_left : x1 - self.crop_left
+            ]
+        if (self.resized_height, self.resized_width) != (self.height, self.width):
+            frame = TF.resize(
+                frame, [self.height, self.width], interpolation=InterpolationMode.BILINEAR, antialias=True
+            )
+        out = frame.numpy()
+        if m.dtype == np.uint8:
+            out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return out[0] if squeeze else out
+
+
+def _crop_size(crop: int | Sequence[int]) -> tuple[int, int]:
+    """``crop`` as (height, width)."""
+    if isinstance(crop, int):
+        return crop, crop
+    c = [int(v) for v in crop]
+    if len(c) == 1:
+        return c[0], c[0]
+    if len(c) == 2:
+        return c[0], c[1]
+    raise ValueError(f"crop must be an int or (height, width), got {crop!r}")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """PIL image -> normalised model input, as torchvision's ``ImageClassification`` preset does:
+    resize the shorter side to ``resize`` (``interpolation``, antialias; None = keep), centre crop
+    ``crop`` (None = no crop; zero padding where larger than the image), scale to [0, 1], subtract
+    ``mean`` and divide by ``std`` per channel.
+    """
+
+    resize: int | None
+    crop: int | tuple[int, int] | None
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    # Only the image resize uses it: torchvision's EfficientNet weights, e.g., expect bicubic.
+    interpolation: str = "bilinear"
+
+    def __call__(self, img: Image.Image | np.ndarray) -> tuple[torch.Tensor, Geometry]:
+        """``img``: PIL image (any mode; converted to RGB) or uint8 [H, W, 3] array.
+
+        Returns the input float32 [3, out_height, out_width] and its ``Geometry``.
+        """
+        if isinstance(img, np.ndarray):
+            img = Image.fromarray(img)
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        width, height = img.size
+        rw, rh, scale = width, height, 1.0
+        if self.resize is not None:
+            # Same arithmetic as torchvision's resize with a single size: the shorter side becomes
+            # `resize`, the longer one is truncated proportionally.
+            short, long = (width, height) if width <= height else (height, width)
+            new_short, new_long = int(self.resize), int(int(self.resize) * long / short)
+            rw, rh = (new_short, new_long) if width <= height else (new_long, new_short)
+            scale = new_short / short
+            if (rw, rh) != (width, height):
+                mode = InterpolationMode(self.interpolation)
+                img = TF.resize(img, [rh, rw], interpolation=mode, antialias=True)
+        left, top, ow, oh = 0, 0, rw, rh
+        if self.crop is not None:
+            ch, cw = _crop_size(self.crop)
+            # torchvision's centre crop: pad symmetrically (extra pixel after) where the crop is
+            # larger, else anchor at round((size - crop) / 2).
+            top = -((ch - rh) // 2) if ch > rh else int(round((rh - ch) / 2.0))
+            left = -((cw - rw) // 2) if cw > rw else int(round((rw - cw) / 2.0))
+            img = TF.center_crop(img, [ch, cw])
+            ow, oh = cw, ch
+        x = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
+        x = TF.normalize(x, mean=list(self.mean), std=list(self.std))
+        geom = Geometry(width, height, scale, rw, rh, left, top, ow, oh)
+        return x, geom
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """``model``: eval mode, on the requested device, parameters frozen (requires_grad False: the
+    attribution optimizes masks, never weights). ``preprocess``: PIL image -> (input, geometry).
+    ``name``: for outputs."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    name: str
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _resolve_arch(arch: str) -> str:
+    names = torchvision.models.list_models()
+    if arch in names:
+        return arch
+    close = difflib.get_close_matches(arch.lower(), names, n=5, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f"; e.g. {', '.join(names[:5])}"
+    raise ValueError(f"unknown torchvision architecture {arch!r}{hint}")
+
+
+def _resolve_weights(arch: str, weights: str) -> torchvision.models.WeightsEnum:
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        raise ValueError(f"torchvision architecture {arch!r} has no pretrained weights") from None
+    valid = ["DEFAULT", *(m for m in enum.__members__ if m != "DEFAULT")]
+    name = weights.strip()
+    # Also accept the qualified form "ResNet50_Weights.IMAGENET1K_V2".
+    if name.startswith(enum.__name__ + "."):
+        name = name[len(enum.__name__) + 1 :]
+    if name == "DEFAULT":
+        return enum.DEFAULT
+    if name in enum.__members__:
+        return enum[name]
+    raise ValueError(f"unknown weights {weights!r} for {arch}; valid: {', '.join(valid)}")
+
+
+def _weights_preprocess(weights: torchvision.models.WeightsEnum) -> dict[str, Any]:
+    """resize / crop / mean / std from the weights' transforms preset (no download: the preset is
+    metadata). Attributes a preset lacks mean no resize / no crop / mean 0, std 1 (e.g. detection
+    presets, whose models normalise internally)."""
+    t = weights.transforms()
+
+    def single(v: Any) -> int | None:
+        if v is None:
+            return None
+        v = list(v) if isinstance(v, (list, tuple)) else [v]
+        return int(v[0]) if len(v) == 1 else None
+
+    return {
+        "resize": single(getattr(t, "resize_size", None)),
+        "crop": single(getattr(t, "crop_size", None)),
+        "mean": tuple(getattr(t, "mean", (0.0, 0.0, 0.0))),
+        "std": tuple(getattr(t, "std", (1.0, 1.0, 1.0))),
+        "interpolation": getattr(getattr(t, "interpolation", None), "value", "bilinear"),
+    }
+
+
+def _resolve_factory(factory: str):
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", factory):
+        raise ValueError(f"malformed factory {factory!r}; expected 'package.module:function'")
+    module_name, attr = factory.split(":")
+    try:
+        obj = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        # Only "the module itself is missing" is the user's typo; a missing dependency inside it
+        # is reported as an import failure.
+        if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise ValueError(f"factory {factory!r}: module {module_name!r} not found") from None
+        raise ValueError(f"factory {factory!r}: importing {module_name!r} failed: {_first_line(e)}") from None
+    except Exception as e:
+        raise ValueError(f"factory {factory!r}: importing {module_name!r} failed: {_first_line(e)}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"factory {factory!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ValueError(f"factory {factory!r}: {attr!r} is not callable")
+    return obj
+
+
+def _open_checkpoint(path: str) -> str | io.BytesIO:
+    """A local path, or a remote object's bytes, for ``torch.load``; ValueError if missing."""
+    if "://" not in path or path.startswith("file://"):
+        local = path[len("file://") :] if path.startswith("file://") else path
+        local = os.path.expanduser(local)
+        if not os.path.isfile(local):
+            raise ValueError(f"checkpoint not found: {path}")
+        return local
+    import fsspec  # only needed for remote checkpoints
+
+    fs, fs_path = fsspec.core.url_to_fs(path)
+    if not fs.isfile(fs_path):
+        raise ValueError(f"checkpoint not found: {path}")
+    # torch.load needs a seekable file; read remote objects into memory once.
+    with fs.open(fs_path, "rb") as f:
+        return io.BytesIO(f.read())
+
+
+def _safe_torch_load(source: Any, what: str) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors."""
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:
+        text = str(e)
+        # weights_only names the first global it refused ("Unsupported global: GLOBAL mod.Cls ...").
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if found:
+            raise ValueError(
+                f"refusing to load {what}: it pickles an arbitrary object ({found.group(1)}), not only "
+                "tensors; re-save it with torch.save(model.state_dict(), path)"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+        reason = " ".join(detail.group(1).split()) if detail else _first_line(e)
+        raise ValueError(f"cannot read {what} as a weights-only torch file: {reason}") from None
+
+
+def _extract_state_dict(obj: Any, what: str) -> dict[str, torch.Tensor]:
+    """Accept a state_dict, or a dict holding one under "state_dict" / "model"."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{what} is not a state_dict of tensors (top level: {keys})")
+    # Strip DataParallel / DistributedDataParallel's prefix.
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str, name: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            k = shapes[0]
+            parts.append(
+                f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {list(state[k].shape)} "
+                f"vs model {list(own[k].shape)}; wrong num_classes?)"
+            )
+        raise ValueError(f"{what} does not match {name}: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=False)  # strictness checked above (num_batches_tracked aside)
+
+
+def _cached_weights_file(weights: torchvision.models.WeightsEnum, download: bool) -> str:
+    """Path of ``weights``' file in the torch hub cache; downloads it only if ``download``."""
+    cache_dir = os.path.join(torch.hub.get_dir(), "checkpoints")
+    filename = os.path.basename(urlparse(weights.url).path)
+    path = os.path.join(cache_dir, filename)
+    label = f"{type(weights).__name__}.{weights.name}"
+    if os.path.isfile(path):
+        return path
+    hint = (
+        f"fetch {weights.url} on a machine with network into that folder (or set TORCH_HOME), "
+        "or give a checkpoint"
+    )
+    if not download:
+        raise ValueError(
+            f"pretrained weights {label} are not in the torch hub cache {cache_dir} "
+            f"(this machine may be offline; downloads are off): {hint}"
+        )
+    os.makedirs(cache_dir, exist_ok=True)
+    match = re.search(r"-([a-f0-9]*)\.", filename)  # torchvision file names embed a sha256 prefix
+    try:
+        torch.hub.download_url_to_file(weights.url, path, match.group(1) if match else None, progress=False)
+    except Exception as e:
+        raise ValueError(
+            f"pretrained weights {label} are not in the torch hub cache {cache_dir} and downloading "
+            f"them failed (this machine may be offline: {_first_line(e)}): {hint}"
+        ) from None
+    return path
+
+
+def _build_torchvision(arch: str, weights, checkpoint: str | None, num_classes: int | None, download: bool):
+    kwargs = {} if num_classes is None else {"num_classes": int(num_classes)}
+    if weights is None or checkpoint is not None:
+        return torchvision.models.get_model(arch, weights=None, **kwargs)
+    n = len(weights.meta.get("categories") or [])
+    if num_classes is not None and n and n != num_classes:
+        raise ValueError(
+            f"weights {type(weights).__name__}.{weights.name} have {n} classes but "
+            f"num_classes={num_classes}; give a checkpoint for a model with a different head"
+        )
+    path = _cached_weights_file(weights, download)
+    # Check the cached file is plain tensors before torchvision's builder reads it (it loads hub
+    # files with weights_only=False). The builder is kept because it knows each architecture's
+    # quirks (aux heads, image sizes) for its weights.
+    _extract_state_dict(_safe_torch_load(path, f"cached weights {path}"), f"cached weights {path}")
+    try:
+        return torchvision.models.get_model(arch, weights=weights, **kwargs)
+    except Exception as e:
+        raise ValueError(f"building {arch} with weights {weights.name} failed: {_first_line(e)}") from None
+
+
+# Preprocessing when neither the spec nor torchvision weights say otherwise.
+_ARCH_DEFAULTS: dict[str, Any] = {
+    "resize": IMAGENET_RESIZE,
+    "crop": IMAGENET_CROP,
+    "mean": IMAGENET_MEAN,
+    "std": IMAGENET_STD,
+    "interpolation": "bilinear",
+}
+_FACTORY_DEFAULTS: dict[str, Any] = {
+    "resize": None,
+    "crop": None,
+    "mean": (0.0, 0.0, 0.0),
+    "std": (1.0, 1.0, 1.0),
+    "interpolation": "bilinear",
+}
+
+
+def _build_factory(factory: str, num_classes: int | None) -> nn.Module:
+    fn = _resolve_factory(factory)
+    try:
+        model = fn(num_classes=int(num_classes)) if num_classes is not None else fn()
+    except Exception as e:
+        raise ValueError(f"factory {factory!r} failed: {_first_line(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"factory {factory!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _make_preprocess(spec: Any, defaults: dict[str, Any]) -> Preprocess:
+    """The spec's preprocessing fields, each None filled from ``defaults``, validated."""
+
+    def pick(attr: str) -> Any:
+        v = getattr(spec, attr, None)
+        return defaults[attr] if v is None else v
+
+    resize, crop = pick("resize"), pick("crop")
+    if isinstance(resize, (list, tuple)):  # torchvision style [size]
+        if len(resize) != 1:
+            raise ValueError(f"resize is the shorter side (one int), got {resize!r}")
+        resize = resize[0]
+    crop = None if crop is None else (int(crop) if isinstance(crop, int) else _crop_size(crop))
+    mean, std = tuple(float(v) for v in pick("mean")), tuple(float(v) for v in pick("std"))
+    if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
+        raise ValueError(f"mean and std need 3 values each (std > 0), got mean={mean}, std={std}")
+    interpolation = str(pick("interpolation")).lower()
+    if interpolation not in ("nearest", "bilinear", "bicubic"):
+        raise ValueError(f"interpolation must be nearest, bilinear or bicubic, got {interpolation!r}")
+    return Preprocess(None if resize is None else int(resize), crop, mean, std, interpolation)
+
+
+def load_model(spec: Any, device: str | torch.device = "cpu", *, download: bool = False) -> LoadedModel:
+    """Build the model described by ``spec`` (a ``ModelSpec`` or any object with its attributes),
+    load its weights, and return it in eval mode on ``device`` with its ``Preprocess``.
+
+    ``download``: allow fetching torchvision pretrained weights missing from the torch hub cache
+    (off by default: workers should not each download; errors say where the file must go).
+    Raises ``ValueError`` with a one-line message for any configuration problem.
+    """
+    arch, factory = getattr(spec, "arch", None), getattr(spec, "factory", None)
+    weights_name, checkpoint = getattr(spec, "weights", None), getattr(spec, "checkpoint", None)
+    num_classes = getattr(spec, "num_classes", None)
+    if (arch is None) == (factory is None):
+        raise ValueError("model spec needs exactly one of 'arch' (torchvision name) or 'factory' ('module:function')")
+
+    if arch is not None:
+        arch = _resolve_arch(arch)
+        weights = _resolve_weights(arch, weights_name) if weights_name is not None else None
+        model = _build_torchvision(arch, weights, checkpoint, num_classes, download)
+        defaults = _ARCH_DEFAULTS if weights is None else _weights_preprocess(weights)
+        name = arch if weights is None else f"{arch}.{weights.name}"
+    else:
+        if weights_name is not None:
+            raise ValueError("'weights' names torchvision pretrained weights and needs 'arch'; give a factory a 'checkpoint'")
+        model = _build_factory(factory, num_classes)
+        defaults, name = _FACTORY_DEFAULTS, factory
+
+    if checkpoint is not None:
+        what = f"checkpoint {checkpoint}"
+        state = _extract_state_dict(_safe_torch_load(_open_checkpoint(str(checkpoint)), what), what)
+        _load_state_dict(model, state, what, name)
+        name = f"{name}@{Path(urlparse(str(checkpoint)).path).name}"
+
+    preprocess = _make_preprocess(spec, defaults)
+    model = model.to(device).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, preprocess=preprocess, name=getattr(spec, "name", None) or name)

@@ -1,0 +1,299 @@
+"""Reading WebDataset shards from any fsspec URL (local, ``s3://``, ...).
+
+A shard is a tar whose members are grouped into samples by key: the member path up to the first
+dot of its basename (``dir/n01440764_10026.jpg`` -> key ``dir/n01440764_10026``, extension
+``jpg``); a sample's members are adjacent. We stream the tar with the standard library, so nothing
+is ever extracted to disk and nothing is unpickled: ``.pyd``/``.pickle``/``.pth``/``.pkl`` members
+are skipped unread (a shard is untrusted input).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+from braceexpand import braceexpand
+from PIL import Image
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+# Members that would need unpickling (arbitrary code execution): never read.
+PICKLE_EXTENSIONS = ("pyd", "pickle", "pth", "pkl")
+_REMOTE_S3 = ("s3", "s3a")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class ShardReadError(IOError):
+    """A shard could not be opened or read to its end (missing, unreachable, truncated, corrupt)."""
+
+
+@dataclass
+class Sample:
+    """One WebDataset sample.
+
+    ``image_bytes`` is the encoded image (undecoded: decoding is the worker's job, so a bad image
+    fails one row, not the shard). ``label`` is the class index if the sample carries one.
+    ``error`` is set, instead of raising, when the sample itself is unusable.
+    """
+
+    key: str
+    image_bytes: bytes | None = None
+    image_format: str | None = None
+    label: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# Filesystems and URL lists
+# ------------------------------------------------------------------------------------------------
+
+
+def _protocol(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
+
+
+def _options_for(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """The storage options meant for ``url``: the job's options are s3fs keyword arguments, which
+    other filesystems (local, http) would reject or misuse."""
+    if not storage_options:
+        return {}
+    return dict(storage_options) if _protocol(url) in _REMOTE_S3 else {}
+
+
+def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``(filesystem, path)`` for a URL, passing ``storage_options`` only where they apply."""
+    return fsspec.core.url_to_fs(url, **_options_for(url, storage_options))
+
+
+def open_url(url: str, mode: str = "rb", storage_options: dict[str, Any] | None = None):
+    """``fsspec.open`` with the storage options that apply to ``url``."""
+    return fsspec.open(url, mode, **_options_for(url, storage_options))
+
+
+def _glob(pattern: str, storage_options: dict[str, Any] | None) -> list[str]:
+    fs, path = url_to_fs(pattern, storage_options)
+    matches = sorted(fs.glob(path))
+    if "://" in pattern:
+        return [fs.unstrip_protocol(m) for m in matches]
+    if not os.path.isabs(os.path.expanduser(pattern)):
+        return [os.path.relpath(m) for m in matches]  # keep relative patterns relative
+    return matches
+
+
+def _read_list_file(url: str, storage_options: dict[str, Any] | None) -> list[str]:
+    try:
+        with open_url(url, "rb", storage_options) as f:
+            text = f.read().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read shard list @{url}: {exc}") from exc
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def expand_shards(spec: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Shard URLs from a brace pattern, a glob (local or remote), ``@list.txt`` (one URL, brace
+    pattern or glob per line; ``#`` comments), or a list of these. Order is kept (glob matches
+    sorted), duplicates dropped. Brace-expanded URLs are not checked for existence (a missing shard
+    fails when read); a glob that matches nothing, or an empty result, is a ValueError.
+    """
+    items = [spec] if isinstance(spec, str) else list(spec)
+    urls: list[str] = []
+    for item in items:
+        item = str(item).strip()
+        if item.startswith("@"):
+            lines = _read_list_file(item[1:], storage_options)
+            if not lines:
+                raise ValueError(f"shard list {item} is empty")
+            urls.extend(expand_shards(lines, storage_options))
+            continue
+        for url in braceexpand(item):
+            # http(s) URLs are taken literally: '?' starts a query string (signed URLs), not a glob.
+            if _protocol(url) not in ("http", "https") and _GLOB_CHARS.search(url.split("://", 1)[-1]):
+                matches = _glob(url, storage_options)
+                if not matches:
+                    raise ValueError(f"no shards match {url!r}")
+                urls.extend(matches)
+            else:
+                urls.append(url)
+    if not urls:
+        raise ValueError(f"no shards in {spec!r}")
+    return list(dict.fromkeys(urls))
+
+
+# ------------------------------------------------------------------------------------------------
+# Streaming samples
+# ------------------------------------------------------------------------------------------------
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``dir/abc.seg.png`` -> (``dir/abc``, ``seg.png``): the WebDataset key and extension."""
+    directory, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    key = f"{directory}/{stem}" if directory else stem
+    return key, ext.lower()
+
+
+def _parse_label(text: bytes | str, what: str) -> int:
+    try:
+        return int(str(text.decode() if isinstance(text, bytes) else text).strip())
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{what} is not an integer class index: {text[:40]!r}") from None
+
+
+def _make_sample(key: str, members: dict[str, bytes], label_key: str) -> Sample:
+    sample = Sample(key=key)
+    problems: list[str] = []
+    for ext in IMAGE_EXTENSIONS:
+        if ext in members:
+            sample.image_bytes, sample.image_format = members[ext], ext
+            break
+    else:
+        have = ", ".join(sorted(members)) or "nothing"
+        problems.append(f"no image member ({'/'.join(IMAGE_EXTENSIONS)}); has {have}")
+    if "json" in members:
+        try:
+            meta = json.loads(members["json"])
+            if not isinstance(meta, dict):
+                raise ValueError("not an object")
+            sample.meta = meta
+        except ValueError as exc:
+            problems.append(f"bad json member: {exc}")
+    try:
+        for ext in (label_key, f"{label_key}.txt"):
+            if ext in members:
+                sample.label = _parse_label(members[ext], f"member .{ext}")
+                break
+        else:
+            for name in dict.fromkeys((label_key, "label")):
+                value = sample.meta.get(name)
+                if value is not None:
+                    if isinstance(value, bool) or not isinstance(value, (int, str)):
+                        raise ValueError(f"json field {name!r} is not an integer class index: {value!r}")
+                    sample.label = _parse_label(str(value), f"json field {name!r}")
+                    break
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        sample.error = "; ".join(problems)
+    return sample
+
+
+def iter_samples(
+    url: str, storage_options: dict[str, Any] | None = None, label_key: str = "cls"
+) -> Iterator[Sample]:
+    """Stream the samples of one shard, in tar order.
+
+    Reads only the members a sample needs (image, label, json); pickle members are skipped
+    without being read. If the tar cannot be opened, or is truncated/corrupt part-way, the complete
+    samples before the damage are yielded and then ShardReadError is raised (the last, possibly
+    incomplete, sample is dropped).
+    """
+    wanted = {*IMAGE_EXTENSIONS, "json", label_key, f"{label_key}.txt", "label"}
+    count = 0
+    ended = {"clean": False}
+
+    class _EndTrackingTarInfo(tarfile.TarInfo):
+        # In stream mode tarfile treats a missing header (a tar cut at a member boundary) as the
+        # end of the archive; only a zero block is a real end. Record which one we saw.
+        @classmethod
+        def frombuf(cls, buf, encoding, errors):  # type: ignore[override]
+            try:
+                return super().frombuf(buf, encoding, errors)
+            except tarfile.EOFHeaderError:
+                ended["clean"] = True
+                raise
+
+    try:
+        with open_url(url, "rb", storage_options) as raw:
+            # 'r|*': forward-only stream (no seeks, fine for S3), transparent gzip.
+            with tarfile.open(fileobj=raw, mode="r|*", tarinfo=_EndTrackingTarInfo) as tar:
+                key: str | None = None
+                members: dict[str, bytes] = {}
+                for info in tar:
+                    if not info.isfile():
+                        continue
+                    name = info.name[2:] if info.name.startswith("./") else info.name
+                    base = name.rpartition("/")[2]
+                    if base.startswith("."):  # hidden files, macOS '._x' metadata
+                        continue
+                    member_key, ext = split_member_name(name)
+                    if member_key != key:
+                        if key is not None:
+                            count += 1
+                            yield _make_sample(key, members, label_key)
+                        key, members = member_key, {}
+                    if ext in PICKLE_EXTENSIONS or ext.rpartition(".")[2] in PICKLE_EXTENSIONS:
+                        continue
+                    if ext in wanted:
+                        f = tar.extractfile(info)
+                        members[ext] = f.read() if f is not None else b""
+                if not ended["clean"]:
+                    raise tarfile.ReadError("truncated tar: no end-of-archive block")
+                if key is not None:
+                    count += 1
+                    yield _make_sample(key, members, label_key)
+    except ShardReadError:
+        raise
+    except Exception as exc:  # tarfile/zlib/OS/botocore errors alike: one clear failure
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ShardReadError(
+            f"cannot read shard {url} after {count} samples: {type(exc).__name__}: {detail}"
+        ) from exc
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode image bytes to an RGB PIL image, fully (``load()``), so truncated or corrupt data
+    fails here with ``ValueError("cannot decode image: ...")`` rather than later."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return img.convert("RGB")
+    except Exception as exc:  # PIL raises OSError, SyntaxError, DecompressionBombError, ...
+        raise ValueError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------------
+# Safe names
+# ------------------------------------------------------------------------------------------------
+
+
+def _short_hash(text: str, n: int = 10) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:n]
+
+
+def _safe_stem(text: str, max_len: int) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+    safe = re.sub(r"\.{2,}", "_", safe).strip("._-")
+    return safe[:max_len]
+
+
+def sanitize_key(key: str, max_len: int = 100) -> str:
+    """A file-name-safe version of a sample key: only ``[A-Za-z0-9_.-]``, no ``..``, no leading
+    dot, no ``/``. A key that is already safe is returned unchanged; otherwise a short hash of the
+    original is appended so distinct keys stay distinct (``../../etc/passwd`` ->
+    ``etc_passwd-<hash>``)."""
+    safe = _safe_stem(key, max_len)
+    if safe == key and safe:
+        return safe
+    return f"{safe}-{_short_hash(key)}" if safe else _short_hash(key)
+
+
+def shard_id(url: str) -> str:
+    """A readable, unique, file-name-safe id for a shard URL: the file name without ``.tar``
+    (``.tar.gz``, ``.tgz``) plus a hash of the full URL (``demo-000001-3fa2b1c9d0``), so shards
+    with the same name in different folders or buckets do not collide."""
+    base = url.rstrip("/").rpartition("/")[2].split("?", 1)[0]
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    stem = _safe_stem(base, 80)
+    return f"{stem}-{_short_hash(url)}" if stem else _short_hash(url)

@@ -1,0 +1,33 @@
+"""Small models for the engine tests (the trained demo CNN comes from tests/fixtures_demo.py)."""
+
+import pytest
+import torch
+
+
+
+def make_tiny_cnn(num_classes: int = 5, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 5, padding=2),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, num_classes),
+    ).eval()
+
+
+@pytest.fixture
+def tiny_cnn() -> torch.nn.Module:
+    return make_tiny_cnn()
+
+
+@pytest.fixture
+def demo_images(demo_model_and_data):
+    """(model, images [N, 3, 64, 64] normalised, labels [N], boxes [N, 4]) from the held-out set."""
+    from pipeline.demo import to_model_input
+
+    b = demo_model_and_data
+    return b.model, to_model_input(b.heldout_images), torch.as_tensor(b.heldout_labels), b.heldout_boxes

@@ -1,0 +1,218 @@
+"""pipeline.config: YAML + overrides -> one validated dataclass tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from extremal_core.settings import ExtremalSettings
+from pipeline.config import (
+    ConfigError,
+    JobConfig,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    dump_config_yaml,
+    load_config,
+    storage_options,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+MINIMAL = ["input.shards=data/shard-{000000..000003}.tar", "model.arch=resnet50", "output.uri=/tmp/out"]
+
+
+def _write(tmp_path: Path, data: dict) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def _error(path: str | None, overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_round_trips(path: Path, tmp_path: Path) -> None:
+    cfg = load_config(str(path), [])
+    assert isinstance(cfg, JobConfig)
+    assert isinstance(cfg.extremal, ExtremalSettings)
+    assert cfg.output.uri and cfg.input.shards
+    # The dumped YAML is the resolved config: loading it back gives the same tree and hash.
+    dumped = tmp_path / "resolved.yaml"
+    dumped.write_text(dump_config_yaml(cfg))
+    again = load_config(str(dumped), [])
+    assert again == cfg
+    assert config_hash(again) == config_hash(cfg)
+
+
+def test_shipped_configs_cover_the_required_set() -> None:
+    names = {p.name for p in CONFIG_DIR.glob("*.yaml")}
+    assert {"demo.yaml", "imagenet_vgg16.yaml", "imagenet_resnet50.yaml", "voc07_pointing.yaml", "coco14_pointing.yaml"} <= names
+    voc = load_config(str(CONFIG_DIR / "voc07_pointing.yaml"), [])
+    assert voc.extremal.areas == (0.025, 0.05, 0.1, 0.2)
+    assert (voc.extremal.variant, voc.extremal.reward, voc.targets.mode) == ("preserve", "simple", "label")
+    coco = load_config(str(CONFIG_DIR / "coco14_pointing.yaml"), [])
+    assert coco.extremal.areas == (0.018, 0.025, 0.05, 0.1)
+    demo = load_config(str(CONFIG_DIR / "demo.yaml"), [])
+    assert demo.cluster.num_gpus_per_actor == 0 and demo.cluster.num_actors == 2
+    assert demo.model.factory == "pipeline.demo:build_demo_model"
+
+
+def test_defaults_and_overrides() -> None:
+    cfg = load_config(None, [*MINIMAL, "extremal.areas=[0.05,0.1]", "cluster.max_retries=5", "extremal.max_iter=300"])
+    assert cfg.input.shards == "data/shard-{000000..000003}.tar"  # brace pattern kept as a string
+    assert cfg.extremal.areas == (0.05, 0.1)
+    assert cfg.extremal.max_iter == 300
+    assert cfg.extremal.sigma == ExtremalSettings().sigma  # untouched engine defaults
+    assert cfg.cluster.max_retries == 5
+    assert cfg.model.preprocessing.crop == 224
+    assert cfg.worker.batch_size >= 1
+
+
+def test_overrides_apply_on_top_of_the_file(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        {
+            "input": {"shards": ["a.tar", "b.tar"]},
+            "model": {"arch": "vgg16", "weights": None},
+            "extremal": {"areas": 0.1, "learning_rate": "1e-2"},  # PyYAML reads 1e-2 as a string
+            "output": {"uri": "out"},
+        },
+    )
+    cfg = load_config(path, ["output.overwrite=true", "storage.endpoint_url=http://127.0.0.1:9000", "model.weights=null"])
+    assert cfg.input.shards == ("a.tar", "b.tar")
+    assert cfg.extremal.areas == (0.1,)
+    assert cfg.extremal.learning_rate == pytest.approx(0.01)
+    assert cfg.output.overwrite is True
+    assert cfg.storage.endpoint_url == "http://127.0.0.1:9000"
+    assert cfg.model.weights is None
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("clustr.num_actors=2", "'clustr'"),
+        ("cluster.max_retry=2", "'cluster.max_retry'"),
+        ("extremal.area=[0.1]", "'extremal.area'"),
+        ("model.preprocessing.centre_crop=224", "'model.preprocessing.centre_crop'"),
+    ],
+)
+def test_unknown_keys_name_the_dotted_key_and_the_valid_ones(override: str, expected: str) -> None:
+    message = _error(None, [*MINIMAL, override])
+    assert f"unknown key {expected}" in message
+    assert "valid keys:" in message
+
+
+def test_unknown_key_lists_the_section_keys() -> None:
+    message = _error(None, [*MINIMAL, "cluster.max_retry=2"])
+    assert "max_retries" in message and "num_actors" in message
+    assert "areas" in _error(None, [*MINIMAL, "extremal.area=0.1"])
+
+
+def test_credentials_are_refused_with_a_hint(tmp_path: Path) -> None:
+    message = _error(None, [*MINIMAL, "storage.secret_access_key=abc"])
+    assert "AWS_" in message and "storage.secret_access_key" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("cluster.max_retries=abc", "cluster.max_retries: expected int, got 'abc'"),
+        ("cluster.max_retries=1.5", "cluster.max_retries: expected int"),
+        ("output.overwrite=maybe", "output.overwrite: expected bool"),
+        ("targets.mode=top5", "targets.mode: expected 'label' | 'top1' | 'topk'"),
+        ("extremal.max_iter=abc", "extremal.max_iter: expected int"),
+        ("extremal.areas=[0.1,abc]", "extremal.areas"),
+        ("model.preprocessing.mean=[0.5,0.5]", "model.preprocessing.mean"),
+        ("cluster=3", "cluster: expected a mapping"),
+    ],
+)
+def test_wrong_types_are_config_errors(override: str, expected: str) -> None:
+    assert expected in _error(None, [*MINIMAL, override])
+
+
+def test_engine_validation_is_reported_with_the_extremal_prefix() -> None:
+    message = _error(None, [*MINIMAL, "extremal.areas=[0.1,1.5]"])
+    assert message.startswith("extremal:") and "between 0 and 1" in message
+    assert _error(None, [*MINIMAL, "extremal.variant=keep"]).startswith("extremal: unknown variant")
+
+
+def test_required_and_cross_field_checks() -> None:
+    assert "output.uri" in _error(None, MINIMAL[:2])
+    assert "input.shards" in _error(None, MINIMAL[1:])
+    assert "model" in _error(None, [MINIMAL[0], MINIMAL[2]])
+    assert "model.factory" in _error(None, [MINIMAL[0], MINIMAL[2], "model.factory=not_a_factory"])
+    assert "cuda" in _error(None, [*MINIMAL, "cluster.device=cuda", "cluster.num_gpus_per_actor=0"])
+
+
+def test_bad_override_syntax_and_bad_files(tmp_path: Path) -> None:
+    assert "key.path=value" in _error(None, ["extremal.max_iter"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: [unclosed\n")
+    assert "invalid YAML" in _error(str(bad), [])
+    assert "cannot read config" in _error(str(tmp_path / "missing.yaml"), [])
+    assert "not a section" in _error(None, ["output.uri=x", "output.uri.deeper=1"])
+
+
+def test_config_to_dict_is_plain_and_rebuilds() -> None:
+    import json
+
+    cfg = load_config(None, [*MINIMAL, "extremal.areas=[0.05,0.1]"])
+    data = config_to_dict(cfg)
+    json.dumps(data)  # JSON-able
+    assert data["extremal"]["areas"] == [0.05, 0.1]
+    assert config_from_dict(data) == cfg
+
+
+def test_config_hash_tracks_only_what_changes_outputs() -> None:
+    base = config_hash(load_config(None, MINIMAL))
+    assert len(base) == 64 and int(base, 16) >= 0
+    assert config_hash(load_config(None, MINIMAL)) == base  # deterministic
+    same = [
+        "cluster.num_actors=7",
+        "cluster.max_retries=9",
+        "output.overwrite=true",
+        "output.uri=s3://elsewhere/out",
+        "storage.endpoint_url=http://127.0.0.1:1",
+        "worker.batch_size=2",
+        "input.shards=other-{0..9}.tar",
+        "extremal.max_masks_per_batch=4",
+    ]
+    for override in same:
+        assert config_hash(load_config(None, [*MINIMAL, override])) == base, override
+    different = [
+        "extremal.areas=[0.05]",
+        "extremal.max_iter=10",
+        "model.arch=vgg16",
+        "model.preprocessing.crop=192",
+        "targets.mode=label",
+        "output.mask_format=png",
+        "input.label_key=label",
+    ]
+    for override in different:
+        assert config_hash(load_config(None, [*MINIMAL, override])) != base, override
+
+
+def test_storage_options_hold_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSECRETVALUE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret")
+    cfg = load_config(
+        None,
+        [*MINIMAL, "storage.endpoint_url=http://127.0.0.1:9000", "storage.region=eu-west-1", "storage.anon=true",
+         "storage.connect_timeout_s=2", "storage.max_attempts=1"],
+    )
+    opts = storage_options(cfg)
+    assert opts["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"}
+    assert opts["anon"] is True
+    assert opts["config_kwargs"]["connect_timeout"] == 2.0
+    assert opts["config_kwargs"]["retries"]["max_attempts"] == 1
+    text = repr(opts) + dump_config_yaml(cfg)
+    assert "AKIDSECRETVALUE" not in text and "very-secret" not in text
+    plain = storage_options(load_config(None, MINIMAL))
+    assert "client_kwargs" not in plain and "anon" not in plain
