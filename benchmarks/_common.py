@@ -65,24 +65,28 @@ def make_model(name: str, seed: int = 0) -> nn.Module:
 
 
 def smooth_images(n: int, size: int, seed: int = 0, device="cpu") -> torch.Tensor:
-    """Smooth-ish test images `[n, 3, size, size]`: blurred noise plus a bright Gaussian blob, roughly standardized."""
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(n, 3, size, size, generator=g)
+    """Smooth-ish test images `[n, 3, size, size]`: blurred noise plus a bright Gaussian blob, roughly standardized.
+
+    Image i depends only on (seed, i, size), not on n.
+    """
     s = max(1.0, size / 32)
     width = math.ceil(3 * s)
     taps = torch.exp(-0.5 * (torch.arange(-width, width + 1, dtype=torch.float32) / s) ** 2)
     taps = taps / taps.sum()
-    x = F.conv2d(F.pad(noise, (0, 0, width, width), mode="reflect"), taps.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
-    x = F.conv2d(F.pad(x, (width, width, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
-    x = x / x.flatten(1).std(dim=1).view(n, 1, 1, 1)
     yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+    out = []
     for i in range(n):
+        g = torch.Generator().manual_seed(1_000_003 * seed + i)
+        noise = torch.randn(1, 3, size, size, generator=g)
+        x = F.conv2d(F.pad(noise, (0, 0, width, width), mode="reflect"), taps.view(1, 1, -1, 1).expand(3, 1, -1, 1), groups=3)
+        x = F.conv2d(F.pad(x, (width, width, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1).expand(3, 1, 1, -1), groups=3)
+        x = x[0] / x.std()
         cy, cx = (torch.rand(2, generator=g) * 0.5 + 0.25) * size
         r = (torch.rand(1, generator=g) * 0.1 + 0.08) * size
         color = torch.rand(3, 1, 1, generator=g) * 2 + 1
         blob = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r**2))
-        x[i] = 0.5 * x[i] + color * blob
-    return x.to(device)
+        out.append(0.5 * x + color * blob)
+    return torch.stack(out).to(device)
 
 
 def top1_targets(model: nn.Module, images: torch.Tensor) -> list[int]:
@@ -94,34 +98,58 @@ def top1_targets(model: nn.Module, images: torch.Tensor) -> list[int]:
 # the two engines
 
 
-def run_ours(model, images, targets, areas, iters, step, sigma, **extra):
+def run_ours(model, images, targets, areas, iters, step, sigma, keep_history=False, **extra):
     """One call of our engine on all images; returns (seconds, result)."""
     sync(images.device)
     start = time.perf_counter()
     result = extremal_perturbation(
         model, images, targets, areas=list(areas), variant="preserve", max_iter=iters, step=step, sigma=sigma,
-        keep_history=False, **extra,
+        keep_history=keep_history, **extra,
     )
     sync(images.device)
     return time.perf_counter() - start, result
 
 
-def run_torchray(model, images, targets, areas, iters, step, sigma):
-    """TorchRay, one image at a time (all areas at once); returns (seconds, [(mask [A,H,W], hist)])."""
-    from torchray.attribution.extremal_perturbation import extremal_perturbation as tr_ep
+def run_torchray(model, images, targets, areas, iters, step, sigma, mask_noise=None):
+    """TorchRay, one image at a time (all areas at once); returns (seconds, [(mask [A,H,W], hist)]).
+
+    `mask_noise` (control runs only): multiply every mask TorchRay's MaskGenerator generates by
+    (1 + mask_noise * z), z a fixed N(0, 1) pattern, re-clamped to [0, 1] -- a float-rounding-sized
+    change of the mask generator, by wrapping (not changing) TorchRay's `MaskGenerator.generate`.
+    """
+    from torchray.attribution import extremal_perturbation as tr_mod
 
     model.eval()  # TorchRay does not switch the model to eval mode itself
+    original = tr_mod.MaskGenerator.generate
+    if mask_noise:
+        patterns = {}
+
+        def noisy_generate(self, mask_in):
+            _, full = original(self, mask_in)
+            key = (tuple(full.shape), full.device)
+            if key not in patterns:
+                g = torch.Generator().manual_seed(1234)
+                patterns[key] = torch.randn(full.shape, generator=g).to(full.device)
+            full = (full * (1 + mask_noise * patterns[key])).clamp(0, 1)
+            m = round(self.margin)
+            return full[:, :, m : m + self.shape[0], m : m + self.shape[1]], full
+
+        tr_mod.MaskGenerator.generate = noisy_generate
     outs = []
-    sync(images.device)
-    start = time.perf_counter()
-    for i in range(images.shape[0]):
-        mask, hist = tr_ep(
-            model, images[i : i + 1], int(targets[i]), areas=list(areas), max_iter=iters, step=step, sigma=sigma,
-            variant="preserve", perturbation="blur",
-        )
-        outs.append((mask[:, 0].detach(), hist))
-    sync(images.device)
-    return time.perf_counter() - start, outs
+    try:
+        sync(images.device)
+        start = time.perf_counter()
+        for i in range(images.shape[0]):
+            mask, hist = tr_mod.extremal_perturbation(
+                model, images[i : i + 1], int(targets[i]), areas=list(areas), max_iter=iters, step=step, sigma=sigma,
+                variant="preserve", perturbation="blur",
+            )
+            outs.append((mask[:, 0].detach(), hist))
+        sync(images.device)
+        seconds = time.perf_counter() - start
+    finally:
+        tr_mod.MaskGenerator.generate = original
+    return seconds, outs
 
 
 def evaluate_masks(model, image, target, masks, settings_extra=None):
@@ -292,6 +320,24 @@ def environment() -> dict:
     except ImportError:
         env["torchray"] = None
     return env
+
+
+def warn_oversubscription() -> None:
+    """Warn when intra-op threads > 1 on a loaded machine without OMP_WAIT_POLICY=PASSIVE.
+
+    Measured here (2 cores, load ~5 from other jobs): the small-CNN case took 38-133 s with 2
+    threads and libgomp's default spin-waiting vs 2.3-4.4 s with 1 thread or with
+    OMP_WAIT_POLICY=PASSIVE (which must be set before torch is imported).
+    """
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    cores = os.cpu_count() or 1
+    if torch.get_num_threads() > 1 and load > 0.75 * cores and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        print(f"WARNING: load average {load:.1f} on {cores} cores with {torch.get_num_threads()} torch threads and "
+              "OpenMP spin-waiting: timings can be 10-50x slower and erratic. Use --threads 1 or "
+              "OMP_WAIT_POLICY=PASSIVE.", flush=True)
 
 
 def write_json(path: str | None, payload: dict) -> None:

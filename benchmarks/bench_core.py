@@ -21,7 +21,11 @@ GPU mode (--gpu): ResNet-50 at 224, 3 areas, --gpu-iters (800) iterations, B in 
 (8,32,64), optional --autocast bfloat16 and --channels-last; prints images/s, the ratio, the mask
 correlation vs TorchRay on the first image, and the model FLOP utilisation (MFU).
 
-    python benchmarks/bench_core.py --out benchmarks/results/bench_core.json
+On a shared CPU machine use --threads 1 (or export OMP_WAIT_POLICY=PASSIVE before starting):
+with several torch threads and OpenMP spin-waiting, a loaded machine makes timings 10-50x slower
+and erratic (measured on the 2-core build machine).
+
+    python benchmarks/bench_core.py --threads 1 --out benchmarks/results/bench_core.json
     python benchmarks/bench_core.py --cases small --iters 50 --repeats 5 --threads 1
     python benchmarks/bench_core.py --gpu --autocast bfloat16 --channels-last --out benchmarks/results/bench_gpu.json
 """
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     environment,
+    warn_oversubscription,
     evaluate_masks,
     format_split,
     make_model,
@@ -90,6 +95,8 @@ def parse_args(argv=None):
     g.add_argument("--channels-last", action="store_true", help="channels_last model and inputs (our engine)")
     g.add_argument("--max-masks-per-batch", type=int, default=None, help="override our micro-batching")
     g.add_argument("--peak-tflops", type=float, default=None, help="override the peak used for MFU")
+    g.add_argument("--no-maskgen-compare", action="store_true",
+                   help="skip timing the torch.compile'd smooth max (benchmarks/fused_maskgen.py) against the eager one")
     return p.parse_args(argv)
 
 
@@ -207,6 +214,7 @@ def bench_gpu(args):
     images = smooth_images(max(batches), size, seed=args.seed, device=dev)
     targets = top1_targets(model, images)
     extra = dict(autocast=args.autocast, channels_last=args.channels_last)
+    extra_split = dict(extra)
     if args.max_masks_per_batch:
         extra["max_masks_per_batch"] = args.max_masks_per_batch
     a = len(AREAS)
@@ -269,7 +277,33 @@ def bench_gpu(args):
     print(f"TorchRay timed on {n_tr} image(s) x {args.gpu_repeats} repeat(s) (fp32, its defaults); ratio = ours img/s "
           f"/ TorchRay img/s. Correlation/reward compare our image 0 with TorchRay's image 0 (same settings; our "
           f"autocast={args.autocast} changes numerics); TorchRay's mask is scored with our fp32 evaluation.")
+    splits = {}
+    if not args.no_split:
+        print(f"\nper-iteration time split (median of {args.split_reps}, each stage forward+backward timed separately, "
+              f"synchronized):")
+        sp = split_torchray(model, images[:1], targets[0], AREAS, 7, 21.0, reps=args.split_reps)
+        splits["torchray_B1"] = sp
+        print(f"  TorchRay  1 image  x {a} areas: {format_split(sp)}")
+        for b in batches:
+            sp = split_ours(model, images[:b], targets[:b], AREAS, 7, 21.0, reps=args.split_reps, settings_extra=extra_split)
+            splits[f"ours_B{b}"] = sp
+            print(f"  ours     {b:>2} images x {a} areas: {format_split(sp)}")
+    maskgen = []
+    if not args.no_maskgen_compare:
+        from fused_maskgen import compare
+
+        print("\nmask generation forward+backward, eager chunked (extremal_core) vs torch.compile'd fused (prototype):")
+        for b in batches:
+            try:
+                r = compare(size, 7, 21.0, b * a, dev, reps=args.split_reps)
+            except Exception as exc:  # compilation problems must not lose the rest of the results
+                print(f"  K={b * a}: failed: {type(exc).__name__}: {exc}")
+                continue
+            maskgen.append(r)
+            print(f"  K={b * a:>4}: eager {1000 * r['eager_s']:.1f} ms, compiled {1000 * r['fused_s']:.1f} ms "
+                  f"({r['speedup']:.2f}x); max|d out| {r['max_abs_diff_out']:.1e}, max|d grad| {r['max_abs_diff_grad']:.1e}")
     return dict(
+        splits=splits, maskgen_compare=maskgen,
         case="gpu", config=dict(model=args.gpu_model, size=size, iters=iters, batches=batches, autocast=args.autocast,
                                 channels_last=args.channels_last, areas=AREAS),
         flops_forward=fwd, flops_forward_input_backward=both, peak_tflops=peak, peak_name=peak_name,
@@ -283,6 +317,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     env = environment()
     print("environment:", env)
+    warn_oversubscription()
     start = time.perf_counter()
     results = []
     if args.gpu:

@@ -22,7 +22,8 @@ _CPU_MASKS_PER_BATCH = 64
 class ExtremalResult:
     """Extremal perturbations of B images at A areas (tensors on the images' device unless noted).
 
-    masks `[B, A, H, W]`; rewards `[B, A]` (the variant's reward at the final masks);
+    masks `[B, A, H, W]`; achieved_areas `[B, A]` (mean of each mask with its margin, the quantity
+    the area constraint acts on); rewards `[B, A]` (the variant's reward at the final masks);
     preserved `[B, A]` = Φ_c(m_a ⊗ x); scores `[B, A]` = v_a (<= 1.25); phi0, phi_min `[B]`;
     optimal_area `[B]` (a*, CPU) with optimal_area_reached `[B]` (CPU); history `[B, A, 2, T]`
     (reward, area penalty per iteration, CPU) when asked for; seconds `[B]` (CPU): optimization
@@ -32,6 +33,7 @@ class ExtremalResult:
     areas: tuple[float, ...]
     targets: torch.Tensor
     masks: torch.Tensor
+    achieved_areas: torch.Tensor
     rewards: torch.Tensor
     preserved: torch.Tensor
     scores: torch.Tensor
@@ -193,6 +195,7 @@ def _explain_batch(
             preserved = reward(model_scores(model, kept, settings), per_mask)
     return {
         "masks": found.masks,
+        "achieved_areas": found.achieved_areas,
         "rewards": rewards.view(b, a),
         "preserved": preserved.view(b, a),
         "phi0": reward(clean, targets),

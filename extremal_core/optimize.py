@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .area import area_loss
+from .area import area_loss, mask_area
 from .masks import SmoothMaskGenerator
 from .perturbation import build_pyramid, perturb
 from .rewards import Reward, class_scores
@@ -24,6 +24,7 @@ class MaskBatch:
     """The outcome for one micro-batch of B images and A areas."""
 
     masks: torch.Tensor  # [B, A, H, W] in [0, 1]
+    achieved_areas: torch.Tensor  # [B, A]: mean of each mask with its margin, what R_a constrains
     history: torch.Tensor | None  # [B, A, 2, T]: reward and area penalty per iteration
 
 
@@ -104,4 +105,6 @@ def optimize_masks(
         weight *= settings.lambda_growth
 
     hist = torch.stack(history, dim=-1).view(b, a, 2, -1).cpu() if history else None
-    return MaskBatch(masks=masks.detach().view(b, a, h, w), history=hist)
+    return MaskBatch(
+        masks=masks.detach().view(b, a, h, w), achieved_areas=mask_area(full.detach()).view(b, a), history=hist
+    )

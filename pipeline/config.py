@@ -128,13 +128,24 @@ class TargetsConfig:
 @dataclass(frozen=True)
 class WorkerConfig:
     """Pipeline-side knobs of one actor. ``batch_size``: images per engine call (each image brings
-    ``len(extremal.areas)`` masks)."""
+    ``len(extremal.areas)`` masks). ``prefetch``: decoded images buffered ahead of the engine by the
+    worker's reader thread.
+
+    ``crash_on_first_attempt``: fault injection for tests, off (empty) by default. On the first
+    attempt of a shard whose URL ends with one of these strings, the actor process exits
+    (``os._exit(1)``) after its first batch, i.e. mid-shard, before anything is committed; the
+    driver must retry the shard on a replacement actor.
+    """
 
     batch_size: int = 8
+    prefetch: int = 16
+    crash_on_first_attempt: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise ConfigError(f"worker.batch_size must be >= 1, got {self.batch_size}")
+        if self.prefetch < 1:
+            raise ConfigError(f"worker.prefetch must be >= 1, got {self.prefetch}")
 
 
 @dataclass(frozen=True)

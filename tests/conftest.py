@@ -16,6 +16,9 @@ from typing import Any
 
 import pytest
 
+# Ray 2.60 turns token auth on for local clusters; the tests run their own, unauthenticated.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
 from tests.fixtures_demo import demo_model_and_data  # noqa: F401  (session fixture)
 from tests.shard_factory import write_shards
 

@@ -1,0 +1,418 @@
+"""The driver: hand shards to worker actors, retry, quarantine, resume, report.
+
+Data flows one way (SPEC section 6): the driver only sends shard URLs to actors and gets back each
+shard's small done-marker; images and masks never pass through it. Each shard's part is committed
+by the worker, so the driver's state can always be rebuilt from the output folder: a re-run skips
+every shard with a done-marker (resume) and a shard is never committed twice.
+
+Scheduling is our own ``ray.wait`` loop (not ``ray.util.ActorPool``, which hides which input
+failed): at most ``max_in_flight_per_actor`` shards per actor (one computing, the next already
+reading ahead in the same actor, so an actor never idles between shards); a failed shard waits
+``retry_backoff_s * 2**(attempt-1)`` and goes back in the queue, up to ``max_retries`` re-runs,
+then it is quarantined (status ``failed`` with the reason). An actor whose process died is
+replaced by a new one; the shards it held are retried like any failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import importlib.metadata
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
+
+from pipeline import output
+from pipeline.config import JobConfig, config_hash, config_to_dict, storage_options
+from pipeline.progress import Progress
+from pipeline.shards import expand_shards
+from pipeline.worker import ShardWorker
+
+MAX_BACKOFF_S = 300.0
+_REASON_CHARS = 500
+
+
+class DriverError(RuntimeError):
+    """The job cannot run at all (no workers can start, the cluster lacks the resources...)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# State and summary
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ShardState:
+    """One shard's fate. ``status``: ``pending`` (not run), ``done``, ``failed`` (quarantined).
+    ``resumed``: done by an earlier run (its numbers come from the done-marker)."""
+
+    url: str
+    status: str = "pending"
+    attempts: int = 0
+    rows: int = 0
+    errors: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    resumed: bool = False
+
+    def manifest_entry(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "status": self.status,
+            "attempts": self.attempts,
+            "rows": self.rows,
+            "errors": self.errors,
+            "images": self.images,
+            "seconds": round(self.seconds, 3),
+        }
+        if self.error is not None:
+            entry["error"] = self.error
+        return entry
+
+
+@dataclass
+class JobSummary:
+    """What a run did. ``seconds`` and ``images_per_s`` cover this run only; ``shards`` all of the
+    job's shards (including those resumed from an earlier run)."""
+
+    output_uri: str
+    config_hash: str
+    shards: dict[str, ShardState]
+    seconds: float
+    workers: int = 0
+    retries: int = 0
+    replaced_workers: int = 0
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def _with(self, status: str) -> list[ShardState]:
+        return [s for s in self.shards.values() if s.status == status]
+
+    @property
+    def done(self) -> list[ShardState]:
+        return self._with("done")
+
+    @property
+    def failed(self) -> list[ShardState]:
+        return self._with("failed")
+
+    @property
+    def pending(self) -> list[ShardState]:
+        return self._with("pending")
+
+    @property
+    def ok(self) -> bool:
+        """Every shard is done."""
+        return len(self.done) == len(self.shards)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.ok else 1
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.done)
+
+    @property
+    def errors(self) -> int:
+        return sum(s.errors for s in self.done)
+
+    @property
+    def images_this_run(self) -> int:
+        return sum(s.images for s in self.done if not s.resumed)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_this_run / self.seconds if self.seconds > 0 else 0.0
+
+    def failures(self) -> dict[str, str]:
+        """Shard URL -> why it failed, for the quarantined shards."""
+        return {s.url: s.error or "unknown error" for s in self.failed}
+
+    def report(self) -> str:
+        """A few human-readable lines: counts, throughput, and every failed shard with its reason."""
+        resumed = sum(1 for s in self.done if s.resumed)
+        lines = [
+            f"output: {self.output_uri}",
+            f"shards: {len(self.done)}/{len(self.shards)} done ({resumed} from an earlier run), "
+            f"{len(self.failed)} failed, {len(self.pending)} not run",
+            f"rows: {self.rows} ({self.errors} error rows)",
+            f"this run: {self.images_this_run} images in {self.seconds:.1f} s = {self.images_per_s:.2f} images/s "
+            f"on {self.workers} workers ({self.retries} retries, {self.replaced_workers} workers replaced)",
+        ]
+        for url, reason in self.failures().items():
+            lines.append(f"FAILED {url}: {reason}")
+        if self.pending:
+            lines.append(f"{len(self.pending)} shards not run: run the job again to resume")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Helpers
+# ------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """The git commit of this checkout (``-dirty`` with local changes), else the package version."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return f"git:{commit}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return f"extremal-saliency {importlib.metadata.version('extremal-saliency')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:_REASON_CHARS]
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A one-line reason for a failed shard: our exception (unwrapped from RayTaskError), or
+    "worker died: ..." when the actor process went away."""
+    if isinstance(exc, RayActorError):
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+        if getattr(exc, "actor_init_failed", False):
+            # The constructor raised (bad checkpoint, no GPU for device=cuda): its traceback ends
+            # with the exception line, which is the reason.
+            lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+            return _one_line(f"worker failed to start: {lines[-1] if lines else type(exc).__name__}")
+        detail = re.search(r"Worker exit detail:\s*(.+?)(?:\n|$)", text)
+        first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+        return _one_line(f"worker died ({type(exc).__name__}): {first} {detail.group(1) if detail else ''}")
+    if isinstance(exc, RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if cause is not None:
+            return _one_line(f"{type(cause).__name__}: {cause}")
+        return _one_line(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
+    return _one_line(f"{type(exc).__name__}: {exc}")
+
+
+def num_workers(cfg: JobConfig, resources: dict[str, float], shards: int) -> int:
+    """How many actors: ``cluster.num_actors`` if set; else one per ``num_gpus_per_actor`` of the
+    cluster's GPUs (GPU actors) or per ``num_cpus_per_actor`` of its CPUs (CPU actors); never more
+    than there are shards, at least one."""
+    c = cfg.cluster
+    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+    if c.num_gpus_per_actor > 0 and gpus < c.num_gpus_per_actor:
+        raise DriverError(
+            f"cluster.num_gpus_per_actor={c.num_gpus_per_actor:g} but the Ray cluster has {gpus:g} GPUs; "
+            "use a GPU cluster or set cluster.num_gpus_per_actor=0 (CPU actors)"
+        )
+    if c.num_cpus_per_actor > cpus:
+        raise DriverError(f"cluster.num_cpus_per_actor={c.num_cpus_per_actor:g} but the Ray cluster has {cpus:g} CPUs")
+    if c.num_actors is not None:
+        n = c.num_actors
+    elif c.num_gpus_per_actor > 0:
+        n = math.floor(gpus / c.num_gpus_per_actor + 1e-9)
+    else:
+        n = math.floor(cpus / c.num_cpus_per_actor + 1e-9) if c.num_cpus_per_actor > 0 else 1
+    return max(1, min(n, shards))
+
+
+@dataclass
+class _Slot:
+    """An actor seat: the current handle and its generation (bumped on every replacement, so
+    late failures of a dead actor's queued shards do not replace its successor)."""
+
+    handle: Any
+    generation: int = 0
+
+
+def _start_actor(cfg: JobConfig) -> Any:
+    c = cfg.cluster
+    remote = ray.remote(ShardWorker).options(
+        num_cpus=c.num_cpus_per_actor,
+        num_gpus=c.num_gpus_per_actor,
+        max_restarts=0,  # we replace dead actors ourselves and count the shard's attempts
+        max_task_retries=0,
+        # One call per in-flight shard runs at once: the queued shard reads ahead while the
+        # current one computes (the worker's lock keeps compute one shard at a time).
+        max_concurrency=c.max_in_flight_per_actor,
+    )
+    return remote.remote(cfg)
+
+
+def _kill(handle: Any) -> None:
+    try:
+        ray.kill(handle, no_restart=True)
+    except Exception:  # already gone
+        pass
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+
+
+def run_job(
+    cfg: JobConfig,
+    *,
+    max_shards: int | None = None,
+    progress_stream: TextIO | None = None,
+    tty: bool | None = None,
+    log_interval_s: float = 10.0,
+    startup_timeout_s: float = 600.0,
+) -> JobSummary:
+    """Run (or resume) an attribution job on the connected Ray cluster; returns its summary.
+
+    ``max_shards``: process at most this many shards in this run, leaving the rest ``pending``
+    (a later run resumes). Raises ConfigError-like ``ValueError`` for a bad shard pattern,
+    ``output.OutputConflictError`` for an output holding another config's results,
+    ``output.OutputError`` when the output cannot be reached, ``DriverError`` when no worker can
+    start. Shard failures are not exceptions: they are in the summary.
+    """
+    if not ray.is_initialized():
+        raise DriverError("Ray is not initialized: call ray.init() (jobs.attribute does) before run_job")
+    stream = progress_stream if progress_stream is not None else sys.stdout
+    start = time.monotonic()
+    st = storage_options(cfg)
+    chash = config_hash(cfg)
+    uri = cfg.output.uri
+    urls = expand_shards(cfg.input.shards, st)
+    output.check_output(uri, chash, cfg.output.overwrite, st)
+
+    states = {u: ShardState(u) for u in urls}
+    for url, marker in output.load_done(uri, st).items():
+        if url in states:
+            states[url] = ShardState(
+                url,
+                status="done",
+                attempts=int(marker.get("attempts") or 1),
+                rows=int(marker.get("rows") or 0),
+                errors=int(marker.get("errors") or 0),
+                images=int(marker.get("images") or 0),
+                seconds=float(marker.get("seconds") or 0.0),
+                resumed=True,
+            )
+    todo = [u for u in urls if states[u].status != "done"]
+    if max_shards is not None:
+        todo = todo[: max(0, max_shards)]
+
+    summary = JobSummary(uri, chash, states, 0.0)
+    already = sum(1 for s in states.values() if s.status == "done")
+    progress = Progress(len(urls), already, stream=stream, tty=tty, interval_s=log_interval_s)
+    try:
+        if todo:
+            _dispatch(cfg, todo, states, summary, progress, startup_timeout_s)
+    finally:
+        progress.close()
+        summary.seconds = time.monotonic() - start
+        summary.manifest = output.write_manifest(
+            uri, config_to_dict(cfg), chash, code_version(), {u: s.manifest_entry() for u, s in states.items()}, st
+        )
+    return summary
+
+
+def _dispatch(
+    cfg: JobConfig,
+    todo: list[str],
+    states: dict[str, ShardState],
+    summary: JobSummary,
+    progress: Progress,
+    startup_timeout_s: float,
+) -> None:
+    """The ``ray.wait`` loop: runs ``todo`` on a pool of actors, updating ``states`` in place."""
+    c = cfg.cluster
+    n = num_workers(cfg, ray.cluster_resources(), len(todo))
+    slots = [_Slot(_start_actor(cfg)) for _ in range(n)]
+    summary.workers = n
+    try:
+        _wait_ready(slots, startup_timeout_s)
+        queue: list[str] = list(todo)  # FIFO of shard URLs ready to run
+        retry_heap: list[tuple[float, str]] = []  # (not before, url)
+        in_flight: dict[Any, tuple[int, int, str]] = {}  # ref -> (slot, generation, url)
+
+        while queue or retry_heap or in_flight:
+            now = time.monotonic()
+            while retry_heap and retry_heap[0][0] <= now:
+                queue.append(heapq.heappop(retry_heap)[1])
+            _fill(cfg, slots, queue, in_flight, states)
+            if not in_flight:
+                time.sleep(min(1.0, max(0.0, retry_heap[0][0] - now)) if retry_heap else 0.0)
+                progress.tick()
+                continue
+            wait_s = 1.0 if not retry_heap else min(1.0, max(0.01, retry_heap[0][0] - now))
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=wait_s)
+            for ref in ready:
+                slot_i, generation, url = in_flight.pop(ref)
+                state = states[url]
+                try:
+                    marker = ray.get(ref)
+                except RayError as exc:
+                    state.error = failure_reason(exc)
+                    if isinstance(exc, RayActorError) and slots[slot_i].generation == generation:
+                        # The process is gone (or unreachable): a fresh actor takes its seat.
+                        _kill(slots[slot_i].handle)
+                        slots[slot_i] = _Slot(_start_actor(cfg), generation + 1)
+                        summary.replaced_workers += 1
+                    if state.attempts <= c.max_retries:
+                        backoff = min(MAX_BACKOFF_S, c.retry_backoff_s * 2 ** (state.attempts - 1))
+                        heapq.heappush(retry_heap, (time.monotonic() + backoff, url))
+                        summary.retries += 1
+                        progress.shard_retried()
+                    else:
+                        state.status = "failed"
+                        progress.shard_failed()
+                    continue
+                state.status, state.error = "done", None
+                state.rows, state.errors = int(marker["rows"]), int(marker["errors"])
+                state.images, state.seconds = int(marker.get("images", 0)), float(marker.get("seconds", 0.0))
+                progress.shard_done(state.images)
+            progress.tick()
+    finally:
+        for slot in slots:
+            _kill(slot.handle)
+
+
+def _fill(
+    cfg: JobConfig, slots: list[_Slot], queue: list[str], in_flight: dict[Any, tuple[int, int, str]], states: dict[str, ShardState]
+) -> None:
+    """Give queued shards to actors with fewer than ``max_in_flight_per_actor`` in flight,
+    least loaded first."""
+    limit = cfg.cluster.max_in_flight_per_actor
+    while queue:
+        load = [0] * len(slots)
+        for slot_i, generation, _ in in_flight.values():
+            if slots[slot_i].generation == generation:
+                load[slot_i] += 1
+        slot_i = min(range(len(slots)), key=lambda i: load[i])
+        if load[slot_i] >= limit:
+            return
+        url = queue.pop(0)
+        states[url].attempts += 1
+        ref = slots[slot_i].handle.process.remote(url, states[url].attempts)
+        in_flight[ref] = (slot_i, slots[slot_i].generation, url)
+
+
+def _wait_ready(slots: list[_Slot], timeout_s: float) -> None:
+    """Block until every actor has loaded its model; a worker that cannot start (bad checkpoint,
+    no GPU for device=cuda) fails the whole job at once with its reason."""
+    refs = [s.handle.ready.remote() for s in slots]
+    try:
+        ray.get(refs, timeout=timeout_s)
+    except GetTimeoutError:
+        raise DriverError(
+            f"{len(slots)} workers did not start within {timeout_s:.0f} s; the cluster has "
+            f"{ray.cluster_resources()} (available now: {ray.available_resources()})"
+        ) from None
+    except RayError as exc:
+        reason = failure_reason(exc)
+        prefix = "worker failed to start"
+        raise DriverError(reason if reason.startswith(prefix) else f"{prefix}: {reason}") from None

@@ -1,0 +1,141 @@
+"""Reading a job's results back, without Ray: the Parquet parts as one table, masks at the original
+image size, and the pointing game on boxes.
+
+Needs only pyarrow, numpy, torch (for the resize) and fsspec; works on any output URI.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pipeline.models import Geometry
+from pipeline.output import PARTS_DIR
+from pipeline.shards import url_to_fs
+
+
+def part_urls(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The committed parts under ``uri`` (sorted)."""
+    fs, path = url_to_fs(f"{uri.rstrip('/')}/{PARTS_DIR}", storage_options)
+    fs.invalidate_cache(path)
+    try:
+        names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
+    except FileNotFoundError:
+        return []
+    return [fs.unstrip_protocol(p) if "://" in uri else p for p in names]
+
+
+def read_results(
+    uri: str, storage_options: dict[str, Any] | None = None, columns: list[str] | None = None
+) -> pa.Table:
+    """Every row of a job's output as one table (all parts, in shard-id order). ``columns``: read
+    only these. Raises FileNotFoundError when there is no part yet."""
+    urls = part_urls(uri, storage_options)
+    if not urls:
+        raise FileNotFoundError(f"no Parquet parts under {uri.rstrip('/')}/{PARTS_DIR}")
+    fs, _ = url_to_fs(uri, storage_options)
+    tables = []
+    for url in urls:
+        _, path = url_to_fs(url, storage_options)
+        with fs.open(path, "rb") as f:
+            tables.append(pq.read_table(f, columns=columns))
+    return pa.concat_tables(tables)
+
+
+def _field(row: Any, name: str) -> Any:
+    # dicts and pandas rows index by name; namedtuples (df.itertuples()) by attribute
+    return getattr(row, name) if hasattr(row, "_fields") else row[name]
+
+
+def row_masks(row: Any) -> np.ndarray:
+    """A row's masks as uint8 ``[A, mask_height, mask_width]``, whatever the storage: a
+    fixed-shape tensor (nested or flat, as pyarrow's ``to_pylist`` / pandas give it), a flat
+    uint8 list, or a list of PNGs."""
+    masks = _field(row, "masks")
+    if masks is None:
+        raise ValueError(f"row {_field(row, 'key')!r} has no masks (error: {_field(row, 'error')})")
+    a = len(_field(row, "areas"))
+    h, w = int(_field(row, "mask_height")), int(_field(row, "mask_width"))
+    items = list(masks) if not isinstance(masks, np.ndarray) or masks.dtype == object else None
+    if items is not None and items and isinstance(items[0], (bytes, bytearray)):
+        return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("L")) for b in items])
+    arr = np.asarray(masks if items is None else np.concatenate([np.asarray(m).reshape(-1) for m in items]))
+    return arr.astype(np.uint8, copy=False).reshape(a, h, w)
+
+
+def row_geometry(row: Any) -> Geometry:
+    """The mapping-back columns of a row as a ``Geometry`` (mask -> original image)."""
+    width, height = int(_field(row, "width")), int(_field(row, "height"))
+    rw, rh = int(_field(row, "resized_width")), int(_field(row, "resized_height"))
+    return Geometry(
+        width=width,
+        height=height,
+        scale=min(rw, rh) / min(width, height),
+        resized_width=rw,
+        resized_height=rh,
+        crop_left=int(_field(row, "crop_left")),
+        crop_top=int(_field(row, "crop_top")),
+        out_width=int(_field(row, "mask_width")),
+        out_height=int(_field(row, "mask_height")),
+    )
+
+
+def masks_at_original_size(row: Any) -> np.ndarray:
+    """A row's masks mapped back onto the original image: float32 ``[A, height, width]`` in
+    [0, 1] (zero where the model's crop did not reach). ``row``: a dict (``table.to_pylist()``),
+    a pandas row (``df.iloc[i]``) or anything indexable by column name."""
+    masks = row_masks(row).astype(np.float32) / 255.0
+    return row_geometry(row).mask_to_original(masks)
+
+
+def saliency_argmax(row: Any) -> tuple[int, int]:
+    """(x, y) in original-image pixels of the maximum of the row's masks summed over areas."""
+    total = masks_at_original_size(row).sum(axis=0)
+    y, x = np.unravel_index(int(np.argmax(total)), total.shape)
+    return int(x), int(y)
+
+
+def pointing_game(
+    table: pa.Table, boxes: Mapping[str, tuple[int, int, int, int]], tolerance_px: float = 0.0
+) -> dict[str, Any]:
+    """Hit rate of the saliency argmax (``saliency_argmax``) against one known box per key.
+
+    ``boxes``: key -> (x0, y0, x1, y1), half-open pixels of the original image. A hit when the
+    argmax lies within ``tolerance_px`` of the box (0: inside it). Error rows and keys without a
+    box are skipped. Returns ``{"hits", "total", "rate"}``.
+    """
+    hits = total = 0
+    for row in table.filter(pc.is_null(table["error"])).to_pylist():
+        box = boxes.get(row["key"])
+        if box is None:
+            continue
+        x, y = saliency_argmax(row)
+        x0, y0, x1, y1 = box
+        dx = max(x0 - x, 0, x - (x1 - 1))
+        dy = max(y0 - y, 0, y - (y1 - 1))
+        hits += int(dx * dx + dy * dy <= tolerance_px * tolerance_px)
+        total += 1
+    return {"hits": hits, "total": total, "rate": hits / total if total else float("nan")}
+
+
+def boxes_from_shards(
+    shard_urls: list[str], storage_options: dict[str, Any] | None = None, label_key: str = "cls"
+) -> dict[str, tuple[int, int, int, int]]:
+    """key -> box (x0, y0, x1, y1) from the ``box`` field of each sample's json (as the demo
+    shards carry it); samples without one are left out."""
+    from pipeline.shards import iter_samples
+
+    boxes: dict[str, tuple[int, int, int, int]] = {}
+    for url in shard_urls:
+        for sample in iter_samples(url, storage_options, label_key):
+            box = sample.meta.get("box")
+            if isinstance(box, (list, tuple)) and len(box) == 4:
+                boxes[sample.key] = tuple(int(v) for v in box)
+    return boxes

@@ -1,0 +1,66 @@
+"""Which class(es) each image is explained for: its label, or the model's top-1 / top-k classes.
+
+One output row per (image, target). A target that cannot be used (no label, a label outside the
+model's classes) is not an exception: it becomes an error row, so one bad sample never fails a
+shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+TARGET_MODES = ("label", "top1", "topk")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row to compute: ``target`` (class index) and where it came from (``label``, ``top1``,
+    ``topk``); or ``error`` set (then ``target`` is what was asked for, if anything)."""
+
+    target: int | None
+    source: str
+    error: str | None = None
+
+
+def class_scores(logits: torch.Tensor) -> torch.Tensor:
+    """Model output -> scores ``[B, C]``: ``[B, C]`` as is, ``[B, C, h, w]`` averaged over space
+    (fully convolutional models, as the engine does)."""
+    if logits.dim() == 4:
+        return logits.mean(dim=(2, 3))
+    if logits.dim() != 2:
+        raise ValueError(f"model output must be [B, C] or [B, C, h, w], got shape {list(logits.shape)}")
+    return logits
+
+
+def pick_targets(
+    scores: torch.Tensor, labels: Sequence[int | None], mode: str = "label", k: int = 1
+) -> list[list[Target]]:
+    """The targets of each image.
+
+    ``scores``: class scores ``[B, C]`` of the clean images (for the prediction modes, and for
+    ``C`` to range-check labels). ``labels``: the samples' labels, None where a sample has none.
+    ``mode``: ``label`` (one target, the label), ``top1`` (one target), ``topk`` (``min(k, C)``
+    targets, best first). Returns B lists of ``Target``.
+    """
+    if mode not in TARGET_MODES:
+        raise ValueError(f"unknown targets mode {mode!r}; valid: {', '.join(TARGET_MODES)}")
+    if scores.dim() != 2 or scores.shape[0] != len(labels):
+        raise ValueError(f"scores must be [B, C] with B = {len(labels)} labels, got {list(scores.shape)}")
+    num_classes = scores.shape[1]
+    if mode == "label":
+        out = []
+        for label in labels:
+            if label is None:
+                out.append([Target(None, "label", "sample has no label (no .cls member or json 'label')")])
+            elif not 0 <= label < num_classes:
+                out.append([Target(int(label), "label",
+                                   f"label {label} is out of range for a model with {num_classes} classes")])
+            else:
+                out.append([Target(int(label), "label")])
+        return out
+    n = 1 if mode == "top1" else min(k, num_classes)
+    top = scores.detach().float().topk(n, dim=1).indices.cpu().tolist()
+    return [[Target(int(c), mode) for c in row] for row in top]

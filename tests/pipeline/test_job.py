@@ -1,0 +1,151 @@
+"""``python -m jobs.attribute``: exit codes and messages (in-process, on the session's Ray
+cluster), and the demo submitted with ``ray job submit`` to a ``ray start --head`` cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from jobs.attribute import main
+from pipeline.config import dump_config_yaml
+from pipeline.results import read_results
+from tests.pipeline.conftest import tiny_config
+from tests.shard_factory import image_samples, write_shard
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config_file(tmp_path: Path, *overrides: str) -> str:
+    shard = write_shard(tmp_path / "shards" / "job-000000.tar", image_samples(0, 2))
+    cfg = tiny_config(shard, str(tmp_path / "out"), *overrides)
+    path = tmp_path / "job.yaml"
+    path.write_text(dump_config_yaml(cfg))
+    return str(path)
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _config_file(tmp_path)
+    assert main(["--config", path, "--set", "extremal.max_iterz=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown key 'extremal.max_iterz'") and "\n" not in err
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_config_mismatch_is_refused_unless_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _config_file(tmp_path)
+    assert main(["--config", path]) == 0
+    out = capsys.readouterr().out
+    assert f"output: {tmp_path / 'out'}" in out and "rows: 2 (0 error rows)" in out and "images/s" in out
+
+    assert main(["--config", path, "--set", "extremal.max_iter=6"]) == 1
+    err = capsys.readouterr().err
+    assert "holds results of another config" in err and "output.overwrite=true" in err
+    assert read_results(str(tmp_path / "out")).num_rows == 2  # untouched
+
+    # overwrite deletes the old results (--max-shards 0: claim the output, compute nothing)
+    assert main(["--config", path, "--set", "extremal.max_iter=6", "--set", "output.overwrite=true", "--max-shards", "0"]) == 1
+    captured = capsys.readouterr()
+    assert "another config" not in captured.err and "1 shards not run" in captured.out
+    assert not list((tmp_path / "out" / "parts").glob("*.parquet"))
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_unreachable_output_fails_fast_with_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = _config_file(tmp_path, "output.uri=s3://bucket/out", "storage.endpoint_url=http://127.0.0.1:9",
+                        "storage.connect_timeout_s=1", "storage.max_attempts=1")
+    start = time.monotonic()
+    assert main(["--config", path]) == 1
+    assert time.monotonic() - start < 30
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot") and "s3://bucket/out" in err and "127.0.0.1:9" in err
+
+
+# ------------------------------------------------------------------------------------------------
+# ray job submit
+# ------------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
+    """A separate ``ray start --head --block`` cluster on 127.0.0.1 with the job API (dashboard):
+    yields (dashboard URL, environment for ray CLI calls). Every port is a free one and the temp
+    dir is private, so it never meets the session's cluster. Stopped by signalling the process we
+    started (not ``ray stop``, which would stop every Ray cluster on the machine)."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")  # short: Ray's socket paths have a length limit
+    dash = _free_port()
+    ports = {
+        "--port": _free_port(),
+        "--dashboard-port": dash,
+        "--dashboard-agent-listen-port": _free_port(),
+        "--dashboard-agent-grpc-port": _free_port(),
+        "--runtime-env-agent-port": _free_port(),
+        "--metrics-export-port": _free_port(),
+        "--ray-client-server-port": _free_port(),
+    }
+    cmd = ["ray", "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--num-gpus", "0",
+           "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--temp-dir", temp, "--disable-usage-stats"]
+    for flag, port in ports.items():
+        cmd += [flag, str(port)]
+    log = open(Path(temp) / "head.log", "w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/version", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"ray head did not start: {(Path(temp) / 'head.log').read_text()[-2000:]}") from None
+                time.sleep(0.5)
+        yield url, env
+    finally:
+        proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its cluster on SIGTERM
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group we started, nothing else
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.slow
+def test_demo_with_ray_job_submit(ray_head, demo_model_and_data, tmp_path: Path) -> None:
+    """SPEC section 3: the same job through ``ray job submit --working-dir .``. The demo assets
+    come prebuilt from the session fixture (the job finds them cached) and the optimization is
+    shortened; everything else is configs/demo.yaml."""
+    url, env = ray_head
+    assets = demo_model_and_data.assets
+    out = tmp_path / "demo_out"
+    shards = f"{assets.root}/shards/demo-{{000000..000003}}.tar"
+    cmd = ["ray", "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
+           sys.executable, "-m", "jobs.attribute", "--config", "configs/demo.yaml",
+           "--set", f"input.shards={shards}", "--set", f"model.checkpoint={assets.checkpoint}",
+           "--set", f"output.uri={out}", "--set", "extremal.max_iter=20"]
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+    logs = done.stdout + done.stderr
+    assert done.returncode == 0, logs[-4000:]
+    assert "shards: 4/4 done" in logs and "rows: 32 (0 error rows)" in logs and "pointing game" in logs
+    assert "succeeded" in logs
+    table = read_results(str(out))
+    assert table.num_rows == 32 and set(table.column("key").to_pylist()) == set(assets.labels)

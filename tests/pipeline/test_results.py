@@ -1,0 +1,76 @@
+"""Reading results back without Ray: every mask storage format maps back to the original image,
+the pointing game, and plain DuckDB reads the parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from pipeline.output import commit_part, rows_to_table
+from pipeline.results import boxes_from_shards, masks_at_original_size, pointing_game, read_results, row_masks
+from pipeline.worker import load_for_job, process_shard
+from tests.pipeline.conftest import tiny_config
+from tests.shard_factory import image_samples, write_shard
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy 2-core machine: one thread is several times faster
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("output.mask_format=png",),  # list<binary> of PNGs
+        ("model.preprocessing.crop=null", "model.preprocessing.resize=24"),  # flat list<uint8>, per-row shape
+    ],
+    ids=["png", "no-crop"],
+)
+def test_masks_map_back_in_every_storage_format(tmp_path: Path, overrides: tuple[str, ...]) -> None:
+    shard = write_shard(tmp_path / "r-000000.tar", image_samples(0, 2))
+    out = str(tmp_path / "out")
+    cfg = tiny_config(shard, out, *overrides)
+    process_shard(shard, cfg, load_for_job(cfg.model))
+    table = read_results(out)
+    for row in table.to_pylist():
+        masks = row_masks(row)
+        assert masks.dtype == np.uint8 and masks.shape == (2, row["mask_height"], row["mask_width"])
+        assert masks_at_original_size(row).shape == (2, 40, 48)
+    df = table.to_pandas()
+    np.testing.assert_allclose(masks_at_original_size(df.iloc[1]), masks_at_original_size(table.to_pylist()[1]))
+
+
+def _row(key: str, mask: np.ndarray, **extra) -> dict:
+    h, w = mask.shape
+    return {"key": key, "areas": [0.1], "masks": mask[None].astype(np.float32), "width": w, "height": h,
+            "resized_width": w, "resized_height": h, "crop_top": 0, "crop_left": 0, **extra}
+
+
+def test_pointing_game_and_duckdb(tmp_path: Path) -> None:
+    hit, miss = np.zeros((16, 16)), np.zeros((16, 16))
+    hit[5, 6] = 1.0  # argmax at x=6, y=5
+    miss[15, 15] = 1.0
+    rows = [_row("a", hit), _row("b", miss), {"key": "c", "error": "cannot decode image"}]
+    out = str(tmp_path / "out")
+    commit_part(out, "x.tar", rows_to_table(rows, "tensor", (1, 16, 16)))
+    table = read_results(out)
+    boxes = {"a": (4, 4, 8, 8), "b": (0, 0, 4, 4), "c": (0, 0, 16, 16)}
+    assert pointing_game(table, boxes) == {"hits": 1, "total": 2, "rate": 0.5}
+    assert pointing_game(table, boxes, tolerance_px=20)["hits"] == 2  # within 20 px of b's box
+
+    parts = f"{out}/parts/*.parquet"
+    assert duckdb.sql(f"select count(*) from read_parquet('{parts}') where error is null").fetchall() == [(2,)]
+
+
+def test_boxes_from_shard_json(tmp_path: Path) -> None:
+    samples = image_samples(0, 2)
+    samples[0]["json"] = {"label": 0, "box": [1, 2, 3, 4]}
+    shard = write_shard(tmp_path / "b-000000.tar", samples)
+    assert boxes_from_shards([shard]) == {"s000_0000": (1, 2, 3, 4)}
