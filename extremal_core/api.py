@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -59,6 +61,27 @@ def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
+
+
+def engine_model(model: torch.nn.Module, settings: ExtremalSettings) -> torch.nn.Module:
+    """The network the optimizer runs, prepared on a copy so the caller's model is untouched.
+
+    Folding BatchNorm needs a symbolic trace; a model that cannot be traced runs as it is.
+    """
+    prepared = model
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if settings.fuse_batchnorm and has_bn:
+        from torch.fx.experimental.optimization import fuse
+
+        try:
+            prepared = fuse(model)
+        except Exception as exc:  # tracing fails on data-dependent control flow
+            warnings.warn(f"BatchNorm folding skipped, the model could not be traced: {exc}", stacklevel=3)
+    if settings.channels_last:
+        prepared = (copy.deepcopy(model) if prepared is model else prepared).to(memory_format=torch.channels_last)
+    for p in prepared.parameters():
+        p.requires_grad_(False)
+    return prepared.eval()
 
 
 def check_images(images: torch.Tensor) -> None:
@@ -149,12 +172,13 @@ def extremal_perturbation(
     a = len(settings.areas)
 
     with frozen(model):
-        per_batch = max(1, masks_per_batch(model, images, settings) // (a * _copies(settings)))
+        net = engine_model(model, settings)
+        per_batch = max(1, masks_per_batch(net, images, settings) // (a * _copies(settings)))
         parts = []
         for lo in range(0, b, per_batch):
             hi = min(b, lo + per_batch)
             start = time.perf_counter()
-            parts.append(_explain_batch(model, images[lo:hi], t[lo:hi], reward_fn, settings))
+            parts.append(_explain_batch(net, images[lo:hi], t[lo:hi], reward_fn, settings))
             if images.device.type == "cuda":
                 torch.cuda.synchronize(images.device)
             parts[-1]["seconds"] = torch.full((hi - lo,), (time.perf_counter() - start) / (hi - lo))

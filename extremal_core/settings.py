@@ -17,6 +17,9 @@ class ExtremalSettings:
     The defaults are the paper's (and TorchRay's): areas are fractions of the image in (0, 1).
     `max_masks_per_batch` bounds how many masks (images x areas, x2 for `dual`) go through the
     network at once; `memory_budget_mb` (CUDA only) derives that bound from a measured probe.
+    `fuse_batchnorm` folds eval-mode BatchNorm into the preceding convolutions of a traced copy
+    of the model (same logits to float rounding, ~20 % less network time); `channels_last`
+    runs that copy and its inputs in NHWC.
     """
 
     areas: tuple[float, ...] = (0.1,)
@@ -40,6 +43,7 @@ class ExtremalSettings:
     memory_budget_mb: float | None = None
     autocast: str | None = None
     channels_last: bool = False
+    fuse_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         areas = self.areas
