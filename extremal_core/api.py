@@ -118,9 +118,21 @@ def check_targets(targets: torch.Tensor, num_classes: int) -> None:
         )
 
 
-def resolve_settings(settings: ExtremalSettings | None, overrides: dict) -> ExtremalSettings:
+def prepare_call(
+    images: torch.Tensor,
+    targets: int | Sequence[int] | torch.Tensor,
+    reward: str | Reward | None,
+    settings: ExtremalSettings | None,
+    overrides: dict,
+) -> tuple[ExtremalSettings, Reward, torch.Tensor]:
+    """Validate a public call: the settings with keyword overrides, the reward, targets `[B]`."""
+    check_images(images)
     base = settings if settings is not None else ExtremalSettings()
-    return base.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    if isinstance(reward, str):
+        overrides = {**overrides, "reward": reward}
+    resolved = base.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    reward_fn = get_reward(reward if callable(reward) else resolved.reward)
+    return resolved, reward_fn, as_targets(targets, images.shape[0], images.device)
 
 
 def masks_per_batch(model: torch.nn.Module, images: torch.Tensor, settings: ExtremalSettings) -> int:
@@ -164,13 +176,8 @@ def extremal_perturbation(
     (`max_iter=300`, `perturbation="fade"`, ...). `reward` is a registered name or a callable
     `(scores [N, C], targets [N]) -> [N]`. The model is left as it was found.
     """
-    check_images(images)
-    named_reward = reward if isinstance(reward, str) else None
-    settings = resolve_settings(settings, {"areas": areas, "variant": variant, "reward": named_reward, **overrides})
-    reward_fn = get_reward(reward if callable(reward) else settings.reward)
-    b, _, h, w = images.shape
-    t = as_targets(targets, b, images.device)
-    a = len(settings.areas)
+    settings, reward_fn, t = prepare_call(images, targets, reward, settings, {"areas": areas, "variant": variant, **overrides})
+    b, a = images.shape[0], len(settings.areas)
 
     with frozen(model):
         net = engine_model(model, settings)

@@ -15,10 +15,10 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .api import as_targets, check_images, check_targets, frozen, resolve_settings
+from .api import check_targets, frozen, prepare_call
 from .area import area_loss
-from .optimize import model_scores, variant_reward
-from .rewards import Reward, get_reward
+from .optimize import MaskStepper, model_scores, variant_reward
+from .rewards import Reward
 from .settings import ExtremalSettings
 
 _MASKS_PER_BATCH = 64
@@ -75,13 +75,9 @@ def channel_perturbation(
     **overrides,
 ) -> ChannelResult:
     """Channel masks of `images` `[B, C, H, W]` at `layer` (a name from `model.named_modules()`)."""
-    check_images(images)
     module = find_layer(model, layer)
-    named_reward = reward if isinstance(reward, str) else None
-    settings = resolve_settings(settings, {"areas": areas, "variant": variant, "reward": named_reward, **overrides})
-    reward_fn = get_reward(reward if callable(reward) else settings.reward)
+    settings, reward_fn, t = prepare_call(images, targets, reward, settings, {"areas": areas, "variant": variant, **overrides})
     b = images.shape[0]
-    t = as_targets(targets, b, images.device)
     copies = 2 if settings.variant == "dual" else 1
     per_batch = max(1, (settings.max_masks_per_batch or _MASKS_PER_BATCH) // (len(settings.areas) * copies))
     parts = []
@@ -123,22 +119,12 @@ def _optimize_channels(
     mask_areas = torch.tensor(settings.areas, device=images.device).repeat(b)
     mask_targets = targets.repeat_interleave(a)
     params = torch.ones(b * a, k, device=images.device, requires_grad=True)
-    optimizer = torch.optim.SGD([params], lr=settings.learning_rate, momentum=settings.momentum, dampening=settings.dampening)
-    weight = settings.lambda0
-    history = []
+    stepper = MaskStepper(params, settings)
     try:
         for _ in range(settings.max_iter):
             hook.masks = _variant_masks(params, settings.variant)
             gain = variant_reward(model_scores(model, inputs, settings), mask_targets, reward, settings.variant)
-            penalty = weight * area_loss(params, mask_areas)
-            optimizer.zero_grad(set_to_none=True)
-            (penalty - gain).sum().backward()
-            optimizer.step()
-            with torch.no_grad():
-                params.clamp_(0.0, 1.0)
-            if settings.keep_history:
-                history.append(torch.stack((gain.detach(), -penalty.detach()), dim=1))
-            weight *= settings.lambda_growth
+            stepper.step(gain, area_loss(params, mask_areas))
         with torch.no_grad():
             hook.masks = _variant_masks(params, settings.variant)
             rewards = variant_reward(model_scores(model, inputs, settings), mask_targets, reward, settings.variant)
@@ -155,7 +141,7 @@ def _optimize_channels(
         "saliency": saliency,
         "rewards": rewards.view(b, a),
         "phi0": reward(clean, targets),
-        "history": torch.stack(history, dim=-1).view(b, a, 2, -1).cpu() if history else None,
+        "history": stepper.history_tensor(b, a),
     }
 
 

@@ -63,6 +63,36 @@ def variant_reward(scores: torch.Tensor, targets: torch.Tensor, reward: Reward, 
     return reward(scores[:k], targets) - reward(scores[k:], targets)
 
 
+class MaskStepper:
+    """The SPEC's optimizer for mask parameters in [0, 1]: SGD with momentum and dampening on
+    `penalty_weight·R - reward`, clamping after each step, λ growing geometrically."""
+
+    def __init__(self, params: torch.Tensor, settings: ExtremalSettings):
+        self.params = params
+        self.settings = settings
+        self.optimizer = torch.optim.SGD(
+            [params], lr=settings.learning_rate, momentum=settings.momentum, dampening=settings.dampening
+        )
+        self.weight = settings.lambda0
+        self.history: list[torch.Tensor] = []
+
+    def step(self, gain: torch.Tensor, area_term: torch.Tensor) -> None:
+        """One update from the per-mask reward and area penalty `[K]`."""
+        penalty = self.weight * area_term
+        self.optimizer.zero_grad(set_to_none=True)
+        (penalty - gain).sum().backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.params.clamp_(0.0, 1.0)
+        if self.settings.keep_history:
+            self.history.append(torch.stack((gain.detach(), -penalty.detach()), dim=1))
+        self.weight *= self.settings.lambda_growth
+
+    def history_tensor(self, b: int, a: int) -> torch.Tensor | None:
+        """`[B, A, 2, T]` (reward, area penalty) on the CPU, or None when not kept."""
+        return torch.stack(self.history, dim=-1).view(b, a, 2, -1).cpu() if self.history else None
+
+
 def optimize_masks(
     model: torch.nn.Module,
     images: torch.Tensor,
@@ -83,28 +113,16 @@ def optimize_masks(
     mask_targets = targets.repeat_interleave(a)
 
     params = torch.ones(b * a, *generator.geometry.param_shape, device=images.device, requires_grad=True)
-    optimizer = torch.optim.SGD(
-        [params], lr=settings.learning_rate, momentum=settings.momentum, dampening=settings.dampening
-    )
-    weight = settings.lambda0
-    history = []
+    stepper = MaskStepper(params, settings)
     for t in range(settings.max_iter):
         masks, full = generator.generate(params)
         x = variant_inputs(pyramid, masks.view(b, a, h, w), settings.variant)
         if settings.jitter and t % 2 == 0:
             x = torch.flip(x, dims=(3,))
         gain = variant_reward(model_scores(model, x, settings), mask_targets, reward, settings.variant)
-        penalty = weight * area_loss(full, mask_areas)
-        optimizer.zero_grad(set_to_none=True)
-        (penalty - gain).sum().backward()
-        optimizer.step()
-        with torch.no_grad():
-            params.clamp_(0.0, 1.0)
-        if settings.keep_history:
-            history.append(torch.stack((gain.detach(), -penalty.detach()), dim=1))
-        weight *= settings.lambda_growth
-
-    hist = torch.stack(history, dim=-1).view(b, a, 2, -1).cpu() if history else None
+        stepper.step(gain, area_loss(full, mask_areas))
     return MaskBatch(
-        masks=masks.detach().view(b, a, h, w), achieved_areas=mask_area(full.detach()).view(b, a), history=hist
+        masks=masks.detach().view(b, a, h, w),
+        achieved_areas=mask_area(full.detach()).view(b, a),
+        history=stepper.history_tensor(b, a),
     )
