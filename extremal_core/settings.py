@@ -42,7 +42,7 @@ class ExtremalSettings:
     max_masks_per_batch: int | None = None
     memory_budget_mb: float | None = None
     autocast: str | None = None
-    channels_last: bool = False
+    channels_last: bool = True
     fuse_batchnorm: bool = True
 
     def __post_init__(self) -> None:
