@@ -82,7 +82,8 @@ class ModelConfig:
     Either ``arch`` (a torchvision name such as ``resnet50``, with ``weights`` such as
     ``IMAGENET1K_V2``) or ``factory`` (``package.module:function`` returning an ``nn.Module``,
     called with ``num_classes`` when given). ``checkpoint`` (any fsspec URL) is a state_dict loaded
-    on top.
+    on top. ``download_weights``: fetch torchvision weights missing from the torch hub cache (turn
+    it off on machines without internet, where a missing file is then a clear error).
     """
 
     arch: str | None = None
@@ -90,6 +91,7 @@ class ModelConfig:
     checkpoint: str | None = None
     factory: str | None = None
     num_classes: int | None = None
+    download_weights: bool = True
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
 
     def validate(self) -> None:
@@ -245,6 +247,9 @@ _HASH_EXCLUDED: tuple[str, ...] = (
     "storage",
     "extremal.max_masks_per_batch",
     "extremal.memory_budget_mb",
+    "extremal.channels_last",
+    "extremal.fuse_batchnorm",
+    "model.download_weights",
 )
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")

@@ -66,7 +66,7 @@ def load_for_job(model_cfg: ModelConfig, device: torch.device | str = "cpu") -> 
         mean=pp.mean,
         std=pp.std,
     )
-    loaded = load_model(spec, device)
+    loaded = load_model(spec, device, download=model_cfg.download_weights)
     # In the config `resize: null` means "do not resize"; in a ModelSpec None means "the weights'
     # default". The config is the whole truth, so rebuild the preprocessing from it.
     loaded.preprocess = Preprocess(pp.resize, pp.crop, tuple(pp.mean), tuple(pp.std), loaded.preprocess.interpolation)
