@@ -18,6 +18,9 @@ import pytest
 
 # Ray 2.60 turns token auth on for local clusters; the tests run their own, unauthenticated.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# pytest and the Ray workers share two cores: spinning OpenMP threads would starve each other.
+# Set before torch is first imported (below), and inherited by the workers.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tests.fixtures_demo import demo_model_and_data  # noqa: F401  (session fixture)
 from tests.shard_factory import write_shards
