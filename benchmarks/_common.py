@@ -340,6 +340,16 @@ def warn_oversubscription() -> None:
               "OMP_WAIT_POLICY=PASSIVE.", flush=True)
 
 
+def start_run(threads: int | None) -> dict:
+    """Thread count, the environment printed (and returned), and a warning on a loaded machine."""
+    if threads:
+        torch.set_num_threads(threads)
+    env = environment()
+    print("environment:", env)
+    warn_oversubscription()
+    return env
+
+
 def write_json(path: str | None, payload: dict) -> None:
     if not path:
         return

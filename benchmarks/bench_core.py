@@ -42,8 +42,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    environment,
-    warn_oversubscription,
     evaluate_masks,
     format_split,
     make_model,
@@ -52,6 +50,7 @@ from _common import (  # noqa: E402
     run_ours,
     run_torchray,
     smooth_images,
+    start_run,
     split_ours,
     split_torchray,
     top1_targets,
@@ -313,11 +312,7 @@ def bench_gpu(args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = environment()
-    print("environment:", env)
-    warn_oversubscription()
+    env = start_run(args.threads)
     start = time.perf_counter()
     results = []
     if args.gpu:

@@ -39,14 +39,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
-    environment,
-    warn_oversubscription,
     evaluate_masks,
     make_model,
     pearson,
     run_ours,
     run_torchray,
     smooth_images,
+    start_run,
     top1_targets,
     write_json,
 )
@@ -103,11 +102,7 @@ def estimate(model, images, targets, areas, args):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = environment()
-    print("environment:", env)
-    warn_oversubscription()
+    env = start_run(args.threads)
     areas = tuple(float(a) for a in args.areas.split(","))
     dev = torch.device(args.device)
     model = make_model(args.model, seed=args.seed).to(dev)
