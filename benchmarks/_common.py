@@ -215,7 +215,6 @@ def split_ours(model, images, targets, areas, step, sigma, reps=5, settings_extr
         p.requires_grad_(False)
     times = {k: [] for k in STAGES}
     for rep in range(reps + 1):
-        t = {}
         d0, (masks, full) = _clock(dev, lambda: gen.generate(params))
         m_leaf = masks.detach().requires_grad_(True)
         f_leaf = full.detach().requires_grad_(True)
