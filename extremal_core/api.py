@@ -215,7 +215,7 @@ def _explain_batch(
         check_targets(targets, clean.shape[1])
         pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
         phi_min = reward(model_scores(model, pyramid[:, 0], settings), targets)
-    found = optimize_masks(model, images, targets, reward, settings)
+    found = optimize_masks(model, images, targets, reward, settings, pyramid)
     with torch.no_grad():
         per_mask = targets.repeat_interleave(a)
         final = model_scores(model, variant_inputs(pyramid, found.masks, settings.variant), settings)

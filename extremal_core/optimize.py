@@ -99,16 +99,19 @@ def optimize_masks(
     targets: torch.Tensor,
     reward: Reward,
     settings: ExtremalSettings,
+    pyramid: torch.Tensor | None = None,
 ) -> MaskBatch:
     """Find the extremal masks of `images` `[B, C, H, W]` for `targets` `[B]` at every area.
 
     The model must already be in eval mode with its parameters frozen (the public API does it).
+    `pyramid` `[B, L, C, H, W]`: the images' perturbation pyramid, when the caller has it.
     """
     b, _, h, w = images.shape
     areas = settings.areas
     a = len(areas)
     generator = SmoothMaskGenerator(h, w, settings.step, settings.sigma, settings.smooth_max_coldness)
-    pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
+    if pyramid is None:
+        pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
     mask_areas = torch.tensor(areas, device=images.device).repeat(b)  # [B·A], image-major
     mask_targets = targets.repeat_interleave(a)
 
