@@ -25,16 +25,6 @@ class Target:
     error: str | None = None
 
 
-def class_scores(logits: torch.Tensor) -> torch.Tensor:
-    """Model output -> scores ``[B, C]``: ``[B, C]`` as is, ``[B, C, h, w]`` averaged over space
-    (fully convolutional models, as the engine does)."""
-    if logits.dim() == 4:
-        return logits.mean(dim=(2, 3))
-    if logits.dim() != 2:
-        raise ValueError(f"model output must be [B, C] or [B, C, h, w], got shape {list(logits.shape)}")
-    return logits
-
-
 def pick_targets(
     scores: torch.Tensor, labels: Sequence[int | None], mode: str = "label", k: int = 1
 ) -> list[list[Target]]:

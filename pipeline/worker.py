@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from extremal_core import extremal_perturbation
+from extremal_core.rewards import class_scores
 from pipeline.config import JobConfig, ModelConfig, config_hash, storage_options
 from pipeline.models import Geometry, LoadedModel, ModelSpec, Preprocess, load_model
 from pipeline.output import commit_part, rows_to_table
 from pipeline.shards import decode_image, iter_samples
-from pipeline.targets import Target, class_scores, pick_targets
+from pipeline.targets import Target, pick_targets
 
 # ------------------------------------------------------------------------------------------------
 # Model and device
