@@ -10,6 +10,7 @@ the parameters of cell j shifted by the neighbourhood offset o, with a weight th
 (o, r). So the kernel is a small table `[O, step²]` and the smooth max is evaluated by an autograd
 function that never keeps the `[K, O, H, W]` intermediate TorchRay keeps: it streams over cache-
 sized chunks and rebuilds them in the backward pass (about 5x less time per mask on a CPU).
+For float32 masks on a CPU the same loops run as compiled C (`cpu_kernel.py`), another 4-5x.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from functools import cached_property
 
 import torch
 import torch.nn.functional as F
+
+from . import cpu_kernel
 
 # Elements of the transient [k, o, S, C] tensors per chunk: small on CPU so they stay in cache,
 # large on GPUs so kernel launches stay few.
@@ -120,10 +123,8 @@ class _SmoothMaxConv(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         neighbours, table, out, norm = ctx.saved_tensors
         c = ctx.coldness
+        a, b = _backward_factors(grad_out, out, norm, c)
         scaled = neighbours * c
-        # dm/df_o = p_o·(1 + c·(f_o - m)) with p = e/Z, so g·dm/df_o = e_o·(a + b·c·f_o)
-        b = grad_out / norm
-        a = b * (1.0 - c * out)
         grad = torch.empty_like(neighbours)
         s = table.shape[1]
         for ks, os in _chunks(neighbours, table):
@@ -134,6 +135,30 @@ class _SmoothMaxConv(torch.autograd.Function):
             rows = w.unsqueeze(0).expand(kk, oo, s).reshape(kk * oo, 1, s)
             grad[ks, os] = torch.bmm(rows, g.reshape(kk * oo, s, -1)).view(kk, oo, -1)
         return grad, None, None
+
+
+class _NativeSmoothMaxConv(torch.autograd.Function):
+    """The same map from the parameters `[K, Hp, Wp]` (neighbours gathered inside), in the
+    compiled C of `cpu_kernel` (float32 CPU tensors only)."""
+
+    @staticmethod
+    def forward(ctx, params: torch.Tensor, table: torch.Tensor, geometry: MaskGeometry, coldness: float):
+        out, norm = cpu_kernel.forward(params, table, geometry, coldness)
+        ctx.save_for_backward(params, table, out, norm)
+        ctx.geometry, ctx.coldness = geometry, coldness
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        params, table, out, norm = ctx.saved_tensors
+        a, b = _backward_factors(grad_out, out, norm, ctx.coldness)
+        return cpu_kernel.backward(params, table, a, b, ctx.geometry, ctx.coldness), None, None, None
+
+
+def _backward_factors(grad_out, out, norm, coldness: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """dm/df_o = p_o·(1 + c·(f_o - m)) with p = e/Z, so g·dm/df_o = e_o·(a + b·c·f_o) with these a, b."""
+    b = grad_out / norm
+    return b * (1.0 - coldness * out), b
 
 
 def _chunks(neighbours: torch.Tensor, table: torch.Tensor):
@@ -153,12 +178,22 @@ class SmoothMaskGenerator:
 
     `generate` returns `(mask [K, H, W], full [K, Hf, Wf])`: the image-sized mask and the mask
     with its margin, which the area constraint uses. A hard max (`coldness=inf`) is available for
-    analysis (Lemma 1 of the supplement).
+    analysis (Lemma 1 of the supplement). `native=False` keeps the smooth max in PyTorch ops even
+    where the compiled CPU kernel is available.
     """
 
-    def __init__(self, height: int, width: int, step: int = 7, sigma: float = 21.0, coldness: float = 20.0):
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        step: int = 7,
+        sigma: float = 21.0,
+        coldness: float = 20.0,
+        native: bool = True,
+    ):
         self.geometry = MaskGeometry(height, width, step, sigma)
         self.coldness = coldness
+        self.native = native
 
     @cached_property
     def _table_cpu(self) -> torch.Tensor:
@@ -178,12 +213,13 @@ class SmoothMaskGenerator:
             raise ValueError(
                 f"mask parameters must be [K, {g.param_shape[0]}, {g.param_shape[1]}], got {list(params.shape)}"
             )
-        nb = self.neighbours(params)
         table = self.table(params)
         if math.isinf(self.coldness):
-            phases = (nb.unsqueeze(2) * table[None, :, :, None]).amax(dim=1)
+            phases = (self.neighbours(params).unsqueeze(2) * table[None, :, :, None]).amax(dim=1)
+        elif self.native and cpu_kernel.supports(params):
+            phases = _NativeSmoothMaxConv.apply(params, table, g, float(self.coldness))
         else:
-            phases = _SmoothMaxConv.apply(nb, table, float(self.coldness))
+            phases = _SmoothMaxConv.apply(self.neighbours(params), table, float(self.coldness))
         k, (hc, wc), s = params.shape[0], g.cell_shape, g.step
         cells = phases.view(k, s, s, hc, wc).permute(0, 3, 1, 4, 2).reshape(k, hc * s, wc * s)
         full = cells[:, : g.full_shape[0], : g.full_shape[1]].clamp(0.0, 1.0)

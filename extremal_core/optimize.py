@@ -109,7 +109,9 @@ def optimize_masks(
     b, _, h, w = images.shape
     areas = settings.areas
     a = len(areas)
-    generator = SmoothMaskGenerator(h, w, settings.step, settings.sigma, settings.smooth_max_coldness)
+    generator = SmoothMaskGenerator(
+        h, w, settings.step, settings.sigma, settings.smooth_max_coldness, settings.native_cpu_kernel
+    )
     if pyramid is None:
         pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
     mask_areas = torch.tensor(areas, device=images.device).repeat(b)  # [B·A], image-major

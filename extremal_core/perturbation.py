@@ -55,8 +55,11 @@ def perturb(pyramid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     frac = w - lower
     lower = lower.long()
     upper = (lower + 1).clamp(max=num_levels - 1)
-    levels = pyramid.unsqueeze(1)  # [B, 1, L, C, H, W]
+    # gather, not take_along_dim: the latter wraps indices with a remainder pass that costs twice
+    # the gather itself.
+    b, k = masks.shape[:2]
+    levels = pyramid.unsqueeze(1).expand(b, k, *pyramid.shape[1:])  # [B, K, L, C, H, W]
     shape = (-1, -1, 1, pyramid.shape[2], -1, -1)
-    y0 = torch.take_along_dim(levels, lower.unsqueeze(2).expand(*shape), dim=2).squeeze(2)
-    y1 = torch.take_along_dim(levels, upper.unsqueeze(2).expand(*shape), dim=2).squeeze(2)
+    y0 = levels.gather(2, lower.unsqueeze(2).expand(*shape)).squeeze(2)
+    y1 = levels.gather(2, upper.unsqueeze(2).expand(*shape)).squeeze(2)
     return y0 + frac * (y1 - y0)

@@ -7,11 +7,14 @@ from torchray.attribution.extremal_perturbation import MaskGenerator
 from extremal_core.masks import MaskGeometry, SmoothMaskGenerator, flat_top_kernel
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["compiled", "eager"])
 @pytest.mark.parametrize("size,step,sigma", [((224, 224), 7, 21), ((64, 64), 4, 10), ((100, 130), 5, 9.5)])
-def test_masks_and_gradients_match_torchray(size, step, sigma):
+def test_masks_and_gradients_match_torchray(size, step, sigma, native, request):
+    if native:
+        request.getfixturevalue("compiled_kernel")
     torch.manual_seed(0)
     ref = MaskGenerator(size, step, sigma)
-    ours = SmoothMaskGenerator(*size, step=step, sigma=sigma)
+    ours = SmoothMaskGenerator(*size, step=step, sigma=sigma, native=native)
     assert list(ours.geometry.param_shape) == ref.shape_in
     params = torch.rand(3, *ref.shape_in, dtype=torch.float32)
     p_ref = params.clone().unsqueeze(1).requires_grad_(True)

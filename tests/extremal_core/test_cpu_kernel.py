@@ -1,0 +1,71 @@
+"""The compiled smooth max (extremal_core/cpu_kernel.py) against the eager one, and its build."""
+
+import pytest
+import torch
+
+from extremal_core import cpu_kernel
+from extremal_core.masks import SmoothMaskGenerator
+
+
+def _generate(gen: SmoothMaskGenerator, params: torch.Tensor, weights: torch.Tensor):
+    p = params.clone().requires_grad_(True)
+    crop, full = gen.generate(p)
+    (full * weights).sum().backward()
+    return crop.detach(), full.detach(), p.grad
+
+
+@pytest.mark.parametrize(
+    "size,step,sigma,masks,threads",
+    [((64, 64), 4, 10.0, 24, 1), ((224, 224), 7, 21.0, 3, 1), ((40, 57), 5, 8.0, 5, 2), ((30, 30), 3, 2.5, 7, 3)],
+)
+def test_compiled_matches_eager(size, step, sigma, masks, threads, compiled_kernel):
+    torch.manual_seed(0)
+    eager = SmoothMaskGenerator(*size, step=step, sigma=sigma, native=False)
+    compiled = SmoothMaskGenerator(*size, step=step, sigma=sigma, native=True)
+    # Many parameters exactly 0, as the optimizer's clamp leaves them. Not exactly 1: where the
+    # smooth max of ones rounds to 1 + ulp in one code and 1 - ulp in the other, the output
+    # clamp passes the gradient in one and not the other.
+    params = torch.rand(masks, *eager.geometry.param_shape).mul(1.2).sub(0.2).clamp(0, 0.999)
+    weights = torch.randn(masks, *eager.geometry.full_shape)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref = _generate(eager, params, weights)
+        got = _generate(compiled, params, weights)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.allclose(got[0], ref[0], atol=2e-6)
+    assert torch.allclose(got[1], ref[1], atol=2e-6)
+    assert torch.allclose(got[2], ref[2], atol=2e-5 * ref[2].abs().max())
+
+
+def test_other_dtypes_and_devices_use_the_eager_code():
+    gen = SmoothMaskGenerator(20, 20, step=4, sigma=6.0)
+    params = torch.rand(2, *gen.geometry.param_shape, dtype=torch.float64)
+    assert not cpu_kernel.supports(params)
+    crop, full = gen.generate(params)
+    assert full.dtype == torch.float64
+
+
+def test_build_is_cached_per_source_and_flags(tmp_path, compiled_kernel):
+    first = cpu_kernel.compile_library(directory=tmp_path)
+    assert first is not None and first.parent == tmp_path
+    stamp = first.stat().st_mtime_ns
+    assert cpu_kernel.compile_library(directory=tmp_path) == first
+    assert first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left behind
+
+
+def test_missing_compiler_means_no_library(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="extremal_core.cpu_kernel"):
+        assert cpu_kernel.compile_library(compiler="no-such-compiler-xyz", directory=tmp_path) is None
+    assert "no C compiler" in caplog.text
+    assert not any(tmp_path.iterdir())
+
+
+def test_failed_build_means_no_library(tmp_path, caplog):
+    # `false` is a "compiler" that always fails: the build error is logged, nothing is cached.
+    with caplog.at_level("INFO", logger="extremal_core.cpu_kernel"):
+        assert cpu_kernel.compile_library(compiler="false", directory=tmp_path) is None
+    assert "failed" in caplog.text
+    assert not any(tmp_path.iterdir())
