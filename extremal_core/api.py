@@ -218,12 +218,14 @@ def _explain_batch(
     found = optimize_masks(model, images, targets, reward, settings, pyramid)
     with torch.no_grad():
         per_mask = targets.repeat_interleave(a)
-        final = model_scores(model, variant_inputs(pyramid, found.masks, settings.variant), settings)
+        final = model_scores(
+            model, variant_inputs(pyramid, found.masks, settings.variant, settings.native_cpu_kernels), settings
+        )
         rewards = variant_reward(final, per_mask, reward, settings.variant)
         if settings.variant == "preserve":
             preserved = rewards
         else:
-            kept = perturb(pyramid, found.masks).reshape(-1, c, h, w)
+            kept = perturb(pyramid, found.masks, settings.native_cpu_kernels).reshape(-1, c, h, w)
             preserved = reward(model_scores(model, kept, settings), per_mask)
     return {
         "masks": found.masks,

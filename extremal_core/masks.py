@@ -10,7 +10,7 @@ the parameters of cell j shifted by the neighbourhood offset o, with a weight th
 (o, r). So the kernel is a small table `[O, step²]` and the smooth max is evaluated by an autograd
 function that never keeps the `[K, O, H, W]` intermediate TorchRay keeps: it streams over cache-
 sized chunks and rebuilds them in the backward pass (about 5x less time per mask on a CPU).
-For float32 masks on a CPU the same loops run as compiled C (`cpu_kernel.py`), another 4-5x.
+For float32 masks on a CPU the same loops run as compiled C (`cpu_kernels.py`), another 4-5x.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 
-from . import cpu_kernel
+from . import cpu_kernels
 
 # Elements of the transient [k, o, S, C] tensors per chunk: small on CPU so they stay in cache,
 # large on GPUs so kernel launches stay few.
@@ -139,11 +139,11 @@ class _SmoothMaxConv(torch.autograd.Function):
 
 class _NativeSmoothMaxConv(torch.autograd.Function):
     """The same map from the parameters `[K, Hp, Wp]` (neighbours gathered inside), in the
-    compiled C of `cpu_kernel` (float32 CPU tensors only)."""
+    compiled C of `cpu_kernels` (float32 CPU tensors only)."""
 
     @staticmethod
     def forward(ctx, params: torch.Tensor, table: torch.Tensor, geometry: MaskGeometry, coldness: float):
-        out, norm = cpu_kernel.forward(params, table, geometry, coldness)
+        out, norm = cpu_kernels.smooth_max_forward(params, table, geometry, coldness)
         ctx.save_for_backward(params, table, out, norm)
         ctx.geometry, ctx.coldness = geometry, coldness
         return out
@@ -152,7 +152,7 @@ class _NativeSmoothMaxConv(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         params, table, out, norm = ctx.saved_tensors
         a, b = _backward_factors(grad_out, out, norm, ctx.coldness)
-        return cpu_kernel.backward(params, table, a, b, ctx.geometry, ctx.coldness), None, None, None
+        return cpu_kernels.smooth_max_backward(params, table, a, b, ctx.geometry, ctx.coldness), None, None, None
 
 
 def _backward_factors(grad_out, out, norm, coldness: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +216,7 @@ class SmoothMaskGenerator:
         table = self.table(params)
         if math.isinf(self.coldness):
             phases = (self.neighbours(params).unsqueeze(2) * table[None, :, :, None]).amax(dim=1)
-        elif self.native and cpu_kernel.supports(params):
+        elif self.native and cpu_kernels.supports(params):
             phases = _NativeSmoothMaxConv.apply(params, table, g, float(self.coldness))
         else:
             phases = _SmoothMaxConv.apply(self.neighbours(params), table, float(self.coldness))

@@ -56,15 +56,15 @@ def _cpu_calls(x: torch.Tensor) -> int:
     return math.ceil(len(x) / per_call)
 
 
-def variant_inputs(pyramid: torch.Tensor, masks: torch.Tensor, variant: str) -> torch.Tensor:
+def variant_inputs(pyramid: torch.Tensor, masks: torch.Tensor, variant: str, native: bool = True) -> torch.Tensor:
     """Perturbed images for a variant: masks `[B, A, H, W]` -> `[B·A, C, H, W]` (x2 for dual)."""
     c, h, w = pyramid.shape[2:]
     if variant == "preserve":
-        return perturb(pyramid, masks).reshape(-1, c, h, w)
+        return perturb(pyramid, masks, native).reshape(-1, c, h, w)
     if variant == "delete":
-        return perturb(pyramid, 1 - masks).reshape(-1, c, h, w)
+        return perturb(pyramid, 1 - masks, native).reshape(-1, c, h, w)
     return torch.cat(
-        (perturb(pyramid, masks).reshape(-1, c, h, w), perturb(pyramid, 1 - masks).reshape(-1, c, h, w))
+        (perturb(pyramid, masks, native).reshape(-1, c, h, w), perturb(pyramid, 1 - masks, native).reshape(-1, c, h, w))
     )
 
 
@@ -125,7 +125,7 @@ def optimize_masks(
     areas = settings.areas
     a = len(areas)
     generator = SmoothMaskGenerator(
-        h, w, settings.step, settings.sigma, settings.smooth_max_coldness, settings.native_cpu_kernel
+        h, w, settings.step, settings.sigma, settings.smooth_max_coldness, settings.native_cpu_kernels
     )
     if pyramid is None:
         pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
@@ -136,7 +136,7 @@ def optimize_masks(
     stepper = MaskStepper(params, settings)
     for t in range(settings.max_iter):
         masks, full = generator.generate(params)
-        x = variant_inputs(pyramid, masks.view(b, a, h, w), settings.variant)
+        x = variant_inputs(pyramid, masks.view(b, a, h, w), settings.variant, settings.native_cpu_kernels)
         if settings.jitter and t % 2 == 0:
             x = torch.flip(x, dims=(3,))
         gain = variant_reward(model_scores(model, x, settings), mask_targets, reward, settings.variant)

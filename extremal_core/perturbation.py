@@ -8,6 +8,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import cpu_kernels
+
 # Matches TorchRay's single-precision constants so the filters agree bit for bit.
 _SQRT_TWO = math.sqrt(2.0)
 _EPS = 1.19209290e-07
@@ -44,11 +46,29 @@ def build_pyramid(images: torch.Tensor, num_levels: int = 8, max_blur: float = 2
     return torch.stack(levels, dim=1)
 
 
-def perturb(pyramid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+class _NativePerturb(torch.autograd.Function):
+    """`perturb` in the compiled C of `cpu_kernels` (float32 CPU tensors, constant pyramid)."""
+
+    @staticmethod
+    def forward(ctx, pyramid: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(pyramid, masks)
+        return cpu_kernels.perturb_forward(pyramid, masks)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        pyramid, masks = ctx.saved_tensors
+        return None, cpu_kernels.perturb_backward(pyramid, masks, grad_out)
+
+
+def perturb(pyramid: torch.Tensor, masks: torch.Tensor, native: bool = True) -> torch.Tensor:
     """Blend pyramid levels per pixel: `[B, L, C, H, W]` x masks `[B, K, H, W]` -> `[B, K, C, H, W]`.
 
     The mask value selects a fractional level, linearly interpolated between its neighbours.
+    `native`: use the compiled CPU loop where it applies (float32 CPU tensors, pyramid without
+    gradient).
     """
+    if native and not pyramid.requires_grad and cpu_kernels.supports(pyramid, masks):
+        return _NativePerturb.apply(pyramid, masks)
     num_levels = pyramid.shape[1]
     w = (masks * (num_levels - 1)).unsqueeze(2)  # [B, K, 1, H, W]
     lower = w.detach().floor().clamp(0, num_levels - 1)

@@ -19,9 +19,9 @@ class ExtremalSettings:
     network at once; `memory_budget_mb` (CUDA only) derives that bound from a measured probe.
     `fuse_batchnorm` folds eval-mode BatchNorm into the preceding convolutions of a traced copy
     of the model (same logits to float rounding, ~20 % less network time); `channels_last`
-    runs that copy and its inputs in NHWC. `native_cpu_kernel` runs the smooth max of float32
-    CPU masks in compiled C (`cpu_kernel.py`; same values to float rounding, ~4x faster) when a
-    C compiler is present.
+    runs that copy and its inputs in NHWC. `native_cpu_kernels` runs the smooth max and the
+    pyramid blend of float32 CPU masks in compiled C (`cpu_kernels.py`; same values to float
+    rounding, 2-4x faster) when a C compiler is present.
     """
 
     areas: tuple[float, ...] = (0.1,)
@@ -46,7 +46,7 @@ class ExtremalSettings:
     autocast: str | None = None
     channels_last: bool = True
     fuse_batchnorm: bool = True
-    native_cpu_kernel: bool = True
+    native_cpu_kernels: bool = True
 
     def __post_init__(self) -> None:
         areas = self.areas

@@ -249,7 +249,7 @@ _HASH_EXCLUDED: tuple[str, ...] = (
     "extremal.memory_budget_mb",
     "extremal.channels_last",
     "extremal.fuse_batchnorm",
-    "extremal.native_cpu_kernel",
+    "extremal.native_cpu_kernels",
     "model.download_weights",
 )
 

@@ -5,18 +5,18 @@ import shutil
 import pytest
 import torch
 
-from extremal_core import cpu_kernel
+from extremal_core import cpu_kernels
 
 
 @pytest.fixture
 def compiled_kernel():
     """The compiled smooth max. The build machines have a C compiler: there a kernel that does
     not build is a failure, not a skip."""
-    if cpu_kernel.library() is None:
+    if cpu_kernels.library() is None:
         if shutil.which("cc") or shutil.which("gcc"):
             pytest.fail("a C compiler is present but the smooth max kernel did not build; see the log")
         pytest.skip("no C compiler on this machine")
-    return cpu_kernel.library()
+    return cpu_kernels.library()
 
 def make_tiny_cnn(num_classes: int = 5, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)

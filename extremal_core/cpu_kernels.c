@@ -1,6 +1,7 @@
-/* The smooth max-convolution of masks.py (_SmoothMaxConv) as C loops, float32, one thread.
+/* The smooth max-convolution of masks.py (_SmoothMaxConv) and the pyramid blend of
+ * perturbation.py as C loops, float32, one thread per call (cpu_kernels.py splits the work).
  *
- * Shapes as in masks.py: parameters P [K, Hp, Wp]; their neighbours v [O, C] per mask (the
+ * Smooth max, shapes as in masks.py: parameters P [K, Hp, Wp]; their neighbours v [O, C] per mask (the
  * window's O = window² offsets around each of the C = Hc·Wc cells, zero past the grid, what
  * F.unfold(P, window, padding=pad) gives); kernel table W [O, S] (S = step² phases); outputs
  * [K, S, C].
@@ -180,5 +181,84 @@ int smooth_max_backward(const float *params, const float *table, const float *a,
         fold_neighbours(dv, &g, grad + k * hp * wp);
     }
     free(v);
+    return 0;
+}
+
+
+/* Pyramid blend of perturbation.py: pyramid [B, L, Ch, P] (P pixels), masks [B, K, P],
+ * out [B, K, Ch, P]. Mask value m selects level x = m·(L-1) between l0 = floor(x) (clamped to
+ * [0, L-1]) and l1 = min(l0 + 1, L-1): y = y0 + (x - l0)·(y1 - y0), as TorchRay's Perturbation.
+ * Offsets are int32: one image's pyramid is far below 2^31 elements. */
+
+/* Per pixel of one mask: the element offset of its lower level and the interpolation weight. */
+static void blend_plan(const float *m, int64_t levels, int64_t level_stride, int64_t pixels,
+                       int32_t *lower, int32_t *step_up, float *frac)
+{
+    const float top = (float)(levels - 1);
+#pragma omp simd
+    for (int64_t p = 0; p < pixels; ++p) {
+        const float x = m[p] * top;
+        float lo = __builtin_floorf(x);
+        lo = lo < 0.0f ? 0.0f : lo;
+        lo = lo > top ? top : lo;
+        frac[p] = x - lo;
+        lower[p] = (int32_t)lo * (int32_t)level_stride + (int32_t)p;
+        step_up[p] = lo < top ? (int32_t)level_stride : 0;
+    }
+}
+
+int perturb_forward(const float *pyramid, const float *masks, float *out, int64_t images, int64_t per_image,
+                     int64_t levels, int64_t channels, int64_t pixels)
+{
+    const int64_t level_stride = channels * pixels;
+    int32_t *lower = malloc(pixels * (2 * sizeof(int32_t) + sizeof(float)));
+    if (!lower)
+        return -1;
+    int32_t *step_up = lower + pixels;
+    float *frac = (float *)(step_up + pixels);
+    for (int64_t b = 0; b < images; ++b)
+        for (int64_t k = 0; k < per_image; ++k) {
+            blend_plan(masks + (b * per_image + k) * pixels, levels, level_stride, pixels, lower, step_up, frac);
+            for (int64_t c = 0; c < channels; ++c) {
+                const float *pc = pyramid + b * levels * level_stride + c * pixels;
+                float *y = out + ((b * per_image + k) * channels + c) * pixels;
+#pragma omp simd
+                for (int64_t p = 0; p < pixels; ++p) {
+                    const float y0 = pc[lower[p]];
+                    y[p] = y0 + frac[p] * (pc[lower[p] + step_up[p]] - y0);
+                }
+            }
+        }
+    free(lower);
+    return 0;
+}
+
+int perturb_backward(const float *pyramid, const float *masks, const float *grad_out, float *grad_masks,
+                      int64_t images, int64_t per_image, int64_t levels, int64_t channels, int64_t pixels)
+{
+    const int64_t level_stride = channels * pixels;
+    const float top = (float)(levels - 1);
+    int32_t *lower = malloc(pixels * (2 * sizeof(int32_t) + sizeof(float)));
+    if (!lower)
+        return -1;
+    int32_t *step_up = lower + pixels;
+    float *frac = (float *)(step_up + pixels);
+    for (int64_t b = 0; b < images; ++b)
+        for (int64_t k = 0; k < per_image; ++k) {
+            blend_plan(masks + (b * per_image + k) * pixels, levels, level_stride, pixels, lower, step_up, frac);
+            float *dm = grad_masks + (b * per_image + k) * pixels;
+            memset(dm, 0, pixels * sizeof(float));
+            for (int64_t c = 0; c < channels; ++c) {
+                const float *pc = pyramid + b * levels * level_stride + c * pixels;
+                const float *g = grad_out + ((b * per_image + k) * channels + c) * pixels;
+#pragma omp simd
+                for (int64_t p = 0; p < pixels; ++p)
+                    dm[p] += g[p] * (pc[lower[p] + step_up[p]] - pc[lower[p]]);
+            }
+#pragma omp simd
+            for (int64_t p = 0; p < pixels; ++p)
+                dm[p] *= top;
+        }
+    free(lower);
     return 0;
 }

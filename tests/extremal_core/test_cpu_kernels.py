@@ -1,10 +1,11 @@
-"""The compiled smooth max (extremal_core/cpu_kernel.py) against the eager one, and its build."""
+"""The compiled CPU loops (extremal_core/cpu_kernels.py) against the eager code, and their build."""
 
 import pytest
 import torch
 
-from extremal_core import cpu_kernel
+from extremal_core import cpu_kernels
 from extremal_core.masks import SmoothMaskGenerator
+from extremal_core.perturbation import build_pyramid, perturb
 
 
 def _generate(gen: SmoothMaskGenerator, params: torch.Tensor, weights: torch.Tensor):
@@ -42,30 +43,63 @@ def test_compiled_matches_eager(size, step, sigma, masks, threads, compiled_kern
 def test_other_dtypes_and_devices_use_the_eager_code():
     gen = SmoothMaskGenerator(20, 20, step=4, sigma=6.0)
     params = torch.rand(2, *gen.geometry.param_shape, dtype=torch.float64)
-    assert not cpu_kernel.supports(params)
+    assert not cpu_kernels.supports(params)
     crop, full = gen.generate(params)
     assert full.dtype == torch.float64
 
 
 def test_build_is_cached_per_source_and_flags(tmp_path, compiled_kernel):
-    first = cpu_kernel.compile_library(directory=tmp_path)
+    first = cpu_kernels.compile_library(directory=tmp_path)
     assert first is not None and first.parent == tmp_path
     stamp = first.stat().st_mtime_ns
-    assert cpu_kernel.compile_library(directory=tmp_path) == first
+    assert cpu_kernels.compile_library(directory=tmp_path) == first
     assert first.stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left behind
 
 
 def test_missing_compiler_means_no_library(tmp_path, caplog):
-    with caplog.at_level("INFO", logger="extremal_core.cpu_kernel"):
-        assert cpu_kernel.compile_library(compiler="no-such-compiler-xyz", directory=tmp_path) is None
+    with caplog.at_level("INFO", logger="extremal_core.cpu_kernels"):
+        assert cpu_kernels.compile_library(compiler="no-such-compiler-xyz", directory=tmp_path) is None
     assert "no C compiler" in caplog.text
     assert not any(tmp_path.iterdir())
 
 
 def test_failed_build_means_no_library(tmp_path, caplog):
     # `false` is a "compiler" that always fails: the build error is logged, nothing is cached.
-    with caplog.at_level("INFO", logger="extremal_core.cpu_kernel"):
-        assert cpu_kernel.compile_library(compiler="false", directory=tmp_path) is None
+    with caplog.at_level("INFO", logger="extremal_core.cpu_kernels"):
+        assert cpu_kernels.compile_library(compiler="false", directory=tmp_path) is None
     assert "failed" in caplog.text
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind,threads", [("blur", 1), ("fade", 2)])
+def test_compiled_blend_matches_eager(kind, threads, compiled_kernel):
+    torch.manual_seed(0)
+    pyramid = build_pyramid(torch.rand(3, 3, 20, 28), num_levels=8, max_blur=5.0, kind=kind)
+    masks = torch.rand(3, 4, 20, 28)
+    masks[0, 0] = 1.0  # the top level: no level above it, zero gradient
+    masks[1, 1] = 0.0
+    masks[2, 2, :, :5] = 3 / 7  # exactly on a level
+    weights = torch.randn(3, 4, 3, 20, 28)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = []
+        for native in (False, True):
+            m = masks.clone().requires_grad_(True)
+            out = perturb(pyramid, m, native=native)
+            (out * weights).sum().backward()
+            results.append((out.detach(), m.grad))
+    finally:
+        torch.set_num_threads(before)
+    (ref_out, ref_grad), (out, grad) = results
+    assert torch.allclose(out, ref_out, atol=1e-6)
+    assert torch.allclose(grad, ref_grad, atol=1e-5)
+    assert grad[0, 0].abs().max() == 0
+
+
+def test_blend_with_a_differentiable_pyramid_uses_the_eager_code():
+    pyramid = build_pyramid(torch.rand(1, 3, 8, 8), num_levels=4, kind="fade").requires_grad_(True)
+    out = perturb(pyramid, torch.rand(1, 2, 8, 8))
+    out.sum().backward()
+    assert pyramid.grad is not None and pyramid.grad.abs().sum() > 0
