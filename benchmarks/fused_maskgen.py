@@ -4,8 +4,10 @@ Same maths as `extremal_core.masks._SmoothMaxConv` (m = Σ_o f·softmax_o(c·f),
 backward recomputes the exponentials), written as whole-tensor expressions so that inductor can
 fuse the exp/multiply/reduce over the O offsets into one kernel per pass instead of ~5 (forward)
 and ~5 (backward) memory passes over a [K, O, S, C] chunk. Used only by `bench_core.py
---maskgen-compare` to measure the possible gain; on this 2-core CPU the compiled C++ was ~2x
-*slower* than the chunked eager code, on a GPU (memory-bound passes) it is expected to win.
+--gpu` to measure the possible gain; on this 2-core CPU inductor's C++ was ~1.2-2x *slower* than
+the chunked eager code (it materializes the exponentials), so CPUs run the hand-written C loops
+of `extremal_core/cpu_kernels.c` instead (~4x the eager code). On a GPU (memory-bound passes)
+this prototype is the candidate to measure.
 
     python benchmarks/fused_maskgen.py --device cuda --masks 192   # micro-benchmark, fwd+bwd
 """

@@ -16,7 +16,7 @@ Both engines keep their per-iteration reward history; the table shows the first 
 the two reward curves differ by more than 0.1 % ("split at"), which tells a late chaotic split of
 trajectories from a systematic difference.
 
---control re-runs TorchRay on image 0 with a float-rounding-sized change: by default every mask its
+--control re-runs TorchRay on the first image (0, or --first-image) with a float-rounding-sized change: by default every mask its
 MaskGenerator produces is multiplied by (1 + 1e-6 z) (z a fixed Gaussian pattern; `--control-kind
 mask`), or the input gets N(0, 1e-5) noise (`--control-kind input`): how far the reference drifts
 from itself. An area where TorchRay vs
@@ -58,6 +58,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=112)
     p.add_argument("--images", type=int, default=2)
+    p.add_argument("--first-image", type=int, default=0, help="skip this many test images (--control uses the first one run)")
+    p.add_argument("--eager", action="store_true", help="our engine without its compiled CPU loops (native_cpu_kernels=False)")
     p.add_argument("--iters", type=int, default=800)
     p.add_argument("--areas", default="0.05,0.1,0.2")
     p.add_argument("--model", default="resnet18")
@@ -69,7 +71,7 @@ def parse_args(argv=None):
     p.add_argument("--budget-min", type=float, default=25.0, help="budget used to suggest --images in --estimate")
     p.add_argument("--out", default=None, help="JSON results")
     p.add_argument("--save-masks", default=None, help="torch.save both engines' masks here")
-    p.add_argument("--control", action="store_true", help="also run TorchRay on image 0 + 1e-5 noise (self-consistency)")
+    p.add_argument("--control", action="store_true", help="also run TorchRay on the first image with rounding-sized noise (self-consistency)")
     p.add_argument("--control-kind", choices=["mask", "input"], default="mask")
     p.add_argument("--control-noise", type=float, default=None, help="default 1e-6 (mask) / 1e-5 (input)")
     return p.parse_args(argv)
@@ -106,8 +108,9 @@ def main(argv=None):
     areas = tuple(float(a) for a in args.areas.split(","))
     dev = torch.device(args.device)
     model = make_model(args.model, seed=args.seed).to(dev)
-    images = smooth_images(max(args.images, 2), args.size, seed=args.seed, device=dev)
+    images = smooth_images(max(args.first_image + args.images, 2), args.size, seed=args.seed, device=dev)
     targets = top1_targets(model, images)
+    images, targets = images[args.first_image :], targets[args.first_image :]
     print(f"{args.model} (random weights, seed {args.seed}) {args.size}x{args.size}, step 7, sigma 21, areas {areas}, "
           f"preserve/blur, {args.iters} iterations, {args.images} image(s), targets {targets[: args.images]}")
     if args.estimate:
@@ -124,7 +127,8 @@ def main(argv=None):
     t0 = time.perf_counter()
     tr_a, outs_a = run_torchray(model, images[:half], targets[:half], areas, args.iters, 7, 21.0)
     print(f"TorchRay images 0..{half - 1}: {tr_a:.1f} s ({(time.perf_counter() - t0) / 60:.1f} min elapsed)", flush=True)
-    ours_s, res = run_ours(model, images, targets, areas, args.iters, 7, 21.0, keep_history=True)
+    ours_s, res = run_ours(model, images, targets, areas, args.iters, 7, 21.0, keep_history=True,
+                           native_cpu_kernels=not args.eager)
     print(f"ours (one call, B={args.images}): {ours_s:.1f} s ({(time.perf_counter() - t0) / 60:.1f} min elapsed)", flush=True)
     tr_b, outs_b = 0.0, []
     if half < args.images:
@@ -166,16 +170,16 @@ def main(argv=None):
             split = split_iteration(res.history[i, j, 0], hist[j, 0])
             good = corr >= CORR_BAR and rel <= REWARD_BAR
             ok &= good
-            rows.append(dict(image=i, area=a, target=targets[i], corr=corr, ours_reward=r_ours, torchray_reward=r_tr,
+            rows.append(dict(image=i + args.first_image, area=a, target=targets[i], corr=corr, ours_reward=r_ours, torchray_reward=r_tr,
                              reward_rel_diff=rel, torchray_rescored=float(rescored[j]),
                              reward_rel_diff_rescored=rel_rescored, ours_mask_mean=float(ours_m.mean()),
                              torchray_mask_mean=float(tr_masks[j].mean()), phi0=float(res.phi0[i]),
                              phi_min=float(res.phi_min[i]), split_at=split, pass_=good))
-            print(f"{i:>3} {a:>5.3f} {corr:>7.4f} {r_ours:>12.4f} {r_tr:>12.4f} {100 * rel:>8.2f}% "
+            print(f"{i + args.first_image:>3} {a:>5.3f} {corr:>7.4f} {r_ours:>12.4f} {r_tr:>12.4f} {100 * rel:>8.2f}% "
                   f"{float(rescored[j]):>12.4f} {100 * rel_rescored:>8.2f}% {float(ours_m.mean()):>9.4f} "
                   f"{float(tr_masks[j].mean()):>8.4f} {str(split):>8}  {'PASS' if good else 'FAIL'}")
     for i in range(args.images):
-        print(f"image {i}: phi0 {float(res.phi0[i]):.4f}, phi_min {float(res.phi_min[i]):.4f}, "
+        print(f"image {i + args.first_image}: phi0 {float(res.phi0[i]):.4f}, phi_min {float(res.phi_min[i]):.4f}, "
               f"scores {[round(float(v), 4) for v in res.scores[i]]}")
     ours_ips = args.images / ours_s
     tr_ips = args.images / tr_s
@@ -189,7 +193,8 @@ def main(argv=None):
     if control:
         what = (f"its masks x (1 + {args.control_noise:g} z)" if args.control_kind == "mask"
                 else f"input + N(0, {args.control_noise:g}) noise")
-        print(f"\ncontrol: TorchRay on image 0 vs TorchRay on image 0 with {what}:")
+        first = args.first_image
+        print(f"\ncontrol: TorchRay on image {first} vs TorchRay on image {first} with {what}:")
         for c in control:
             stable = c["corr"] >= CORR_BAR and c["reward_rel_diff"] <= REWARD_BAR
             c["reference_stable"] = stable

@@ -207,8 +207,10 @@ static void blend_plan(const float *m, int64_t levels, int64_t level_stride, int
     }
 }
 
-int perturb_forward(const float *pyramid, const float *masks, float *out, int64_t images, int64_t per_image,
-                     int64_t levels, int64_t channels, int64_t pixels)
+/* The forward (grad_out NULL: result = blended images [B, K, Ch, P]) or the backward
+ * (result = dm [B, K, P] = (L-1)·Σ_c g·(y1 - y0); the levels are constants). */
+static int blend(const float *pyramid, const float *masks, const float *grad_out, float *result, int64_t images,
+                 int64_t per_image, int64_t levels, int64_t channels, int64_t pixels)
 {
     const int64_t level_stride = channels * pixels;
     int32_t *lower = malloc(pixels * (2 * sizeof(int32_t) + sizeof(float)));
@@ -216,12 +218,21 @@ int perturb_forward(const float *pyramid, const float *masks, float *out, int64_
         return -1;
     int32_t *step_up = lower + pixels;
     float *frac = (float *)(step_up + pixels);
-    for (int64_t b = 0; b < images; ++b)
-        for (int64_t k = 0; k < per_image; ++k) {
-            blend_plan(masks + (b * per_image + k) * pixels, levels, level_stride, pixels, lower, step_up, frac);
-            for (int64_t c = 0; c < channels; ++c) {
-                const float *pc = pyramid + b * levels * level_stride + c * pixels;
-                float *y = out + ((b * per_image + k) * channels + c) * pixels;
+    for (int64_t bk = 0; bk < images * per_image; ++bk) {
+        const float *pyr = pyramid + bk / per_image * levels * level_stride;
+        blend_plan(masks + bk * pixels, levels, level_stride, pixels, lower, step_up, frac);
+        float *dm = result + bk * pixels;
+        if (grad_out)
+            memset(dm, 0, pixels * sizeof(float));
+        for (int64_t c = 0; c < channels; ++c) {
+            const float *pc = pyr + c * pixels;
+            if (grad_out) {
+                const float *g = grad_out + (bk * channels + c) * pixels;
+#pragma omp simd
+                for (int64_t p = 0; p < pixels; ++p)
+                    dm[p] += g[p] * (pc[lower[p] + step_up[p]] - pc[lower[p]]);
+            } else {
+                float *y = result + (bk * channels + c) * pixels;
 #pragma omp simd
                 for (int64_t p = 0; p < pixels; ++p) {
                     const float y0 = pc[lower[p]];
@@ -229,36 +240,25 @@ int perturb_forward(const float *pyramid, const float *masks, float *out, int64_
                 }
             }
         }
-    free(lower);
-    return 0;
-}
-
-int perturb_backward(const float *pyramid, const float *masks, const float *grad_out, float *grad_masks,
-                      int64_t images, int64_t per_image, int64_t levels, int64_t channels, int64_t pixels)
-{
-    const int64_t level_stride = channels * pixels;
-    const float top = (float)(levels - 1);
-    int32_t *lower = malloc(pixels * (2 * sizeof(int32_t) + sizeof(float)));
-    if (!lower)
-        return -1;
-    int32_t *step_up = lower + pixels;
-    float *frac = (float *)(step_up + pixels);
-    for (int64_t b = 0; b < images; ++b)
-        for (int64_t k = 0; k < per_image; ++k) {
-            blend_plan(masks + (b * per_image + k) * pixels, levels, level_stride, pixels, lower, step_up, frac);
-            float *dm = grad_masks + (b * per_image + k) * pixels;
-            memset(dm, 0, pixels * sizeof(float));
-            for (int64_t c = 0; c < channels; ++c) {
-                const float *pc = pyramid + b * levels * level_stride + c * pixels;
-                const float *g = grad_out + ((b * per_image + k) * channels + c) * pixels;
-#pragma omp simd
-                for (int64_t p = 0; p < pixels; ++p)
-                    dm[p] += g[p] * (pc[lower[p] + step_up[p]] - pc[lower[p]]);
-            }
+        if (grad_out) {
+            const float top = (float)(levels - 1);
 #pragma omp simd
             for (int64_t p = 0; p < pixels; ++p)
                 dm[p] *= top;
         }
+    }
     free(lower);
     return 0;
+}
+
+int perturb_forward(const float *pyramid, const float *masks, float *out, int64_t images, int64_t per_image,
+                    int64_t levels, int64_t channels, int64_t pixels)
+{
+    return blend(pyramid, masks, NULL, out, images, per_image, levels, channels, pixels);
+}
+
+int perturb_backward(const float *pyramid, const float *masks, const float *grad_out, float *grad_masks,
+                     int64_t images, int64_t per_image, int64_t levels, int64_t channels, int64_t pixels)
+{
+    return blend(pyramid, masks, grad_out, grad_masks, images, per_image, levels, channels, pixels);
 }

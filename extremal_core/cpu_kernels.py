@@ -37,6 +37,7 @@ SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # No -ffast-math: it would set flush-to-zero for the whole process when the library loads.
 _FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC")
 _NATIVE = ("-march=native",)
+_SLOWER = "the CPU smooth max and pyramid blend run as (slower) PyTorch ops"
 
 
 def cache_dir() -> Path:
@@ -62,7 +63,7 @@ def compile_library(compiler: str | None = None, directory: Path | None = None) 
         (c for c in ("cc", "gcc", "clang") if shutil.which(c)), None
     )
     if cc is None or shutil.which(cc) is None:
-        log.info("no C compiler found (%s); the smooth max runs in eager PyTorch", cc or "cc/gcc/clang")
+        log.warning("no C compiler found (%s): %s", cc or "cc/gcc/clang", _SLOWER)
         return None
     directory = directory or cache_dir()
     source = SOURCE.read_bytes()
@@ -83,8 +84,8 @@ def compile_library(compiler: str | None = None, directory: Path | None = None) 
             return target
         except (OSError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "stderr", b"") or b""
-            log.info("building %s with %s %s failed: %s %s", SOURCE.name, cc, " ".join(flags), exc,
-                     detail.decode(errors="replace")[-500:])
+            log.warning("building %s with %s %s failed: %s %s", SOURCE.name, cc, " ".join(flags), exc,
+                        detail.decode(errors="replace")[-500:])
             if tmp:
                 Path(tmp).unlink(missing_ok=True)
     return None
@@ -99,7 +100,7 @@ def library() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as exc:
-        log.info("loading %s failed: %s", path, exc)
+        log.warning("loading %s failed (%s): %s", path, exc, _SLOWER)
         return None
     i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
     lib.smooth_max_forward.argtypes = [ptr] * 4 + [i64] * 8 + [f32]
