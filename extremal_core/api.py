@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 
+from .network import engine_model
 from .optimize import model_scores, optimize_masks, variant_inputs, variant_reward
 from .perturbation import build_pyramid, perturb
 from .rewards import Reward, get_reward
@@ -62,27 +61,6 @@ def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         for p, flag in flags:
             p.requires_grad_(flag)
         model.train(was_training)
-
-
-def engine_model(model: torch.nn.Module, settings: ExtremalSettings) -> torch.nn.Module:
-    """The network the optimizer runs, prepared on a copy so the caller's model is untouched.
-
-    Folding BatchNorm needs a symbolic trace; a model that cannot be traced runs as it is.
-    """
-    prepared = model
-    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if settings.fuse_batchnorm and has_bn:
-        from torch.fx.experimental.optimization import fuse
-
-        try:
-            prepared = fuse(model)
-        except Exception as exc:  # tracing fails on data-dependent control flow
-            warnings.warn(f"BatchNorm folding skipped, the model could not be traced: {exc}", stacklevel=3)
-    if settings.channels_last:
-        prepared = (copy.deepcopy(model) if prepared is model else prepared).to(memory_format=torch.channels_last)
-    for p in prepared.parameters():
-        p.requires_grad_(False)
-    return prepared.eval()
 
 
 def check_images(images: torch.Tensor) -> None:

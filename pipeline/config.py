@@ -249,6 +249,7 @@ _HASH_EXCLUDED: tuple[str, ...] = (
     "extremal.memory_budget_mb",
     "extremal.channels_last",
     "extremal.fuse_batchnorm",
+    "extremal.pool_before_relu",
     "extremal.native_cpu_kernels",
     "model.download_weights",
 )

@@ -81,10 +81,10 @@ def test_custom_reward_callable(tiny_cnn):
     assert torch.allclose(r.phi0, 2 * plain.phi0, atol=1e-5)
 
 
-def test_batchnorm_folding_and_channels_last_do_not_change_the_answer():
+def test_batchnorm_folding_pool_reordering_and_channels_last_do_not_change_the_answer():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
         torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 3),
     )
     with torch.no_grad():
@@ -93,8 +93,11 @@ def test_batchnorm_folding_and_channels_last_do_not_change_the_answer():
     model.eval()
     x = images(2, 32)
     kw = dict(areas=[0.1, 0.3], max_iter=20, step=4, sigma=10.0)
-    plain = extremal_perturbation(model, x, [0, 2], fuse_batchnorm=False, **kw)
-    fused = extremal_perturbation(model, x, [0, 2], fuse_batchnorm=True, channels_last=True, **kw)
+    plain = extremal_perturbation(
+        model, x, [0, 2], fuse_batchnorm=False, pool_before_relu=False, channels_last=False, **kw
+    )
+    fused = extremal_perturbation(model, x, [0, 2], **kw)  # all three on by default
     assert (plain.masks - fused.masks).abs().max() <= 1e-3
     assert torch.allclose(plain.rewards, fused.rewards, atol=1e-4)
-    assert isinstance(model[1], torch.nn.BatchNorm2d)  # the caller's model is not rewritten
+    # the caller's model is not rewritten
+    assert [type(m) for m in model[:4]] == [torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.ReLU, torch.nn.MaxPool2d]
