@@ -4,11 +4,10 @@ the smooth max of `masks.py` and the pyramid blend of `perturbation.py`.
 The eager smooth max makes about ten memory passes over `[K, O, S, C]` chunks per iteration; the
 C loops in `cpu_kernels.c` keep their running sums in L1 and vectorize the exponential, which is
 about 4x faster for the same arithmetic (the blend: 2x, by avoiding torch's generic gather).
-The source is compiled on first use by the system C
-compiler (`$CC`, else cc/gcc/clang; well under a second, no torch headers) into a per-user cache
-and loaded with ctypes, which releases the GIL, so masks are split across `torch.get_num_threads()`
-Python threads. Without a compiler, or if the build fails, `library()` is None and callers keep
-the eager code.
+The source is compiled on first use by the system C compiler (`$CC`, else cc/gcc/clang; well
+under a second, no torch headers) into a per-user cache and loaded with ctypes, which releases
+the GIL, so the work is split across `torch.get_num_threads()` Python threads. Without a
+compiler, or if the build fails, `library()` is None and callers keep the eager code.
 """
 
 from __future__ import annotations
@@ -119,7 +118,7 @@ def supports(*tensors: torch.Tensor) -> bool:
 
 @functools.cache
 def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="smooth-max")
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpu-kernels")
 
 
 def _split_rows(run, rows: int) -> None:
