@@ -42,16 +42,18 @@ def engine_model(model: torch.nn.Module, settings: ExtremalSettings) -> torch.nn
     return prepared.eval()
 
 
-def _rewritten(model: torch.nn.Module, fold_batchnorm: bool, pool_before_relu: bool) -> torch.nn.Module:
-    """A traced deep copy with the requested rewrites; the model itself when none applies."""
+def _rewritten(model: torch.nn.Module, fold_batchnorm: bool, pool_before_relu: bool) -> fx.GraphModule:
+    """A traced deep copy with the requested rewrites (kept even when no pair was found: it is
+    already the private copy channels_last needs)."""
     if fold_batchnorm:
         from torch.fx.experimental.optimization import fuse
 
         traced = fuse(model)  # traces a deep copy
     else:
         traced = fx.symbolic_trace(copy.deepcopy(model))
-    moved = move_pools_before_relus(traced) if pool_before_relu else 0
-    return traced if fold_batchnorm or moved else model
+    if pool_before_relu:
+        move_pools_before_relus(traced)
+    return traced
 
 
 def move_pools_before_relus(gm: fx.GraphModule) -> int:
