@@ -11,7 +11,9 @@ import os
 import platform
 import statistics
 import sys
+import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -98,58 +100,73 @@ def top1_targets(model: nn.Module, images: torch.Tensor) -> list[int]:
 # the two engines
 
 
-def run_ours(model, images, targets, areas, iters, step, sigma, keep_history=False, **extra):
+def run_ours(model, images, targets, areas, iters, step, sigma, keep_history=False, variant="preserve", **extra):
     """One call of our engine on all images; returns (seconds, result)."""
     sync(images.device)
     start = time.perf_counter()
     result = extremal_perturbation(
-        model, images, targets, areas=list(areas), variant="preserve", max_iter=iters, step=step, sigma=sigma,
+        model, images, targets, areas=list(areas), variant=variant, max_iter=iters, step=step, sigma=sigma,
         keep_history=keep_history, **extra,
     )
     sync(images.device)
     return time.perf_counter() - start, result
 
 
-def run_torchray(model, images, targets, areas, iters, step, sigma, mask_noise=None):
-    """TorchRay, one image at a time (all areas at once); returns (seconds, [(mask [A,H,W], hist)]).
-
-    `mask_noise` (control runs only): multiply every mask TorchRay's MaskGenerator generates by
-    (1 + mask_noise * z), z a fixed N(0, 1) pattern, re-clamped to [0, 1] -- a float-rounding-sized
-    change of the mask generator, by wrapping (not changing) TorchRay's `MaskGenerator.generate`.
-    """
+def run_torchray(model, images, targets, areas, iters, step, sigma, variant="preserve", perturbation="blur"):
+    """TorchRay, one image at a time (all areas at once); returns (seconds, [(mask [A,H,W], hist)])."""
     from torchray.attribution import extremal_perturbation as tr_mod
 
     model.eval()  # TorchRay does not switch the model to eval mode itself
-    original = tr_mod.MaskGenerator.generate
-    if mask_noise:
-        patterns = {}
-
-        def noisy_generate(self, mask_in):
-            _, full = original(self, mask_in)
-            key = (tuple(full.shape), full.device)
-            if key not in patterns:
-                g = torch.Generator().manual_seed(1234)
-                patterns[key] = torch.randn(full.shape, generator=g).to(full.device)
-            full = (full * (1 + mask_noise * patterns[key])).clamp(0, 1)
-            m = round(self.margin)
-            return full[:, :, m : m + self.shape[0], m : m + self.shape[1]], full
-
-        tr_mod.MaskGenerator.generate = noisy_generate
     outs = []
+    sync(images.device)
+    start = time.perf_counter()
+    for i in range(images.shape[0]):
+        mask, hist = tr_mod.extremal_perturbation(
+            model, images[i : i + 1], int(targets[i]), areas=list(areas), max_iter=iters, step=step, sigma=sigma,
+            variant=variant, perturbation=perturbation,
+        )
+        outs.append((mask[:, 0].detach(), hist))
+    sync(images.device)
+    for p in model.parameters():  # TorchRay leaves the weights frozen; the next run finds them as they were
+        p.requires_grad_(True)
+    return time.perf_counter() - start, outs
+
+
+@contextmanager
+def mask_noise(engine: str, relative: float, first_only: bool):
+    """Multiply the masks a mask generator makes by (1 + relative·z), z a fixed N(0, 1) pattern per
+    shape, re-clamped to [0, 1]: a float-rounding-sized change, by wrapping (not changing) the
+    generator's `generate`. `engine`: "ours" (`SmoothMaskGenerator`, masks `[K, H, W]`) or
+    "torchray" (`MaskGenerator`, `[A, 1, H, W]`). `first_only`: only the first mask of each
+    generator, i.e. iteration 0 of each optimization.
+    """
+    if engine == "ours":
+        cls, crop = SmoothMaskGenerator, lambda g: (g.geometry.margin_px, g.geometry.height, g.geometry.width)
+    else:
+        from torchray.attribution.extremal_perturbation import MaskGenerator as cls
+
+        crop = lambda g: (round(g.margin), *g.shape)  # noqa: E731
+    original = cls.generate
+    patterns: dict = {}
+
+    def noisy_generate(self, params):
+        masks, full = original(self, params)
+        if first_only and getattr(self, "_noise_done", False):
+            return masks, full
+        self._noise_done = True
+        key = (tuple(full.shape), full.device, full.dtype)
+        if key not in patterns:
+            z = torch.randn(full.shape, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
+            patterns[key] = z.to(device=full.device, dtype=full.dtype)
+        full = (full * (1 + relative * patterns[key])).clamp(0, 1)
+        m, h, w = crop(self)
+        return full[..., m : m + h, m : m + w], full
+
+    cls.generate = noisy_generate
     try:
-        sync(images.device)
-        start = time.perf_counter()
-        for i in range(images.shape[0]):
-            mask, hist = tr_mod.extremal_perturbation(
-                model, images[i : i + 1], int(targets[i]), areas=list(areas), max_iter=iters, step=step, sigma=sigma,
-                variant="preserve", perturbation="blur",
-            )
-            outs.append((mask[:, 0].detach(), hist))
-        sync(images.device)
-        seconds = time.perf_counter() - start
+        yield
     finally:
-        tr_mod.MaskGenerator.generate = original
-    return seconds, outs
+        cls.generate = original
 
 
 def evaluate_masks(model, image, target, masks, settings_extra=None):
@@ -297,8 +314,32 @@ def format_split(split: dict[str, float]) -> str:
 # bookkeeping
 
 
+def commit() -> str:
+    """The checked-out commit (with "+dirty" for uncommitted changes), or "unknown"."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
+        return names[0] if names else platform.processor()
+    except OSError:
+        return platform.processor()
+
+
 def environment() -> dict:
     env = {
+        "commit": commit(),
+        "cpu": cpu_model(),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu only",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -310,8 +351,6 @@ def environment() -> dict:
         env["loadavg"] = os.getloadavg()
     except OSError:
         pass
-    if torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(0)
     try:
         import torchray
 

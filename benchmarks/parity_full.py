@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     evaluate_masks,
     make_model,
+    mask_noise,
     pearson,
     run_ours,
     run_torchray,
@@ -145,8 +146,8 @@ def main(argv=None):
             noisy = images[:1] + args.control_noise * torch.randn(images[:1].shape, generator=g).to(dev)
             _, (ctrl,) = run_torchray(model, noisy, targets[:1], areas, args.iters, 7, 21.0)
         else:
-            _, (ctrl,) = run_torchray(model, images[:1], targets[:1], areas, args.iters, 7, 21.0,
-                                      mask_noise=args.control_noise)
+            with mask_noise("torchray", args.control_noise, first_only=False):
+                _, (ctrl,) = run_torchray(model, images[:1], targets[:1], areas, args.iters, 7, 21.0)
         control = [dict(area=a, corr=pearson(ctrl[0][j].cpu(), outs[0][0][j].cpu()),
                         reward_rel_diff=abs(float(ctrl[1][j, 0, -1]) - float(outs[0][1][j, 0, -1]))
                         / max(abs(float(outs[0][1][j, 0, -1])), 1e-6),

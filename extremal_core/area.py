@@ -1,9 +1,17 @@
 """The area constraint by vector sorting (paper eq. 5, supplement section 2.1).
 
 R_a(m) = mean((vecsort(m) - r_a)²), r_a = int(N·(1 - a)) zeros followed by ones. Sorting is
-differentiable in its values: each gradient goes back to the entry that was sorted into that
-place (the supplement's "un-sort"), i.e. 2·(m - r)/N with r un-sorted: 1 on the N - z largest
-entries, 0 elsewhere.
+differentiable in its values: each entry's gradient is 2·(m - r)/N with r the reference value
+of the place the entry was sorted into (the supplement's "un-sort").
+
+Ties. At iteration 0 every parameter is 1, so the mask holds large groups of exactly equal
+values and the threshold (the place where r steps from 0 to 1) cuts through one of them. A sort
+then sends 1 to some members of the group and 0 to others by index order, and float rounding of
+1e-7 (another CPU, kernel build or GPU) decides which: the optimization then follows another
+branch (mask correlation down to 0.5 between two runs). Here the entries within `tie_tolerance`
+of the threshold value form one group, and each member gets the mean of r over the places the
+group occupies. That is a valid subgradient of R_a (the convex hull of the sorted gradients),
+symmetric in the group's members, and rounding-sized changes of the values cannot move it.
 """
 
 from __future__ import annotations
@@ -11,42 +19,50 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+# Masks lie in [0, 1]. Two implementations of the smooth max differ by ~1e-6 there, and values
+# that are equal in exact arithmetic by a few 1e-7 in one implementation; measured in
+# benchmarks/reproducibility.py: 0 (exact ties only) splits like the reference, 1e-5 does not.
+DEFAULT_TIE_TOLERANCE = 1e-5
+
 
 def reference_zeros(num_entries: int, area: float) -> int:
     """How many entries of r_a are zero: int(N·(1 - a)), as in the reference implementation."""
     return int(num_entries * (1.0 - area))
 
 
-def area_loss(masks: torch.Tensor, areas: torch.Tensor) -> torch.Tensor:
+def area_loss(masks: torch.Tensor, areas: torch.Tensor, tie_tolerance: float = DEFAULT_TIE_TOLERANCE) -> torch.Tensor:
     """R_a per mask: masks `[K, ...]` (flattened per mask) and areas `[K]` -> `[K]`.
 
-    Σ (sort(m) - r)² = Σ m² - 2·(sum of the N - z largest entries) + (N - z), so only the set of
-    the N - z largest entries matters, not the full order: it equals Σ (m - t)² with t the
-    indicator of that set, which a partition finds in linear time. Ties at the threshold go to the later indices, as a stable ascending sort would
-    rank them, so the gradient does not depend on what else shares the batch.
+    Σ (sort(m) - r)² = Σ m² - 2·Σ m·t + Σ r with t the un-sorted reference, so the loss needs
+    only t, which a partition finds in linear time; with the tie rule of the module docstring,
+    t is the group's share of ones inside the tied group. The value equals R_a exactly when the
+    group's members are exactly equal (within 2·tie_tolerance otherwise); the gradient is
+    2·(m - t)/N, per mask, whatever else shares the batch.
     """
     flat = masks.reshape(masks.shape[0], -1)
     n = flat.shape[1]
-    zeros = [reference_zeros(n, float(a)) for a in areas]
-    top = torch.zeros_like(flat, dtype=torch.bool)
-    for z in sorted(set(zeros)):
-        rows = [i for i, zi in enumerate(zeros) if zi == z]
-        if z < n:
-            top[rows] = _largest(flat[rows].detach(), n - z)
-    return (flat - top.to(flat.dtype)).square().mean(dim=1)
+    ones = [n - reference_zeros(n, float(a)) for a in areas]
+    target = torch.zeros_like(flat)
+    for count in sorted(set(ones) - {0}):
+        rows = [i for i, c in enumerate(ones) if c == count]
+        target[rows] = reference_share(flat[rows].detach(), count, tie_tolerance)
+    total_ones = torch.tensor(ones, dtype=flat.dtype, device=flat.device)
+    return (flat.square() - 2.0 * flat * target).mean(dim=1) + total_ones / n
 
 
-def _largest(values: torch.Tensor, count: int) -> torch.Tensor:
-    """Boolean `[R, N]`: the `count` largest entries per row; ties at the threshold by later index."""
+def reference_share(values: torch.Tensor, count: int, tie_tolerance: float) -> torch.Tensor:
+    """`[R, N]` -> `[R, N]`: the un-sorted reference r for ones on the `count` largest entries.
+
+    1 above the tied group, 0 below it, and count-minus-above over the group's size inside it:
+    the group is every entry within `tie_tolerance` of the threshold value (the smallest of the
+    `count` largest entries).
+    """
     n = values.shape[1]
     threshold = _kth_smallest(values, n - count + 1)
-    above = values > threshold
-    tied = values == threshold
-    need = count - above.sum(dim=1, keepdim=True)
-    if values.device.type == "cpu" and bool((tied.sum(dim=1, keepdim=True) == need).all()):
-        return above | tied  # no tie straddles the threshold (checked on CPU only: no GPU sync)
-    from_end = tied.flip(1).cumsum(dim=1).flip(1)  # tied entries at or after each position
-    return above | (tied & (from_end <= need))
+    above = values > threshold + tie_tolerance
+    group = (values >= threshold - tie_tolerance) & ~above
+    share = (count - above.sum(dim=1, keepdim=True)) / group.sum(dim=1, keepdim=True)
+    return torch.where(above, 1.0, torch.where(group, share.to(values.dtype), 0.0)).to(values.dtype)
 
 
 def _kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:

@@ -124,7 +124,7 @@ def _optimize_channels(
         for _ in range(settings.max_iter):
             hook.masks = _variant_masks(params, settings.variant)
             gain = variant_reward(model_scores(model, inputs, settings), mask_targets, reward, settings.variant)
-            stepper.step(gain, area_loss(params, mask_areas))
+            stepper.step(gain, area_loss(params, mask_areas, settings.tie_tolerance))
         with torch.no_grad():
             hook.masks = _variant_masks(params, settings.variant)
             rewards = variant_reward(model_scores(model, inputs, settings), mask_targets, reward, settings.variant)

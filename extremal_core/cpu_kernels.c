@@ -187,12 +187,13 @@ int smooth_max_backward(const float *params, const float *table, const float *a,
 
 /* Pyramid blend of perturbation.py: pyramid [B, L, Ch, P] (P pixels), masks [B, K, P],
  * out [B, K, Ch, P]. Mask value m selects level x = m·(L-1) between l0 = floor(x) (clamped to
- * [0, L-1]) and l1 = min(l0 + 1, L-1): y = y0 + (x - l0)·(y1 - y0), as TorchRay's Perturbation.
+ * [0, L-2]) and l1 = l0 + 1: y = y0 + (x - l0)·(y1 - y0). At m = 1 that is the last segment's
+ * slope, as at 1 - ulp: a mask of exactly 1 is not cut off from the reward's gradient.
  * Offsets are int32: one image's pyramid is far below 2^31 elements. */
 
 /* Per pixel of one mask: the element offset of its lower level and the interpolation weight. */
 static void blend_plan(const float *m, int64_t levels, int64_t level_stride, int64_t pixels,
-                       int32_t *lower, int32_t *step_up, float *frac)
+                       int32_t *lower, float *frac)
 {
     const float top = (float)(levels - 1);
 #pragma omp simd
@@ -200,10 +201,9 @@ static void blend_plan(const float *m, int64_t levels, int64_t level_stride, int
         const float x = m[p] * top;
         float lo = __builtin_floorf(x);
         lo = lo < 0.0f ? 0.0f : lo;
-        lo = lo > top ? top : lo;
+        lo = lo > top - 1.0f ? top - 1.0f : lo;
         frac[p] = x - lo;
         lower[p] = (int32_t)lo * (int32_t)level_stride + (int32_t)p;
-        step_up[p] = lo < top ? (int32_t)level_stride : 0;
     }
 }
 
@@ -213,14 +213,13 @@ static int blend(const float *pyramid, const float *masks, const float *grad_out
                  int64_t per_image, int64_t levels, int64_t channels, int64_t pixels)
 {
     const int64_t level_stride = channels * pixels;
-    int32_t *lower = malloc(pixels * (2 * sizeof(int32_t) + sizeof(float)));
+    int32_t *lower = malloc(pixels * (sizeof(int32_t) + sizeof(float)));
     if (!lower)
         return -1;
-    int32_t *step_up = lower + pixels;
-    float *frac = (float *)(step_up + pixels);
+    float *frac = (float *)(lower + pixels);
     for (int64_t bk = 0; bk < images * per_image; ++bk) {
         const float *pyr = pyramid + bk / per_image * levels * level_stride;
-        blend_plan(masks + bk * pixels, levels, level_stride, pixels, lower, step_up, frac);
+        blend_plan(masks + bk * pixels, levels, level_stride, pixels, lower, frac);
         float *dm = result + bk * pixels;
         if (grad_out)
             memset(dm, 0, pixels * sizeof(float));
@@ -230,13 +229,13 @@ static int blend(const float *pyramid, const float *masks, const float *grad_out
                 const float *g = grad_out + (bk * channels + c) * pixels;
 #pragma omp simd
                 for (int64_t p = 0; p < pixels; ++p)
-                    dm[p] += g[p] * (pc[lower[p] + step_up[p]] - pc[lower[p]]);
+                    dm[p] += g[p] * (pc[lower[p] + level_stride] - pc[lower[p]]);
             } else {
                 float *y = result + (bk * channels + c) * pixels;
 #pragma omp simd
                 for (int64_t p = 0; p < pixels; ++p) {
                     const float y0 = pc[lower[p]];
-                    y[p] = y0 + frac[p] * (pc[lower[p] + step_up[p]] - y0);
+                    y[p] = y0 + frac[p] * (pc[lower[p] + level_stride] - y0);
                 }
             }
         }

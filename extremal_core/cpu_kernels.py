@@ -35,7 +35,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("cpu_kernels.c")
 # No -ffast-math: it would set flush-to-zero for the whole process when the library loads.
 _FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC")
-_NATIVE = ("-march=native",)
+# `$EXTREMAL_CORE_MARCH` picks the target: `native` (default), any `-march` value such as
+# `x86-64-v2` for a build that runs on every machine of a mixed cluster, or `none`.
+MARCH_VARIABLE = "EXTREMAL_CORE_MARCH"
 _SLOWER = "the CPU smooth max and pyramid blend run as (slower) PyTorch ops"
 
 
@@ -56,6 +58,11 @@ def _cpu_signature() -> str:
         return platform.processor()
 
 
+def march() -> str:
+    """The `-march` target of the build: `$EXTREMAL_CORE_MARCH`, default `native`."""
+    return os.environ.get(MARCH_VARIABLE, "native").strip() or "none"
+
+
 def compile_library(compiler: str | None = None, directory: Path | None = None) -> Path | None:
     """Build `cpu_kernels.c` into a shared library (cached by source, flags and CPU); None on failure."""
     cc = compiler or os.environ.get("CC") or next(
@@ -66,7 +73,9 @@ def compile_library(compiler: str | None = None, directory: Path | None = None) 
         return None
     directory = directory or cache_dir()
     source = SOURCE.read_bytes()
-    for flags in (_FLAGS + _NATIVE, _FLAGS):
+    target = march()
+    attempts = ((_FLAGS + (f"-march={target}",), _FLAGS) if target != "none" else (_FLAGS,))
+    for flags in attempts:
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(),
                                          platform.machine().encode(), _cpu_signature().encode()]))
         target = directory / f"cpu_kernels-{key.hexdigest()[:16]}.so"
@@ -90,9 +99,14 @@ def compile_library(compiler: str | None = None, directory: Path | None = None) 
     return None
 
 
-@functools.cache
 def library() -> ctypes.CDLL | None:
-    """The loaded kernels, built on first call; None when they cannot be built or loaded."""
+    """The loaded kernels for the current `march()`, built on first call; None when they cannot be
+    built or loaded."""
+    return _load(march())
+
+
+@functools.cache
+def _load(target: str) -> ctypes.CDLL | None:
     path = compile_library()
     if path is None:
         return None

@@ -173,6 +173,20 @@ def _chunks(neighbours: torch.Tensor, table: torch.Tensor):
             yield slice(k0, k0 + k_step), slice(o0, o0 + o_step)
 
 
+class _ClampValue(torch.autograd.Function):
+    """Clamp to [0, 1] with the identity as gradient. The smooth max of parameters in [0, 1] is a
+    convex combination of values in [0, 1]: the clamp only removes rounding (1 + ulp), so it must
+    not cut the gradient of an entry whose value happened to round above 1."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
 class SmoothMaskGenerator:
     """Turns parameters `[K, Hp, Wp]` into smooth masks.
 
@@ -222,6 +236,6 @@ class SmoothMaskGenerator:
             phases = _SmoothMaxConv.apply(self.neighbours(params), table, float(self.coldness))
         k, (hc, wc), s = params.shape[0], g.cell_shape, g.step
         cells = phases.view(k, s, s, hc, wc).permute(0, 3, 1, 4, 2).reshape(k, hc * s, wc * s)
-        full = cells[:, : g.full_shape[0], : g.full_shape[1]].clamp(0.0, 1.0)
+        full = _ClampValue.apply(cells[:, : g.full_shape[0], : g.full_shape[1]])
         m = g.margin_px
         return full[:, m : m + g.height, m : m + g.width], full

@@ -140,7 +140,7 @@ def optimize_masks(
         if settings.jitter and t % 2 == 0:
             x = torch.flip(x, dims=(3,))
         gain = variant_reward(model_scores(model, x, settings), mask_targets, reward, settings.variant)
-        stepper.step(gain, area_loss(full, mask_areas))
+        stepper.step(gain, area_loss(full, mask_areas, settings.tie_tolerance))
     return MaskBatch(
         masks=masks.detach().view(b, a, h, w),
         achieved_areas=mask_area(full.detach()).view(b, a),

@@ -71,10 +71,12 @@ def perturb(pyramid: torch.Tensor, masks: torch.Tensor, native: bool = True) -> 
         return _NativePerturb.apply(pyramid, masks)
     num_levels = pyramid.shape[1]
     w = (masks * (num_levels - 1)).unsqueeze(2)  # [B, K, 1, H, W]
-    lower = w.detach().floor().clamp(0, num_levels - 1)
+    # Segments [l, l + 1] with l <= L - 2: at m = 1 the slope of the last segment, as at 1 - ulp,
+    # so a mask of exactly 1 keeps the reward's gradient whichever way its value rounded.
+    lower = w.detach().floor().clamp(0, num_levels - 2)
     frac = w - lower
     lower = lower.long()
-    upper = (lower + 1).clamp(max=num_levels - 1)
+    upper = lower + 1
     # gather, not take_along_dim: the latter wraps indices with a remainder pass that costs twice
     # the gather itself.
     b, k = masks.shape[:2]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from .area import DEFAULT_TIE_TOLERANCE
+
 VARIANTS = ("preserve", "delete", "dual")
 PERTURBATIONS = ("blur", "fade")
 AUTOCAST_DTYPES = (None, "bfloat16", "float16")
@@ -22,7 +24,9 @@ class ExtremalSettings:
     runs a ReLU after the max-pool it feeds (the same values exactly, a quarter of the ReLU's
     work); `channels_last` runs that copy and its inputs in NHWC (see `network.py`). `native_cpu_kernels` runs the smooth max and the
     pyramid blend of float32 CPU masks in compiled C (`cpu_kernels.py`; same values to float
-    rounding, 2-4x faster) when a C compiler is present.
+    rounding, 2-4x faster) when a C compiler is present. `tie_tolerance`: mask values this close
+    to the area threshold count as tied and share the reference's mean (`area.py`), which makes
+    the masks the same on every machine.
     """
 
     areas: tuple[float, ...] = (0.1,)
@@ -41,6 +45,7 @@ class ExtremalSettings:
     lambda0: float = 300.0
     lambda_growth: float = 1.0035
     jitter: bool = True
+    tie_tolerance: float = DEFAULT_TIE_TOLERANCE
     keep_history: bool = False
     max_masks_per_batch: int | None = None
     memory_budget_mb: float | None = None
@@ -78,6 +83,8 @@ class ExtremalSettings:
         for name in ("max_blur", "sigma", "smooth_max_coldness", "learning_rate", "lambda0", "lambda_growth"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not self.tie_tolerance >= 0:
+            raise ValueError(f"tie_tolerance must be >= 0, got {self.tie_tolerance!r}")
         if self.max_masks_per_batch is not None and self.max_masks_per_batch < 1:
             raise ValueError(f"max_masks_per_batch must be >= 1, got {self.max_masks_per_batch}")
 

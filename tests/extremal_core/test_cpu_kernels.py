@@ -77,7 +77,7 @@ def test_compiled_blend_matches_eager(kind, threads, compiled_kernel):
     torch.manual_seed(0)
     pyramid = build_pyramid(torch.rand(3, 3, 20, 28), num_levels=8, max_blur=5.0, kind=kind)
     masks = torch.rand(3, 4, 20, 28)
-    masks[0, 0] = 1.0  # the top level: no level above it, zero gradient
+    masks[0, 0] = 1.0  # the top level: the last segment's slope, as just below it
     masks[1, 1] = 0.0
     masks[2, 2, :, :5] = 3 / 7  # exactly on a level
     weights = torch.randn(3, 4, 3, 20, 28)
@@ -95,7 +95,9 @@ def test_compiled_blend_matches_eager(kind, threads, compiled_kernel):
     (ref_out, ref_grad), (out, grad) = results
     assert torch.allclose(out, ref_out, atol=1e-6)
     assert torch.allclose(grad, ref_grad, atol=1e-5)
-    assert grad[0, 0].abs().max() == 0
+    top_slope = 7 * (weights[0, 0] * (pyramid[0, 7] - pyramid[0, 6])).sum(dim=0)
+    assert torch.allclose(grad[0, 0], top_slope, atol=1e-5)
+    assert top_slope.abs().min() > 0
 
 
 def test_blend_with_a_differentiable_pyramid_uses_the_eager_code():
