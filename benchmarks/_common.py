@@ -13,7 +13,6 @@ import statistics
 import sys
 import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from extremal_core.masks import SmoothMaskGenerator  # noqa: E402
 from extremal_core.optimize import model_scores  # noqa: E402
 from extremal_core.perturbation import build_pyramid, perturb  # noqa: E402
 from extremal_core.settings import ExtremalSettings  # noqa: E402
+from tests.rounding_noise import mask_noise  # noqa: E402,F401  (the benchmarks' and the tests' one noise model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,43 +130,6 @@ def run_torchray(model, images, targets, areas, iters, step, sigma, variant="pre
     for p in model.parameters():  # TorchRay leaves the weights frozen; the next run finds them as they were
         p.requires_grad_(True)
     return time.perf_counter() - start, outs
-
-
-@contextmanager
-def mask_noise(engine: str, relative: float, first_only: bool):
-    """Multiply the masks a mask generator makes by (1 + relative·z), z a fixed N(0, 1) pattern per
-    shape, re-clamped to [0, 1]: a float-rounding-sized change, by wrapping (not changing) the
-    generator's `generate`. `engine`: "ours" (`SmoothMaskGenerator`, masks `[K, H, W]`) or
-    "torchray" (`MaskGenerator`, `[A, 1, H, W]`). `first_only`: only the first mask of each
-    generator, i.e. iteration 0 of each optimization.
-    """
-    if engine == "ours":
-        cls, crop = SmoothMaskGenerator, lambda g: (g.geometry.margin_px, g.geometry.height, g.geometry.width)
-    else:
-        from torchray.attribution.extremal_perturbation import MaskGenerator as cls
-
-        crop = lambda g: (round(g.margin), *g.shape)  # noqa: E731
-    original = cls.generate
-    patterns: dict = {}
-
-    def noisy_generate(self, params):
-        masks, full = original(self, params)
-        if first_only and getattr(self, "_noise_done", False):
-            return masks, full
-        self._noise_done = True
-        key = (tuple(full.shape), full.device, full.dtype)
-        if key not in patterns:
-            z = torch.randn(full.shape, generator=torch.Generator().manual_seed(1234), dtype=torch.float64)
-            patterns[key] = z.to(device=full.device, dtype=full.dtype)
-        full = (full * (1 + relative * patterns[key])).clamp(0, 1)
-        m, h, w = crop(self)
-        return full[..., m : m + h, m : m + w], full
-
-    cls.generate = noisy_generate
-    try:
-        yield
-    finally:
-        cls.generate = original
 
 
 def evaluate_masks(model, image, target, masks, settings_extra=None):

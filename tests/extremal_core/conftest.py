@@ -44,3 +44,12 @@ def demo_images(demo_model_and_data):
 
     b = demo_model_and_data
     return b.model, to_model_input(b.heldout_images), torch.as_tensor(b.heldout_labels), b.heldout_boxes
+
+
+@pytest.fixture(params=["compiled", "pytorch"])
+def native_kernels(request) -> bool:
+    """Both code paths of the engine on a CPU: the compiled loops, and the PyTorch ops that GPUs
+    run. The value is the `native_cpu_kernels` setting."""
+    if request.param == "compiled":
+        request.getfixturevalue("compiled_kernel")
+    return request.param == "compiled"
