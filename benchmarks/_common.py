@@ -10,8 +10,8 @@ import math
 import os
 import platform
 import statistics
-import sys
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,8 +29,7 @@ from extremal_core.masks import SmoothMaskGenerator  # noqa: E402
 from extremal_core.optimize import model_scores  # noqa: E402
 from extremal_core.perturbation import build_pyramid, perturb  # noqa: E402
 from extremal_core.settings import ExtremalSettings  # noqa: E402
-from tests.rounding_noise import mask_noise  # noqa: E402,F401  (the benchmarks' and the tests' one noise model)
-
+from tests.reproducibility import mask_noise  # noqa: E402,F401  (the benchmarks' and the tests' one noise model)
 
 # --------------------------------------------------------------------------------------------
 # models and images

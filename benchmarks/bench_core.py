@@ -50,9 +50,9 @@ from _common import (  # noqa: E402
     run_ours,
     run_torchray,
     smooth_images,
-    start_run,
     split_ours,
     split_torchray,
+    start_run,
     top1_targets,
     write_json,
 )

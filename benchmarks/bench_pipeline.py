@@ -83,7 +83,8 @@ def demo_config(work: Path, iters: int, batch: int) -> JobConfig:
 
 def config_224(work: Path, iters: int, n: int, batch: int) -> JobConfig:
     images, labels, _ = make_synthetic_images(2 * n, size=224, num_classes=4, seed=3)
-    shards = [_write_tar(work / "shards224" / f"s224-{s:06d}.tar", images[s * n : (s + 1) * n], labels[s * n : (s + 1) * n], f"s{s}")
+    shards = [_write_tar(work / "shards224" / f"s224-{s:06d}.tar", images[s * n : (s + 1) * n],
+                         labels[s * n : (s + 1) * n], f"s{s}")
               for s in range(2)]
     return load_config(
         None,
@@ -128,7 +129,8 @@ def pipeline_run(cfg: JobConfig, actors: int) -> dict:
     from pipeline.driver import run_job
     from pipeline.results import read_results
 
-    cfg = replace(cfg, cluster=replace(cfg.cluster, num_actors=actors, num_gpus_per_actor=0.0, num_cpus_per_actor=1.0, device="cpu"))
+    cluster = replace(cfg.cluster, num_actors=actors, num_gpus_per_actor=0.0, num_cpus_per_actor=1.0, device="cpu")
+    cfg = replace(cfg, cluster=cluster)
     start = time.perf_counter()
     summary = run_job(cfg, progress_stream=io.StringIO(), tty=False)
     seconds = time.perf_counter() - start

@@ -72,7 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--budget-min", type=float, default=25.0, help="budget used to suggest --images in --estimate")
     p.add_argument("--out", default=None, help="JSON results")
     p.add_argument("--save-masks", default=None, help="torch.save both engines' masks here")
-    p.add_argument("--control", action="store_true", help="also run TorchRay on the first image with rounding-sized noise (self-consistency)")
+    p.add_argument("--control", action="store_true",
+                   help="also run TorchRay on the first image with rounding-sized noise (self-consistency)")
     p.add_argument("--control-kind", choices=["mask", "input"], default="mask")
     p.add_argument("--control-noise", type=float, default=None, help="default 1e-6 (mask) / 1e-5 (input)")
     return p.parse_args(argv)
@@ -171,7 +172,8 @@ def main(argv=None):
             split = split_iteration(res.history[i, j, 0], hist[j, 0])
             good = corr >= CORR_BAR and rel <= REWARD_BAR
             ok &= good
-            rows.append(dict(image=i + args.first_image, area=a, target=targets[i], corr=corr, ours_reward=r_ours, torchray_reward=r_tr,
+            rows.append(dict(image=i + args.first_image, area=a, target=targets[i], corr=corr, ours_reward=r_ours,
+                             torchray_reward=r_tr,
                              reward_rel_diff=rel, torchray_rescored=float(rescored[j]),
                              reward_rel_diff_rescored=rel_rescored, ours_mask_mean=float(ours_m.mean()),
                              torchray_mask_mean=float(tr_masks[j].mean()), phi0=float(res.phi0[i]),

@@ -42,7 +42,6 @@ from _common import (  # noqa: E402
     ROOT,
     make_model,
     mask_noise,
-    pearson,
     run_ours,
     run_torchray,
     smooth_images,
@@ -52,6 +51,7 @@ from _common import (  # noqa: E402
 )
 
 from extremal_core import cpu_kernels  # noqa: E402
+from tests.reproducibility import mask_correlations  # noqa: E402
 
 AREAS = (0.05, 0.1, 0.2, 0.4)
 NOISE = 1e-6
@@ -130,7 +130,7 @@ def run_reference(noisy, model, images, targets, step, sigma, iters, variant):
 
 def correlations(a: torch.Tensor, b: torch.Tensor) -> list[list[float]]:
     """Per area, the per-image correlations of masks `[N, A, H, W]`."""
-    return [[pearson(a[i, j], b[i, j]) for i in range(a.shape[0])] for j in range(a.shape[1])]
+    return mask_correlations(a, b).T.tolist()
 
 
 def summarize(label, corr):

@@ -9,8 +9,8 @@ is not jittered, since flipping the image would change the activations being mas
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,8 @@ def channel_perturbation(
     parts = []
     with frozen(model):
         for lo in range(0, b, per_batch):
-            parts.append(_optimize_channels(model, module, images[lo : lo + per_batch], t[lo : lo + per_batch], reward_fn, settings))
+            chunk = slice(lo, lo + per_batch)
+            parts.append(_optimize_channels(model, module, images[chunk], t[chunk], reward_fn, settings))
     out = {k: torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None for k in parts[0]}
     return ChannelResult(areas=settings.areas, layer=layer, targets=t, **out)
 

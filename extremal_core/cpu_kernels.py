@@ -38,6 +38,9 @@ _FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-sha
 # `$EXTREMAL_CORE_MARCH` picks the target: `native` (default), any `-march` value such as
 # `x86-64-v2` for a build that runs on every machine of a mixed cluster, or `none`.
 MARCH_VARIABLE = "EXTREMAL_CORE_MARCH"
+# `EXTREMAL_CORE_NATIVE_KERNELS=0` turns the compiled loops off for the whole process: every CPU
+# run takes the PyTorch ops, as GPUs do (to run a test suite or a comparison on that path).
+SWITCH_VARIABLE = "EXTREMAL_CORE_NATIVE_KERNELS"
 _SLOWER = "the CPU smooth max and pyramid blend run as (slower) PyTorch ops"
 
 
@@ -99,10 +102,15 @@ def compile_library(compiler: str | None = None, directory: Path | None = None) 
     return None
 
 
+def disabled() -> bool:
+    """True when `$EXTREMAL_CORE_NATIVE_KERNELS` is 0: the compiled loops are turned off."""
+    return os.environ.get(SWITCH_VARIABLE, "1").strip() == "0"
+
+
 def library() -> ctypes.CDLL | None:
     """The loaded kernels for the current `march()`, built on first call; None when they cannot be
-    built or loaded."""
-    return _load(march())
+    built or loaded, or are turned off."""
+    return None if disabled() else _load(march())
 
 
 @functools.cache

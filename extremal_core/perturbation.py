@@ -35,8 +35,8 @@ def build_pyramid(images: torch.Tensor, num_levels: int = 8, max_blur: float = 2
     """
     levels = []
     with torch.no_grad():
-        for l in range(num_levels):
-            t = l / (num_levels - 1)
+        for level in range(num_levels):
+            t = level / (num_levels - 1)
             if kind == "blur":
                 levels.append(gaussian_blur(images, (1.0 - t) * max_blur))
             elif kind == "fade":

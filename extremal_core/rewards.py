@@ -7,7 +7,7 @@ delete -Φ((1 - m) ⊗ x), dual the difference. Register your own with `register
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

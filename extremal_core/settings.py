@@ -22,9 +22,10 @@ class ExtremalSettings:
     `fuse_batchnorm` folds eval-mode BatchNorm into the preceding convolutions of a traced copy
     of the model (same logits to float rounding, ~20 % less network time); `pool_before_relu`
     runs a ReLU after the max-pool it feeds (the same values exactly, a quarter of the ReLU's
-    work); `channels_last` runs that copy and its inputs in NHWC (see `network.py`). `native_cpu_kernels` runs the smooth max and the
-    pyramid blend of float32 CPU masks in compiled C (`cpu_kernels.py`; same values to float
-    rounding, 2-4x faster) when a C compiler is present. `tie_tolerance`: mask values this close
+    work); `channels_last` runs that copy and its inputs in NHWC (see `network.py`).
+    `native_cpu_kernels` runs the smooth max and the pyramid blend of float32 CPU masks in
+    compiled C (`cpu_kernels.py`; same values to float rounding, 2-4x faster) when a C compiler
+    is present. `tie_tolerance`: mask values this close
     to the area threshold count as tied and share the reference's mean (`area.py`), which makes
     the masks the same on every machine.
     """
@@ -88,7 +89,7 @@ class ExtremalSettings:
         if self.max_masks_per_batch is not None and self.max_masks_per_batch < 1:
             raise ValueError(f"max_masks_per_batch must be >= 1, got {self.max_masks_per_batch}")
 
-    def with_overrides(self, **overrides: Any) -> "ExtremalSettings":
+    def with_overrides(self, **overrides: Any) -> ExtremalSettings:
         """A copy with some fields changed; unknown names raise a TypeError listing the valid ones."""
         valid = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - valid)

@@ -382,7 +382,11 @@ def _dispatch(
 
 
 def _fill(
-    cfg: JobConfig, slots: list[_Slot], queue: list[str], in_flight: dict[Any, tuple[int, int, str]], states: dict[str, ShardState]
+    cfg: JobConfig,
+    slots: list[_Slot],
+    queue: list[str],
+    in_flight: dict[Any, tuple[int, int, str]],
+    states: dict[str, ShardState],
 ) -> None:
     """Give queued shards to actors with fewer than ``max_in_flight_per_actor`` in flight,
     least loaded first."""

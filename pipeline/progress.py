@@ -46,7 +46,9 @@ class Progress:
         self.start = self._last_log = time.monotonic()
         if tty is None:
             tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="shard", file=self.stream, dynamic_ncols=True) if tty else None
+        self._bar = (
+            tqdm(total=total, initial=initial, desc=desc, unit="shard", file=self.stream, dynamic_ncols=True) if tty else None
+        )
         self._closed = False
 
     # -- counters ---------------------------------------------------------------------------------

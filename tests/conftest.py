@@ -117,7 +117,9 @@ def make_shards(tmp_path: Path) -> Callable[..., list[str]]:
     """Factory: ``make_shards(num_shards=2, per_shard=3, fmt="jpg", subdir="shards")`` writes real
     tar shards under ``tmp_path/subdir`` and returns their paths."""
 
-    def make(num_shards: int = 2, per_shard: int = 3, fmt: str = "jpg", subdir: str = "shards", prefix: str = "shard") -> list[str]:
+    def make(
+        num_shards: int = 2, per_shard: int = 3, fmt: str = "jpg", subdir: str = "shards", prefix: str = "shard"
+    ) -> list[str]:
         return write_shards(tmp_path / subdir, num_shards, per_shard, fmt, prefix)
 
     return make

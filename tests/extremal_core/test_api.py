@@ -6,6 +6,11 @@ from extremal_core import ExtremalSettings, channel_perturbation, extremal_pertu
 FAST = dict(max_iter=3, step=4, sigma=10.0)
 
 
+def ep(model, targets, **settings):
+    """The engine on two small images with few iterations."""
+    return extremal_perturbation(model, images(), targets, **{**FAST, **settings})
+
+
 def images(n=2, size=32):
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
 
@@ -13,19 +18,23 @@ def images(n=2, size=32):
 @pytest.mark.parametrize(
     "call,error,message",
     [
-        (lambda m: extremal_perturbation(m, images(), [0, 5], **FAST), ValueError, "target 5 is out of range for a model with 5 classes"),
-        (lambda m: extremal_perturbation(m, images(), [0, -1], **FAST), ValueError, "out of range"),
-        (lambda m: extremal_perturbation(m, images(), [0], **FAST), ValueError, "one target per image"),
-        (lambda m: extremal_perturbation(m, images(), [0.5, 1.0], **FAST), TypeError, "integer class indices"),
-        (lambda m: extremal_perturbation(m, images(), 0, areas=[0.1, 1.0], **FAST), ValueError, r"strictly between 0 and 1.*1\.0"),
-        (lambda m: extremal_perturbation(m, images(), 0, areas=[0.0], **FAST), ValueError, "strictly between 0 and 1"),
+        (lambda m: ep(m, [0, 5]), ValueError, "target 5 is out of range for a model with 5 classes"),
+        (lambda m: ep(m, [0, -1]), ValueError, "out of range"),
+        (lambda m: ep(m, [0]), ValueError, "one target per image"),
+        (lambda m: ep(m, [0.5, 1.0]), TypeError, "integer class indices"),
+        (lambda m: ep(m, 0, areas=[0.1, 1.0]), ValueError, r"strictly between 0 and 1.*1\.0"),
+        (lambda m: ep(m, 0, areas=[0.0]), ValueError, "strictly between 0 and 1"),
         (lambda m: extremal_perturbation(m, images()[0], 0, **FAST), ValueError, r"4-D tensor \[B, C, H, W\]"),
         (lambda m: extremal_perturbation(m, images().to(torch.uint8), 0, **FAST), TypeError, "floating point"),
-        (lambda m: extremal_perturbation(m, images(), 0, variant="hybrid", **FAST), ValueError, "valid variants: preserve, delete, dual"),
-        (lambda m: extremal_perturbation(m, images(), 0, reward="best", **FAST), ValueError, "valid rewards: contrastive, simple"),
-        (lambda m: extremal_perturbation(m, images(), 0, perturbation="noise", **FAST), ValueError, "valid perturbations: blur, fade"),
+        (lambda m: ep(m, 0, variant="hybrid"), ValueError, "valid variants: preserve, delete, dual"),
+        (lambda m: ep(m, 0, reward="best"), ValueError, "valid rewards: contrastive, simple"),
+        (lambda m: ep(m, 0, perturbation="noise"), ValueError, "valid perturbations: blur, fade"),
         (lambda m: extremal_perturbation(m, images(), 0, max_iters=3), TypeError, "unknown setting.*valid settings"),
-        (lambda m: channel_perturbation(m, "conv9", images(), 0, **FAST), ValueError, "layer 'conv9' is not in the model; valid layers: 0, 1, 2"),
+        (
+            lambda m: channel_perturbation(m, "conv9", images(), 0, **FAST),
+            ValueError,
+            "layer 'conv9' is not in the model; valid layers: 0, 1, 2",
+        ),
     ],
 )
 def test_bad_calls_have_clear_errors(tiny_cnn, call, error, message):
@@ -55,11 +64,11 @@ def test_result_shapes_and_settings_object(tiny_cnn):
     assert r.seconds.shape == (3,) and (r.seconds > 0).all()
 
 
-def test_batch_invariance(tiny_cnn):
+def test_batch_invariance(tiny_cnn, native_kernels):
     """An image's masks in a batch of 8 x 3 areas equal its masks optimized alone."""
     x = images(8, 48)
     targets = torch.arange(8) % 5
-    kw = dict(areas=[0.05, 0.1, 0.2], max_iter=40, step=4, sigma=10.0)
+    kw = dict(areas=[0.05, 0.1, 0.2], max_iter=40, step=4, sigma=10.0, native_cpu_kernels=native_kernels)
     batch = extremal_perturbation(tiny_cnn, x, targets, **kw)
     for i in (0, 3, 7):
         alone = extremal_perturbation(tiny_cnn, x[i : i + 1], targets[i : i + 1], **kw)

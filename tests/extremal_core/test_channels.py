@@ -3,7 +3,6 @@ import torch.nn.functional as F
 
 from extremal_core import channel_perturbation
 
-
 READ = (10, 70)  # the channels class 0 reads
 
 
@@ -52,7 +51,8 @@ def test_channel_saliency_is_the_removed_activation():
 
 def test_channel_saliency_is_upsampled_to_the_image():
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+        torch.nn.Conv2d(3, 4, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Linear(4, 2),
     ).eval()
     images = torch.rand(2, 3, 20, 20)
     result = channel_perturbation(model, "1", images, targets=[0, 1], areas=[0.25, 0.5], max_iter=5, keep_history=True)

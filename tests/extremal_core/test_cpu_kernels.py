@@ -1,5 +1,7 @@
 """The compiled CPU loops (extremal_core/cpu_kernels.py) against the eager code, and their build."""
 
+import platform
+
 import pytest
 import torch
 
@@ -105,3 +107,20 @@ def test_blend_with_a_differentiable_pyramid_uses_the_eager_code():
     out = perturb(pyramid, torch.rand(1, 2, 8, 8))
     out.sum().backward()
     assert pyramid.grad is not None and pyramid.grad.abs().sum() > 0
+
+
+def test_a_portable_build_gives_the_same_masks(monkeypatch, compiled_kernel):
+    """`EXTREMAL_CORE_MARCH` picks the build target; a build for any x86-64 CPU (or for the compiler's
+    default) loads beside the native one and computes the same smooth max to float rounding."""
+    gen = SmoothMaskGenerator(64, 64, step=4, sigma=10.0)
+    params = torch.rand(4, *gen.geometry.param_shape, generator=torch.Generator().manual_seed(0))
+    native = gen.generate(params)[1]
+    monkeypatch.setenv(cpu_kernels.MARCH_VARIABLE, "x86-64-v2" if platform.machine() == "x86_64" else "none")
+    assert cpu_kernels.library() is not None and cpu_kernels.library() is not compiled_kernel
+    assert torch.allclose(gen.generate(params)[1], native, atol=2e-6)
+
+
+def test_the_switch_turns_the_compiled_loops_off(monkeypatch):
+    monkeypatch.setenv(cpu_kernels.SWITCH_VARIABLE, "0")
+    assert cpu_kernels.library() is None
+    assert not cpu_kernels.supports(torch.zeros(2, 2))

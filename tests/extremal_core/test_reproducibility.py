@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from extremal_core import extremal_perturbation
-from tests.rounding_noise import mask_noise
+from tests.reproducibility import mask_correlations, mask_noise
 
 AREAS = (0.05, 0.1, 0.2, 0.4)
 # Delete with blur on the demo CNN: the case that split on an AVX2 CPU (corr 0.84 at area 0.2).
@@ -37,15 +37,6 @@ def engine_masks(demo_model_and_data):
     return get
 
 
-def correlations(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per image and area, the Pearson correlation of masks `[N, A, H, W]`: `[N, A]`."""
-    a = a.flatten(2).double()
-    b = b.flatten(2).double()
-    a = a - a.mean(dim=2, keepdim=True)
-    b = b - b.mean(dim=2, keepdim=True)
-    return (a * b).sum(2) / (a.norm(dim=2) * b.norm(dim=2))
-
-
 def assert_same_masks(corr: torch.Tensor) -> None:
     """The issue's bars, per area over images: median >= 0.99 and minimum >= 0.95."""
     message = f"per image x area {AREAS}:\n{corr}"
@@ -54,8 +45,8 @@ def assert_same_masks(corr: torch.Tensor) -> None:
 
 
 def test_masks_survive_rounding_sized_noise(engine_masks, native_kernels):
-    assert_same_masks(correlations(engine_masks(native_kernels), engine_masks(native_kernels, noise=1e-6)))
+    assert_same_masks(mask_correlations(engine_masks(native_kernels), engine_masks(native_kernels, noise=1e-6)))
 
 
 def test_compiled_loops_and_pytorch_ops_give_the_same_masks(engine_masks, compiled_kernel):
-    assert_same_masks(correlations(engine_masks(True), engine_masks(False)))
+    assert_same_masks(mask_correlations(engine_masks(True), engine_masks(False)))

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 import webdataset as wds
-from tests.fixtures_demo import DemoBundle
 from PIL import Image
 
 from pipeline.demo import (
@@ -27,6 +26,7 @@ from pipeline.demo import (
     train_demo_model,
 )
 from pipeline.models import ModelSpec, load_model
+from tests.fixtures_demo import DemoBundle
 
 
 def test_synthetic_images_are_deterministic() -> None:

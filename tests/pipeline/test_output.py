@@ -121,8 +121,9 @@ def test_rows_to_table_variable_shapes_and_png() -> None:
     assert (r1["mask_height"], r1["mask_width"]) == (5, 7)
     assert np.asarray(r1["masks"], np.uint8).reshape(len(r1["areas"]), 5, 7).min() == 255
     png = rows_to_table(rows, "png").to_pylist()
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     decoded = np.stack([np.asarray(Image.open(io.BytesIO(b))) for b in png[1]["masks"]])
     assert decoded.shape == (3, 5, 7) and decoded.min() == 255

@@ -1,5 +1,6 @@
-"""Float-rounding-sized noise on the masks a mask generator makes: the change another CPU,
-kernel build or GPU makes, used by the reproducibility tests and `benchmarks/reproducibility.py`.
+"""What "the same masks" means, shared by the reproducibility tests, the GPU tests and
+`benchmarks/reproducibility.py`: float-rounding-sized noise on the masks a mask generator makes
+(the change another CPU, kernel build or GPU makes), and the per-mask correlation.
 """
 
 from __future__ import annotations
@@ -46,3 +47,13 @@ def mask_noise(engine: str, relative: float, first_only: bool, seed: int = 1234)
         yield
     finally:
         cls.generate = original
+
+
+def mask_correlations(masks: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of each (image, area) mask with its reference: `[N, A, H, W]` on any
+    devices -> float64 `[N, A]` on the CPU."""
+    a = masks.detach().double().cpu().flatten(2)
+    b = reference.detach().double().cpu().flatten(2)
+    a = a - a.mean(dim=2, keepdim=True)
+    b = b - b.mean(dim=2, keepdim=True)
+    return (a * b).sum(dim=2) / (a.norm(dim=2) * b.norm(dim=2))
