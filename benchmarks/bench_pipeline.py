@@ -29,7 +29,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import sys
 import tarfile
 import tempfile
@@ -41,9 +40,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, environment  # noqa: E402
 
 from extremal_core import extremal_perturbation  # noqa: E402
 from pipeline.config import JobConfig, load_config  # noqa: E402
@@ -169,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-           "cpu_count": os.cpu_count(), "loadavg_before": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    env = {**environment(), "ray": ray.__version__}
     print(f"environment: {env}")
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=max(counts), include_dashboard=False, log_to_driver=False)

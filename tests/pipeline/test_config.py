@@ -183,12 +183,14 @@ def test_config_hash_tracks_only_what_changes_outputs() -> None:
         "worker.batch_size=2",
         "input.shards=other-{0..9}.tar",
         "extremal.max_masks_per_batch=4",
+        "extremal.native_cpu_kernels=false",  # the same masks on either code path
     ]
     for override in same:
         assert config_hash(load_config(None, [*MINIMAL, override])) == base, override
     different = [
         "extremal.areas=[0.05]",
         "extremal.max_iter=10",
+        "extremal.tie_tolerance=0",  # another rule for ties gives other masks
         "model.arch=vgg16",
         "model.preprocessing.crop=192",
         "targets.mode=label",
