@@ -4,24 +4,22 @@ The network is split at a named layer, Φ = Φ_2 ∘ Φ_1. A mask m in [0, 1]^K 
 channels (no spatial smoothing) perturbs the activations, m ⊙ Φ_1(x) for preserve, under the
 same vecsort area constraint (over channels) and the same optimizer as the spatial masks.
 The split is done with a forward hook, so any model works without being rewritten; the input
-is not jittered, since flipping the image would change the activations being masked.
+is not jittered, since flipping the image would change the activations being masked. The
+prepared explainer and `channel_perturbation` are in `methods/extremal_channels.py` and `api.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .api import check_targets, frozen, prepare_call
 from .area import area_loss
+from .inputs import check_targets
 from .optimize import MaskStepper, model_scores, variant_reward
 from .rewards import Reward
 from .settings import ExtremalSettings
-
-_MASKS_PER_BATCH = 64
 
 
 @dataclass
@@ -62,34 +60,7 @@ class _ChannelMask:
         return self.activations * self.masks.view(shape)
 
 
-def channel_perturbation(
-    model: torch.nn.Module,
-    layer: str,
-    images: torch.Tensor,
-    targets: int | Sequence[int] | torch.Tensor,
-    areas: float | Sequence[float] | None = None,
-    variant: str | None = None,
-    *,
-    reward: str | Reward | None = None,
-    settings: ExtremalSettings | None = None,
-    **overrides,
-) -> ChannelResult:
-    """Channel masks of `images` `[B, C, H, W]` at `layer` (a name from `model.named_modules()`)."""
-    module = find_layer(model, layer)
-    settings, reward_fn, t = prepare_call(images, targets, reward, settings, {"areas": areas, "variant": variant, **overrides})
-    b = images.shape[0]
-    copies = 2 if settings.variant == "dual" else 1
-    per_batch = max(1, (settings.max_masks_per_batch or _MASKS_PER_BATCH) // (len(settings.areas) * copies))
-    parts = []
-    with frozen(model):
-        for lo in range(0, b, per_batch):
-            chunk = slice(lo, lo + per_batch)
-            parts.append(_optimize_channels(model, module, images[chunk], t[chunk], reward_fn, settings))
-    out = {k: torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None for k in parts[0]}
-    return ChannelResult(areas=settings.areas, layer=layer, targets=t, **out)
-
-
-def _optimize_channels(
+def optimize_channels(
     model: torch.nn.Module,
     module: torch.nn.Module,
     images: torch.Tensor,
@@ -97,6 +68,9 @@ def _optimize_channels(
     reward: Reward,
     settings: ExtremalSettings,
 ) -> dict[str, torch.Tensor | None]:
+    """Channel masks of one micro-batch at `module` (a module of `model`, which must be frozen):
+    images `[B, C, H, W]`, targets `[B]` -> the ChannelResult fields, batched (saliency None for a
+    layer without spatial extent)."""
     b, _, h, w = images.shape
     a = len(settings.areas)
     captured: list[torch.Tensor] = []

@@ -25,18 +25,25 @@ _RELU_FUNCTIONS = (torch.relu, F.relu)
 _MAX_POOL_FUNCTIONS = (F.max_pool2d, torch.max_pool2d)
 
 
-def engine_model(model: torch.nn.Module, settings: ExtremalSettings) -> torch.nn.Module:
-    """The prepared copy (eval mode, parameters frozen); the caller's model is left untouched."""
+def engine_model(model: torch.nn.Module, settings: ExtremalSettings, rewrites: bool = True) -> torch.nn.Module:
+    """The prepared private copy (eval mode, parameters frozen); the caller's model is left untouched.
+
+    `rewrites=False` keeps the module structure (no BatchNorm folding, no ReLU moved), for methods
+    that find layers by name or hook `nn.ReLU` modules; the copy and its memory format still apply.
+    """
     prepared = model
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    fold = settings.fuse_batchnorm and has_bn
-    if fold or settings.pool_before_relu:
+    fold = rewrites and settings.fuse_batchnorm and has_bn
+    move = rewrites and settings.pool_before_relu
+    if fold or move:
         try:
-            prepared = _rewritten(model, fold, settings.pool_before_relu)
+            prepared = _rewritten(model, fold, move)
         except Exception as exc:  # tracing fails on data-dependent control flow
             warnings.warn(f"graph rewrites skipped, the model could not be traced: {exc}", stacklevel=3)
+    if prepared is model:  # freezing below must not reach the caller's model, which an explainer keeps using
+        prepared = copy.deepcopy(model)
     if settings.channels_last:
-        prepared = (copy.deepcopy(model) if prepared is model else prepared).to(memory_format=torch.channels_last)
+        prepared = prepared.to(memory_format=torch.channels_last)
     for p in prepared.parameters():
         p.requires_grad_(False)
     return prepared.eval()

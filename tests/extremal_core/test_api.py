@@ -31,7 +31,7 @@ def images(n=2, size=32):
         (lambda m: ep(m, 0, perturbation="noise"), ValueError, "valid perturbations: blur, fade"),
         (lambda m: extremal_perturbation(m, images(), 0, max_iters=3), TypeError, "unknown setting.*valid settings"),
         (
-            lambda m: channel_perturbation(m, "conv9", images(), 0, **FAST),
+            lambda m: channel_perturbation(m, images(), 0, layer="conv9", **FAST),
             ValueError,
             "layer 'conv9' is not in the model; valid layers: 0, 1, 2",
         ),
@@ -47,7 +47,7 @@ def test_model_is_left_as_found(tiny_cnn):
     tiny_cnn[0].weight.requires_grad_(False)
     before = {k: v.clone() for k, v in tiny_cnn.state_dict().items()}
     extremal_perturbation(tiny_cnn, images(), [1, 2], areas=[0.1], **FAST)
-    channel_perturbation(tiny_cnn, "3", images(), [1, 2], areas=[0.5], max_iter=2)
+    channel_perturbation(tiny_cnn, images(), [1, 2], areas=[0.5], layer="3", max_iter=2)
     assert tiny_cnn.training
     assert [p.requires_grad for p in tiny_cnn.parameters()] == [False] + [True] * 5
     assert all(torch.equal(before[k], v) for k, v in tiny_cnn.state_dict().items())

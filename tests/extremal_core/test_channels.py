@@ -30,7 +30,7 @@ def designed_model(channels: int = 128) -> torch.nn.Module:
 def test_channel_mask_keeps_the_channels_the_class_reads():
     model = designed_model()
     images = torch.rand(2, 3, 16, 16)
-    result = channel_perturbation(model, "1", images, targets=[0, 0], areas=[0.1], max_iter=300)
+    result = channel_perturbation(model, images, targets=[0, 0], areas=[0.1], layer="1", max_iter=300)
     assert result.channel_masks.shape == (2, 1, 128)
     for b in range(2):
         kept = (result.channel_masks[b, 0] > 0.5).nonzero().flatten().tolist()
@@ -42,7 +42,7 @@ def test_channel_mask_keeps_the_channels_the_class_reads():
 def test_channel_saliency_is_the_removed_activation():
     model = designed_model()
     images = torch.rand(1, 3, 16, 16)
-    result = channel_perturbation(model, "0", images, targets=0, areas=[0.5], max_iter=20)
+    result = channel_perturbation(model, images, targets=0, areas=[0.5], layer="0", max_iter=20)
     activations = model[0](images).abs()  # [1, 128, 16, 16]
     expected = ((1 - result.channel_masks[0, 0])[:, None, None] * activations[0]).sum(0)
     assert result.saliency.shape == (1, 1, 16, 16)
@@ -55,7 +55,9 @@ def test_channel_saliency_is_upsampled_to_the_image():
         torch.nn.Linear(4, 2),
     ).eval()
     images = torch.rand(2, 3, 20, 20)
-    result = channel_perturbation(model, "1", images, targets=[0, 1], areas=[0.25, 0.5], max_iter=5, keep_history=True)
+    result = channel_perturbation(
+        model, images, targets=[0, 1], areas=[0.25, 0.5], layer="1", max_iter=5, keep_history=True
+    )
     assert result.saliency.shape == (2, 2, 20, 20)
     assert result.history.shape == (2, 2, 2, 5)
     assert F.relu(-result.saliency).sum() == 0

@@ -1,0 +1,14 @@
+"""Attribution methods by name, each prepared once per model, then `explain(images, targets)`.
+
+    from extremal_core import make_explainer
+    explainer = make_explainer("extremal", model, areas=[0.05, 0.1], max_iter=300)
+    explanation = explainer.explain(images, targets)   # maps [B, 2, H, W], labels (0.05, 0.1)
+
+Importing this package registers the built-in methods: `extremal`, `extremal_channels`, `center`.
+"""
+
+from . import center, extremal, extremal_channels  # noqa: F401  (registration on import)
+from .explanation import Explanation
+from .registry import Explainer, available_methods, get_method, make_explainer, register_method
+
+__all__ = ["Explainer", "Explanation", "available_methods", "get_method", "make_explainer", "register_method"]

@@ -1,0 +1,24 @@
+"""SPEC section 6: `extremal_core` is pure PyTorch; distribution and storage stay in `pipeline/`."""
+
+import subprocess
+import sys
+
+FORBIDDEN = ("ray", "fsspec", "pyarrow")
+
+CHECK = f"""
+import importlib, pkgutil, sys
+import extremal_core
+names = [m.name for m in pkgutil.walk_packages(extremal_core.__path__, "extremal_core.")]
+for name in names:
+    importlib.import_module(name)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r})
+print(len(names), "modules;", "loaded:", loaded)
+sys.exit(1 if loaded else 0)
+"""
+
+
+def test_extremal_core_imports_no_ray_fsspec_or_pyarrow():
+    # A fresh interpreter: this test process has long since imported the pipeline's dependencies.
+    done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert int(done.stdout.split()[0]) >= 15, done.stdout  # the walk reached the submodules
