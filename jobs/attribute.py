@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         st = storage_options(cfg)
         table = read_results(cfg.output.uri, st)
         game = pointing_game(table, boxes_from_shards([s.url for s in summary.done], st, cfg.input.label_key))
-        print(f"pointing game (argmax of the summed masks inside the object's box): "
+        print(f"pointing game (argmax of the summed maps inside the object's box): "
               f"{game['hits']}/{game['total']} = {100 * game['rate']:.1f} %")
     print(f"wall time: {time.monotonic() - t0:.1f} s")
     if not summary.ok:

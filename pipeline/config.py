@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 import yaml
 
+from extremal_core.methods import get_method
+from extremal_core.methods.registry import parameter_names
 from extremal_core.settings import ExtremalSettings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -128,20 +130,37 @@ class TargetsConfig:
 
 
 @dataclass(frozen=True)
-class WorkerConfig:
-    """Pipeline-side knobs of one actor. ``batch_size``: images per engine call (each image brings
-    ``len(extremal.areas)`` masks). ``prefetch``: decoded images buffered ahead of the engine by the
-    worker's reader thread.
+class MethodConfig:
+    """The attribution method of the job (one per job and output folder): a name from
+    ``extremal_core.available_methods()`` and that method's parameters, written flat next to it
+    (``method: {name: extremal_channels, layer: layer3}``).
 
-    ``crash_on_first_attempt``: fault injection for tests, off (empty) by default. On the first
-    attempt of a shard whose URL ends with one of these strings, the actor process exits
-    (``os._exit(1)``) after its first batch, i.e. mid-shard, before anything is committed; the
-    driver must retry the shard on a replacement actor.
+    The methods that take ``ExtremalSettings`` (``extremal``, ``extremal_channels``) get the
+    ``extremal:`` section as their settings, so switching ``method.name`` keeps one place for the
+    algorithm's numbers; such a setting given under ``method:`` is refused (one place, one value).
+    """
+
+    name: str = "extremal"
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def uses_engine_settings(self) -> bool:
+        """Whether the method takes ``settings=`` (the ``extremal:`` section)."""
+        return "settings" in (parameter_names(get_method(self.name)) or ())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **self.params}
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Pipeline-side knobs of one actor. ``batch_size``: images per ``explain`` call (an extremal
+    image brings ``len(extremal.areas)`` masks). ``prefetch``: decoded images buffered ahead of the
+    engine by the worker's reader thread.
     """
 
     batch_size: int = 8
     prefetch: int = 16
-    crash_on_first_attempt: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -155,13 +174,13 @@ class OutputConfig:
     """Where the Parquet parts, done-markers and manifest go (any fsspec URL).
 
     ``overwrite``: start over, deleting the parts and markers of an earlier run (otherwise a run
-    resumes, and refuses an output made with a different config). ``mask_format``: ``tensor``
-    (uint8 fixed-shape tensor) or ``png`` (one PNG per area).
+    resumes, and refuses an output made with a different config). ``map_format``: ``tensor``
+    (uint8 fixed-shape tensor) or ``png`` (one grayscale PNG per map).
     """
 
     uri: str = ""
     overwrite: bool = False
-    mask_format: Literal["tensor", "png"] = "tensor"
+    map_format: Literal["tensor", "png"] = "tensor"
 
     def validate(self) -> None:
         if not self.uri:
@@ -228,6 +247,7 @@ class JobConfig:
     input: InputConfig = field(default_factory=InputConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
     extremal: ExtremalSettings = field(default_factory=ExtremalSettings)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -342,6 +362,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         tp = hints[f.name]
         if tp is ExtremalSettings:
             kwargs[f.name] = _build_extremal(data.get(f.name), key)
+        elif tp is MethodConfig:
+            kwargs[f.name] = _build_method(data.get(f.name), key)
         elif dataclasses.is_dataclass(tp):
             # Absent sections are built too, so their required fields are checked.
             kwargs[f.name] = _build(tp, data.get(f.name), key)
@@ -367,6 +389,34 @@ def _build_extremal(data: Any, prefix: str) -> ExtremalSettings:
         return ExtremalSettings(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{prefix}: {exc}") from exc
+
+
+def _build_method(data: Any, prefix: str) -> MethodConfig:
+    """``{name, **params}`` -> MethodConfig; the name and the parameters' names are checked against
+    the method registry here, so a typo exits before Ray starts."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping such as {{name: extremal}}, got {data!r}")
+    params = dict(data)
+    name = params.pop("name", MethodConfig.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"{prefix}.name: expected str, got {name!r} ({type(name).__name__})")
+    try:
+        cls = get_method(name)
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}.name: {exc}") from None
+    valid = parameter_names(cls)
+    if valid is not None:
+        settings = {f.name for f in fields(ExtremalSettings)} if "settings" in valid else set()
+        allowed = [v for v in valid if v != "settings" and v not in settings]
+        for key in params:
+            if key in settings:
+                raise ConfigError(f"{prefix}.{key} is an engine setting of {name!r}: set extremal.{key}")
+            if key not in allowed:
+                keys = ", ".join(["name", *allowed])
+                raise ConfigError(f"unknown key '{prefix}.{key}' for method {name!r}; valid keys: {keys}")
+    return MethodConfig(name=name, params={k: _plain(v) for k, v in params.items()})
 
 
 def config_from_dict(data: dict[str, Any] | None) -> JobConfig:
@@ -430,6 +480,8 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, MethodConfig):
+        return value.to_dict()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, (list, tuple)):
@@ -445,18 +497,21 @@ def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
 
 def _hashed_dict(cfg: JobConfig) -> dict[str, Any]:
     data = config_to_dict(cfg)
+    if not cfg.method.uses_engine_settings:
+        data.pop("extremal")  # settings the method never reads do not change its rows
     for dotted in _HASH_EXCLUDED:
         *parents, last = dotted.split(".")
         node = data
         for p in parents:
-            node = node[p]
+            node = node.get(p, {})
         node.pop(last, None)
     return data
 
 
 def config_hash(cfg: JobConfig) -> str:
-    """sha256 hex of the canonical JSON of the fields that change the output rows (not the
-    cluster, storage or output location, batching knobs, or the list of shards)."""
+    """sha256 hex of the canonical JSON of the fields that change the output rows: the method and
+    its parameters included; not the cluster, storage or output location, batching knobs, or
+    the list of shards."""
     canonical = json.dumps(_hashed_dict(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

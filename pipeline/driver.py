@@ -235,9 +235,9 @@ class _Slot:
     generation: int = 0
 
 
-def _start_actor(cfg: JobConfig) -> Any:
+def _start_actor(cfg: JobConfig, worker_class: type) -> Any:
     c = cfg.cluster
-    remote = ray.remote(ShardWorker).options(
+    remote = ray.remote(worker_class).options(
         num_cpus=c.num_cpus_per_actor,
         num_gpus=c.num_gpus_per_actor,
         max_restarts=0,  # we replace dead actors ourselves and count the shard's attempts
@@ -269,6 +269,7 @@ def run_job(
     tty: bool | None = None,
     log_interval_s: float = 10.0,
     startup_timeout_s: float = 600.0,
+    worker_class: type = ShardWorker,
 ) -> JobSummary:
     """Run (or resume) an attribution job on the connected Ray cluster; returns its summary.
 
@@ -276,7 +277,8 @@ def run_job(
     (a later run resumes). Raises ConfigError-like ``ValueError`` for a bad shard pattern,
     ``output.OutputConflictError`` for an output holding another config's results,
     ``output.OutputError`` when the output cannot be reached, ``DriverError`` when no worker can
-    start. Shard failures are not exceptions: they are in the summary.
+    start. Shard failures are not exceptions: they are in the summary. ``worker_class``: the
+    actor class (``ShardWorker`` or a subclass, e.g. the tests' worker that fails on purpose).
     """
     if not ray.is_initialized():
         raise DriverError("Ray is not initialized: call ray.init() (jobs.attribute does) before run_job")
@@ -310,7 +312,7 @@ def run_job(
     progress = Progress(len(urls), already, stream=stream, tty=tty, interval_s=log_interval_s)
     try:
         if todo:
-            _dispatch(cfg, todo, states, summary, progress, startup_timeout_s)
+            _dispatch(cfg, todo, states, summary, progress, startup_timeout_s, worker_class)
     finally:
         progress.close()
         summary.seconds = time.monotonic() - start
@@ -327,11 +329,12 @@ def _dispatch(
     summary: JobSummary,
     progress: Progress,
     startup_timeout_s: float,
+    worker_class: type,
 ) -> None:
     """The ``ray.wait`` loop: runs ``todo`` on a pool of actors, updating ``states`` in place."""
     c = cfg.cluster
     n = num_workers(cfg, ray.cluster_resources(), len(todo))
-    slots = [_Slot(_start_actor(cfg)) for _ in range(n)]
+    slots = [_Slot(_start_actor(cfg, worker_class)) for _ in range(n)]
     summary.workers = n
     try:
         _wait_ready(slots, startup_timeout_s)
@@ -360,7 +363,7 @@ def _dispatch(
                     if isinstance(exc, RayActorError) and slots[slot_i].generation == generation:
                         # The process is gone (or unreachable): a fresh actor takes its seat.
                         _kill(slots[slot_i].handle)
-                        slots[slot_i] = _Slot(_start_actor(cfg), generation + 1)
+                        slots[slot_i] = _Slot(_start_actor(cfg, worker_class), generation + 1)
                         summary.replaced_workers += 1
                     if state.attempts <= c.max_retries:
                         backoff = min(MAX_BACKOFF_S, c.retry_backoff_s * 2 ** (state.attempts - 1))

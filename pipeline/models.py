@@ -32,6 +32,8 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
+from pipeline.geometry import Geometry, crop_size
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 IMAGENET_RESIZE = 256  # torchvision's classic evaluation recipe: shorter side 256, centre crop 224
@@ -84,88 +86,6 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class Geometry:
-    """How an original image became the model input, so that input-resolution results can be
-    mapped back.
-
-    The original ``width`` x ``height`` image was resized by ``scale`` (shorter side; 1.0 when
-    not resized) to ``resized_width`` x ``resized_height``, then the ``out_width`` x
-    ``out_height`` input was cut from it at (``crop_left``, ``crop_top``). Offsets are negative
-    when the crop was larger than the resized image (zero padding).
-    """
-
-    width: int
-    height: int
-    scale: float
-    resized_width: int
-    resized_height: int
-    crop_left: int
-    crop_top: int
-    out_width: int
-    out_height: int
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Geometry:
-        """Inverse of ``dataclasses.asdict`` (extra keys are ignored)."""
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
-    def to_original_xy(self, x: float, y: float) -> tuple[float, float]:
-        """A point in input pixel coordinates (pixel centres at integers) -> original pixels."""
-        sx = self.resized_width / self.width
-        sy = self.resized_height / self.height
-        return (x + self.crop_left + 0.5) / sx - 0.5, (y + self.crop_top + 0.5) / sy - 0.5
-
-    def mask_to_original(self, mask: np.ndarray) -> np.ndarray:
-        """Map a mask at the model input resolution back onto the original image.
-
-        ``mask``: [out_height, out_width] or [A, out_height, out_width], float or uint8.
-        Returns [height, width] or [A, height, width]: the mask is placed at the crop's position in
-        the resized frame (zeros where the crop did not reach), and that frame is resized to the
-        original size (bilinear, antialiased when shrinking). uint8 in -> uint8 out (rounded),
-        otherwise float32.
-        """
-        m = np.asarray(mask)
-        squeeze = m.ndim == 2
-        if squeeze:
-            m = m[None]
-        if m.ndim != 3 or m.shape[1:] != (self.out_height, self.out_width):
-            raise ValueError(
-                f"mask shape {np.shape(mask)} does not match the model input "
-                f"({self.out_height}, {self.out_width})"
-            )
-        src = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))
-        frame = torch.zeros((m.shape[0], self.resized_height, self.resized_width), dtype=torch.float32)
-        # Intersection of the crop window with the resized frame, in both coordinate systems.
-        y0, x0 = max(self.crop_top, 0), max(self.crop_left, 0)
-        y1 = min(self.crop_top + self.out_height, self.resized_height)
-        x1 = min(self.crop_left + self.out_width, self.resized_width)
-        if y1 > y0 and x1 > x0:
-            frame[:, y0:y1, x0:x1] = src[
-                :, y0 - self.crop_top : y1 - self.crop_top, x0 - self.crop_left : x1 - self.crop_left
-            ]
-        if (self.resized_height, self.resized_width) != (self.height, self.width):
-            frame = TF.resize(
-                frame, [self.height, self.width], interpolation=InterpolationMode.BILINEAR, antialias=True
-            )
-        out = frame.numpy()
-        if m.dtype == np.uint8:
-            out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-        return out[0] if squeeze else out
-
-
-def _crop_size(crop: int | Sequence[int]) -> tuple[int, int]:
-    """``crop`` as (height, width)."""
-    if isinstance(crop, int):
-        return crop, crop
-    c = [int(v) for v in crop]
-    if len(c) == 1:
-        return c[0], c[0]
-    if len(c) == 2:
-        return c[0], c[1]
-    raise ValueError(f"crop must be an int or (height, width), got {crop!r}")
-
-
-@dataclass(frozen=True)
 class Preprocess:
     """PIL image -> normalised model input, as torchvision's ``ImageClassification`` preset does:
     resize the shorter side to ``resize`` (``interpolation``, antialias; None = keep), centre crop
@@ -189,30 +109,14 @@ class Preprocess:
             img = Image.fromarray(img)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        width, height = img.size
-        rw, rh, scale = width, height, 1.0
-        if self.resize is not None:
-            # Same arithmetic as torchvision's resize with a single size: the shorter side becomes
-            # `resize`, the longer one is truncated proportionally.
-            short, long = (width, height) if width <= height else (height, width)
-            new_short, new_long = int(self.resize), int(int(self.resize) * long / short)
-            rw, rh = (new_short, new_long) if width <= height else (new_long, new_short)
-            scale = new_short / short
-            if (rw, rh) != (width, height):
-                mode = InterpolationMode(self.interpolation)
-                img = TF.resize(img, [rh, rw], interpolation=mode, antialias=True)
-        left, top, ow, oh = 0, 0, rw, rh
+        geom = Geometry.of(img.size[0], img.size[1], self.resize, self.crop)
+        if (geom.resized_width, geom.resized_height) != img.size:
+            mode = InterpolationMode(self.interpolation)
+            img = TF.resize(img, [geom.resized_height, geom.resized_width], interpolation=mode, antialias=True)
         if self.crop is not None:
-            ch, cw = _crop_size(self.crop)
-            # torchvision's centre crop: pad symmetrically (extra pixel after) where the crop is
-            # larger, else anchor at round((size - crop) / 2).
-            top = -((ch - rh) // 2) if ch > rh else int(round((rh - ch) / 2.0))
-            left = -((cw - rw) // 2) if cw > rw else int(round((rw - cw) / 2.0))
-            img = TF.center_crop(img, [ch, cw])
-            ow, oh = cw, ch
+            img = TF.center_crop(img, [geom.out_height, geom.out_width])
         x = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
         x = TF.normalize(x, mean=list(self.mean), std=list(self.std))
-        geom = Geometry(width, height, scale, rw, rh, left, top, ow, oh)
         return x, geom
 
 
@@ -470,7 +374,7 @@ def _make_preprocess(spec: Any, defaults: dict[str, Any]) -> Preprocess:
         if len(resize) != 1:
             raise ValueError(f"resize is the shorter side (one int), got {resize!r}")
         resize = resize[0]
-    crop = None if crop is None else (int(crop) if isinstance(crop, int) else _crop_size(crop))
+    crop = None if crop is None else (int(crop) if isinstance(crop, int) else crop_size(crop))
     mean, std = tuple(float(v) for v in pick("mean")), tuple(float(v) for v in pick("std"))
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ValueError(f"mean and std need 3 values each (std > 0), got mean={mean}, std={std}")

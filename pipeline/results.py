@@ -1,5 +1,5 @@
-"""Reading a job's results back, without Ray: the Parquet parts as one table, masks at the original
-image size, and the pointing game on boxes.
+"""Reading a job's results back, without Ray: the Parquet parts as one table, maps in the method's
+values at the original image size, and the pointing game on boxes.
 
 Needs only pyarrow, numpy, torch (for the resize) and fsspec; works on any output URI.
 """
@@ -16,8 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.models import Geometry
+from pipeline.geometry import Geometry
 from pipeline.output import PARTS_DIR
+from pipeline.schema import restore_maps
 from pipeline.shards import url_to_fs
 
 
@@ -54,50 +55,37 @@ def _field(row: Any, name: str) -> Any:
     return getattr(row, name) if hasattr(row, "_fields") else row[name]
 
 
-def row_masks(row: Any) -> np.ndarray:
-    """A row's masks as uint8 ``[A, mask_height, mask_width]``, whatever the storage: a
+def row_stored_maps(row: Any) -> np.ndarray:
+    """A row's maps as stored: uint8 ``[M, map_height, map_width]``, whatever the storage: a
     fixed-shape tensor (nested or flat, as pyarrow's ``to_pylist`` / pandas give it), a flat
     uint8 list, or a list of PNGs."""
-    masks = _field(row, "masks")
-    if masks is None:
-        raise ValueError(f"row {_field(row, 'key')!r} has no masks (error: {_field(row, 'error')})")
-    a = len(_field(row, "areas"))
-    h, w = int(_field(row, "mask_height")), int(_field(row, "mask_width"))
-    items = list(masks) if not isinstance(masks, np.ndarray) or masks.dtype == object else None
+    maps = _field(row, "maps")
+    if maps is None:
+        raise ValueError(f"row {_field(row, 'key')!r} has no maps (error: {_field(row, 'error')})")
+    h, w = int(_field(row, "map_height")), int(_field(row, "map_width"))
+    items = list(maps) if not isinstance(maps, np.ndarray) or maps.dtype == object else None
     if items is not None and items and isinstance(items[0], (bytes, bytearray)):
         return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("L")) for b in items])
-    arr = np.asarray(masks if items is None else np.concatenate([np.asarray(m).reshape(-1) for m in items]))
-    return arr.astype(np.uint8, copy=False).reshape(a, h, w)
+    arr = np.asarray(maps if items is None else np.concatenate([np.asarray(m).reshape(-1) for m in items]))
+    return arr.astype(np.uint8, copy=False).reshape(-1, h, w)
 
 
-def row_geometry(row: Any) -> Geometry:
-    """The mapping-back columns of a row as a ``Geometry`` (mask -> original image)."""
-    width, height = int(_field(row, "width")), int(_field(row, "height"))
-    rw, rh = int(_field(row, "resized_width")), int(_field(row, "resized_height"))
-    return Geometry(
-        width=width,
-        height=height,
-        scale=min(rw, rh) / min(width, height),
-        resized_width=rw,
-        resized_height=rh,
-        crop_left=int(_field(row, "crop_left")),
-        crop_top=int(_field(row, "crop_top")),
-        out_width=int(_field(row, "mask_width")),
-        out_height=int(_field(row, "mask_height")),
-    )
+def row_maps(row: Any) -> np.ndarray:
+    """A row's maps in the method's own values: float32 ``[M, map_height, map_width]``
+    (``map_min + maps / 255 * (map_max - map_min)``)."""
+    return restore_maps(row_stored_maps(row), float(_field(row, "map_min")), float(_field(row, "map_max")))
 
 
-def masks_at_original_size(row: Any) -> np.ndarray:
-    """A row's masks mapped back onto the original image: float32 ``[A, height, width]`` in
-    [0, 1] (zero where the model's crop did not reach). ``row``: a dict (``table.to_pylist()``),
-    a pandas row (``df.iloc[i]``) or anything indexable by column name."""
-    masks = row_masks(row).astype(np.float32) / 255.0
-    return row_geometry(row).mask_to_original(masks)
+def maps_at_original_size(row: Any) -> np.ndarray:
+    """A row's maps mapped back onto the original image: float32 ``[M, height, width]`` in the
+    method's values (zero where the model's crop did not reach). ``row``: a dict
+    (``table.to_pylist()``), a pandas row (``df.iloc[i]``) or anything indexable by column name."""
+    return Geometry.from_row(row).map_to_original(row_maps(row))
 
 
 def saliency_argmax(row: Any) -> tuple[int, int]:
-    """(x, y) in original-image pixels of the maximum of the row's masks summed over areas."""
-    total = masks_at_original_size(row).sum(axis=0)
+    """(x, y) in original-image pixels of the maximum of the row's maps summed over its M maps."""
+    total = maps_at_original_size(row).sum(axis=0)
     y, x = np.unravel_index(int(np.argmax(total)), total.shape)
     return int(x), int(y)
 

@@ -24,14 +24,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from extremal_core import extremal_perturbation
+from extremal_core.methods import Explainer
 from extremal_core.rewards import class_scores
 from pipeline.config import JobConfig, ModelConfig, config_hash, storage_options
+from pipeline.method import build_explainer, explain_rows, maps_per_row, method_columns
 from pipeline.models import Geometry, LoadedModel, ModelSpec, Preprocess, load_model
-from pipeline.output import commit_part, rows_to_table
+from pipeline.output import commit_part
+from pipeline.schema import rows_to_table
 from pipeline.shards import decode_image, iter_samples
 from pipeline.targets import Target, pick_targets
 
@@ -183,30 +184,19 @@ def _error_row(item: Item, base: dict[str, Any], error: str, target: Target | No
     }
 
 
-def _geometry_columns(g: Geometry) -> dict[str, int]:
-    return {
-        "resized_width": g.resized_width,
-        "resized_height": g.resized_height,
-        "crop_top": g.crop_top,
-        "crop_left": g.crop_left,
-        "mask_height": g.out_height,
-        "mask_width": g.out_width,
-    }
-
-
-def masks_to_uint8(masks: torch.Tensor) -> np.ndarray:
-    """Masks float in [0, 1] ``[..., H, W]`` -> uint8 0-255 (rounded), on the CPU."""
-    return masks.detach().float().clamp(0, 1).mul(255.0).add_(0.5).floor_().to(torch.uint8).cpu().numpy()
-
-
 def explain_items(
-    items: list[Item], cfg: JobConfig, loaded: LoadedModel, device: torch.device, base: dict[str, Any]
+    items: list[Item],
+    cfg: JobConfig,
+    loaded: LoadedModel,
+    explainer: Explainer,
+    device: torch.device,
+    base: dict[str, Any],
 ) -> list[tuple[int, int, dict[str, Any]]]:
     """Rows for a batch of decoded items: ``(item index, target rank, row)``.
 
     Items of one input shape run together (they all do when preprocessing crops); each image's
-    targets come from one clean forward pass, and the (image, target) pairs go to the engine in
-    chunks of ``worker.batch_size``.
+    targets come from one clean forward pass, and the (image, target) pairs go to the method's
+    ``explain`` in chunks of ``worker.batch_size``.
     """
     out: list[tuple[int, int, dict[str, Any]]] = []
     by_shape: dict[tuple[int, ...], list[Item]] = {}
@@ -229,12 +219,7 @@ def explain_items(
             chunk = jobs[lo : lo + bs]
             idx = torch.tensor([pos for pos, _, _ in chunk], device=device)
             targets = torch.tensor([t.target for _, _, t in chunk], dtype=torch.long, device=device)
-            res = extremal_perturbation(loaded.model, x[idx], targets, settings=cfg.extremal)
-            masks = masks_to_uint8(res.masks)  # [n, A, h, w]
-            preserved, norm = res.preserved.float().cpu().numpy(), res.scores.float().cpu().numpy()
-            phi0, phi_min = res.phi0.float().cpu().numpy(), res.phi_min.float().cpu().numpy()
-            best, seconds = res.optimal_area.float().cpu().numpy(), res.seconds.float().cpu().numpy()
-            for j, (pos, rank, t) in enumerate(chunk):
+            for (pos, rank, t), values in zip(chunk, explain_rows(explainer, x[idx], targets)):
                 item = group[pos]
                 row = {
                     **base,
@@ -243,15 +228,9 @@ def explain_items(
                     "target_source": t.source,
                     "width": item.width,
                     "height": item.height,
-                    "rewards": preserved[j],  # SPEC: Φ_c(m_a ⊗ x), whatever the variant optimized
-                    "scores": norm[j],
-                    "phi0": phi0[j],
-                    "phi_min": phi_min[j],
-                    "optimal_area": best[j],
-                    "masks": masks[j],
-                    **_geometry_columns(item.geometry),
+                    **values,
+                    **item.geometry.columns(),
                     "error": None,
-                    "seconds": seconds[j],
                 }
                 out.append((item.index, rank, row))
     return out
@@ -262,10 +241,14 @@ def explain_items(
 # ------------------------------------------------------------------------------------------------
 
 
-def mask_shape(cfg: JobConfig) -> tuple[int, int, int] | None:
-    """``[A, crop, crop]`` when preprocessing crops (every mask has that shape), else None."""
+def map_shape(cfg: JobConfig, explainer: Explainer, rows: list[dict[str, Any]]) -> tuple[int, int, int] | None:
+    """``[M, crop, crop]`` when preprocessing crops (every row's maps have that shape), else None
+    (flat lists). M from the explainer, else from this shard's first good row."""
     crop = cfg.model.preprocessing.crop
-    return None if crop is None else (len(cfg.extremal.areas), crop, crop)
+    m = maps_per_row(explainer)
+    if m is None:
+        m = next((len(r["maps"]) for r in rows if r.get("maps") is not None), None)
+    return None if crop is None or m is None else (m, crop, crop)
 
 
 def process_shard(
@@ -273,6 +256,7 @@ def process_shard(
     cfg: JobConfig,
     loaded: LoadedModel,
     *,
+    explainer: Explainer | None = None,
     device: torch.device | str = "cpu",
     attempt: int = 1,
     storage: dict[str, Any] | None = None,
@@ -283,7 +267,8 @@ def process_shard(
     """Explain every sample of one shard and commit its part; returns the done-marker (small:
     ``shard``, ``rows``, ``errors``, ``images``, ``seconds``, ``attempts``, ``config_hash``...).
 
-    ``storage``: fsspec options for ``s3://`` URLs (default: from ``cfg.storage``). ``on_batch``:
+    ``explainer``: the job's method prepared for ``loaded.model`` (an actor builds it once; by
+    default it is built here). ``storage``: fsspec options for ``s3://`` URLs (default: from ``cfg.storage``). ``on_batch``:
     called with the number of images done after each batch (progress, fault injection).
     ``extra_stats``: more fields for the marker (where the shard ran). ``compute_lock``: held
     while this shard computes, so concurrent calls (an actor with several shards in flight) read
@@ -293,12 +278,8 @@ def process_shard(
     start = time.perf_counter()
     device = torch.device(device)
     storage = storage_options(cfg) if storage is None else storage
-    base = {
-        "shard": shard_url,
-        "areas": list(cfg.extremal.areas),
-        "variant": cfg.extremal.variant,
-        "model": loaded.name,
-    }
+    explainer = build_explainer(cfg, loaded.model) if explainer is None else explainer
+    base = {"shard": shard_url, "model": loaded.name, **method_columns(cfg)}
     rows: list[tuple[int, int, dict[str, Any]]] = []
     batch: list[Item] = []
     images = 0
@@ -306,7 +287,7 @@ def process_shard(
     def flush() -> None:
         nonlocal batch
         if batch:
-            rows.extend(explain_items(batch, cfg, loaded, device, base))
+            rows.extend(explain_items(batch, cfg, loaded, explainer, device, base))
             batch = []
             if on_batch is not None:
                 on_batch(images)
@@ -329,7 +310,8 @@ def process_shard(
             flush()
 
     rows.sort(key=lambda r: (r[0], r[1]))
-    table = rows_to_table([r for _, _, r in rows], cfg.output.mask_format, mask_shape(cfg))
+    ordered = [r for _, _, r in rows]
+    table = rows_to_table(ordered, cfg.output.map_format, map_shape(cfg, explainer, ordered))
     stats = {
         "attempts": attempt,
         "images": images,
@@ -361,6 +343,8 @@ class ShardWorker:
             # Ray sets OMP_NUM_THREADS from the actor's CPUs; make torch agree (at least 1).
             torch.set_num_threads(max(1, int(cfg.cluster.num_cpus_per_actor)))
         self.loaded = load_for_job(cfg.model, self.device)
+        # Once per (model, method) per actor: the method's private model copy and batch bounds.
+        self.explainer = build_explainer(cfg, self.loaded.model)
         self.storage = storage_options(cfg)
         # The driver runs this actor with max_concurrency = max_in_flight_per_actor: the next
         # shard's reader starts while the current shard computes; the lock serialises compute.
@@ -372,15 +356,15 @@ class ShardWorker:
 
     def process(self, shard_url: str, attempt: int = 1) -> dict[str, Any]:
         """``process_shard`` for one shard; ``attempt`` counts from 1 (recorded in the marker)."""
-        crash = attempt == 1 and any(shard_url.endswith(s) for s in self.cfg.worker.crash_on_first_attempt)
-
-        def on_batch(_: int) -> None:
-            if crash:  # fault injection (worker.crash_on_first_attempt): die mid-shard
-                os._exit(1)
-
         # The accelerator Ray assigned (a logical GPU on a CPU-only machine still shows here).
         extra = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         return process_shard(
-            shard_url, self.cfg, self.loaded, device=self.device, attempt=attempt, storage=self.storage,
-            on_batch=on_batch, extra_stats=extra, compute_lock=self._compute,
+            shard_url, self.cfg, self.loaded, explainer=self.explainer, device=self.device, attempt=attempt,
+            storage=self.storage, on_batch=self.on_batch(shard_url, attempt), extra_stats=extra,
+            compute_lock=self._compute,
         )
+
+    def on_batch(self, shard_url: str, attempt: int) -> Callable[[int], None] | None:
+        """A callback after each batch of a shard (none here). A subclass can watch or interrupt
+        a shard mid-way, e.g. the tests' failing worker that dies on a first attempt."""
+        return None

@@ -194,7 +194,9 @@ def test_config_hash_tracks_only_what_changes_outputs() -> None:
         "model.arch=vgg16",
         "model.preprocessing.crop=192",
         "targets.mode=label",
-        "output.mask_format=png",
+        "output.map_format=png",
+        "method.name=center",  # another method
+        "extremal.max_iter=10",
         "input.label_key=label",
     ]
     for override in different:
@@ -218,3 +220,25 @@ def test_storage_options_hold_no_credentials(monkeypatch: pytest.MonkeyPatch) ->
     assert "AKIDSECRETVALUE" not in text and "very-secret" not in text
     plain = storage_options(load_config(None, MINIMAL))
     assert "client_kwargs" not in plain and "anon" not in plain
+
+
+def test_method_section_names_a_registered_method_and_its_parameters() -> None:
+    cfg = load_config(None, MINIMAL)
+    assert cfg.method.name == "extremal" and cfg.method.params == {}  # the default: the paper's method
+    channels = load_config(None, [*MINIMAL, "method.name=extremal_channels", "method.layer=layer3"])
+    assert channels.method.params == {"layer": "layer3"} and channels.method.uses_engine_settings
+    assert config_to_dict(channels)["method"] == {"name": "extremal_channels", "layer": "layer3"}
+    assert config_from_dict(config_to_dict(channels)) == channels
+    assert not load_config(None, [*MINIMAL, "method.name=center"]).method.uses_engine_settings
+    assert _error(None, [*MINIMAL, "method.name=gradcam"]).startswith("method.name: unknown method 'gradcam'")
+    assert "unknown key 'method.sigmaa' for method 'center'" in _error(None, [*MINIMAL, "method.name=center", "method.sigmaa=1"])
+    assert "set extremal.max_iter" in _error(None, [*MINIMAL, "method.max_iter=3"])
+
+
+def test_method_parameters_are_hashed_and_unused_settings_are_not() -> None:
+    center = config_hash(load_config(None, [*MINIMAL, "method.name=center"]))
+    assert config_hash(load_config(None, [*MINIMAL, "method.name=center", "method.sigma=0.3"])) != center
+    # The centre baseline never reads the extremal settings: they do not change its rows.
+    assert config_hash(load_config(None, [*MINIMAL, "method.name=center", "extremal.max_iter=3"])) == center
+    layer3 = config_hash(load_config(None, [*MINIMAL, "method.name=extremal_channels", "method.layer=layer3"]))
+    assert config_hash(load_config(None, [*MINIMAL, "method.name=extremal_channels", "method.layer=layer2"])) != layer3

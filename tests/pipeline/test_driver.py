@@ -18,6 +18,7 @@ from pipeline.driver import DriverError, run_job
 from pipeline.output import done_uri
 from pipeline.results import read_results
 from pipeline.shards import iter_samples
+from pipeline.worker import ShardWorker
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, member_offsets, truncate_file, upload, write_shard, write_shards
 
@@ -71,12 +72,21 @@ def test_resume_skips_committed_shards(tmp_path: Path) -> None:
     assert Counter(keys) == Counter(_keys(shards))  # none missing, none duplicated
 
 
+class CrashingWorker(ShardWorker):
+    """Fault injection: the actor process exits mid-shard (after its first batch, before anything
+    is committed) on the first attempt of a shard named ``shard-000001.tar``."""
+
+    def on_batch(self, shard_url: str, attempt: int):
+        if attempt == 1 and shard_url.endswith("shard-000001.tar"):
+            return lambda _images: os._exit(1)
+        return None
+
+
 def test_killed_actor_is_replaced_and_its_shard_retried(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", num_shards=4, per_shard=3)
     out = str(tmp_path / "out")
-    # Fault injection: the actor exits mid-shard (after its first batch) on shard 1's first attempt.
-    cfg = tiny_config(shards, out, "worker.batch_size=1", "worker.crash_on_first_attempt=['shard-000001.tar']")
-    summary = _run(cfg)
+    cfg = tiny_config(shards, out, "worker.batch_size=1")
+    summary = _run(cfg, worker_class=CrashingWorker)
 
     assert summary.ok, summary.report()
     assert summary.replaced_workers >= 1

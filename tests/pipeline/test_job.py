@@ -39,6 +39,13 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown key 'extremal.max_iterz'") and "\n" not in err
     assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    capsys.readouterr()
+    # A bad method or method parameter is a config error too, before Ray starts.
+    assert main(["--config", path, "--set", "method.name=gradcam"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: method.name: unknown method 'gradcam'") and "\n" not in err
+    assert main(["--config", path, "--set", "method.name=center", "--set", "method.radius=3"]) == 2
+    assert "unknown key 'method.radius'" in capsys.readouterr().err
 
 
 @pytest.mark.usefixtures("ray_cluster")

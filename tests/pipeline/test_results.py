@@ -1,4 +1,4 @@
-"""Reading results back without Ray: every mask storage format maps back to the original image,
+"""Reading results back without Ray: every map storage format maps back to the original image,
 the pointing game, and plain DuckDB reads the parts."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.output import commit_part, rows_to_table
-from pipeline.results import boxes_from_shards, masks_at_original_size, pointing_game, read_results, row_masks
+from pipeline.output import commit_part
+from pipeline.results import boxes_from_shards, maps_at_original_size, pointing_game, read_results, row_stored_maps
+from pipeline.schema import rows_to_table
 from pipeline.worker import load_for_job, process_shard
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, write_shard
@@ -28,28 +29,28 @@ def _one_thread():
 @pytest.mark.parametrize(
     "overrides",
     [
-        ("output.mask_format=png",),  # list<binary> of PNGs
+        ("output.map_format=png",),  # list<binary> of PNGs
         ("model.preprocessing.crop=null", "model.preprocessing.resize=24"),  # flat list<uint8>, per-row shape
     ],
     ids=["png", "no-crop"],
 )
-def test_masks_map_back_in_every_storage_format(tmp_path: Path, overrides: tuple[str, ...]) -> None:
+def test_maps_map_back_in_every_storage_format(tmp_path: Path, overrides: tuple[str, ...]) -> None:
     shard = write_shard(tmp_path / "r-000000.tar", image_samples(0, 2))
     out = str(tmp_path / "out")
     cfg = tiny_config(shard, out, *overrides)
     process_shard(shard, cfg, load_for_job(cfg.model))
     table = read_results(out)
     for row in table.to_pylist():
-        masks = row_masks(row)
-        assert masks.dtype == np.uint8 and masks.shape == (2, row["mask_height"], row["mask_width"])
-        assert masks_at_original_size(row).shape == (2, 40, 48)
+        stored = row_stored_maps(row)
+        assert stored.dtype == np.uint8 and stored.shape == (2, row["map_height"], row["map_width"])
+        assert maps_at_original_size(row).shape == (2, 40, 48)
     df = table.to_pandas()
-    np.testing.assert_allclose(masks_at_original_size(df.iloc[1]), masks_at_original_size(table.to_pylist()[1]))
+    np.testing.assert_allclose(maps_at_original_size(df.iloc[1]), maps_at_original_size(table.to_pylist()[1]))
 
 
 def _row(key: str, mask: np.ndarray, **extra) -> dict:
     h, w = mask.shape
-    return {"key": key, "areas": [0.1], "masks": mask[None].astype(np.float32), "width": w, "height": h,
+    return {"key": key, "areas": [0.1], "maps": mask[None].astype(np.float32), "width": w, "height": h,
             "resized_width": w, "resized_height": h, "crop_top": 0, "crop_left": 0, **extra}
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pipeline.output import done_uri, part_uri
-from pipeline.results import masks_at_original_size, read_results
+from pipeline.results import maps_at_original_size, read_results
 from pipeline.shards import ShardReadError
 from pipeline.targets import pick_targets
 from pipeline.worker import Prefetcher, ShardWorker, load_for_job, process_shard
@@ -62,15 +62,17 @@ def test_process_shard_rows_match_input_and_bad_samples_are_error_rows(tmp_path:
     good = df[df["error"].isna()]
     assert (good["target_source"] == "label").all() and good["target"].tolist() == [0, 1, 2, 3]
     assert (good["width"] == 48).all() and (good["height"] == 40).all()
-    assert (good["mask_height"] == 32).all() and good["crop_left"].tolist() == [8] * 4
+    assert (good["map_height"] == 32).all() and good["crop_left"].tolist() == [8] * 4
+    assert (df["method"] == "extremal").all() and good["optimal_area_reached"].notna().all()
+    assert good["preserved"].map(len).tolist() == [2] * 4 and good["layer"].isna().all()
 
     first = table.filter(table["error"].is_null()).slice(0, 1)
-    tensor = first.column("masks").combine_chunks().to_numpy_ndarray()
+    tensor = first.column("maps").combine_chunks().to_numpy_ndarray()
     assert tensor.shape == (1, 2, 32, 32) and tensor.dtype == np.uint8
     # Mapping back works from a pandas row and from a dict alike.
-    back = masks_at_original_size(good.iloc[0])
+    back = maps_at_original_size(good.iloc[0])
     assert back.shape == (2, 40, 48) and back.dtype == np.float32 and 0 <= back.min() and back.max() <= 1
-    np.testing.assert_allclose(masks_at_original_size(first.to_pylist()[0]), back)
+    np.testing.assert_allclose(maps_at_original_size(first.to_pylist()[0]), back)
     assert read_results(out).num_rows == 7
 
 
@@ -133,6 +135,30 @@ def test_prefetcher_reads_ahead_reraises_in_order_and_stops_early() -> None:
     assert not any(t.name == "shard-prefetch" and t.is_alive() for t in threading.enumerate() if t is p._thread)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "maps", "extremal_columns"),
+    [
+        (("method.name=center",), 1, False),
+        (("method.name=extremal_channels", "method.layer=features.3"), 2, True),
+    ],
+    ids=["center", "extremal_channels"],
+)
+def test_every_method_writes_the_same_contract(tmp_path: Path, tiny_model, overrides, maps, extremal_columns) -> None:
+    shard = write_shard(tmp_path / "m-000000.tar", image_samples(0, 2))
+    out = str(tmp_path / "out")
+    cfg = tiny_config(shard, out, *overrides)
+    process_shard(shard, cfg, tiny_model)
+    table = pq.read_table(part_uri(out, shard))
+    assert table.schema.field("maps").type.shape == [maps, 32, 32]
+    df = table.to_pandas()
+    assert (df["method"] == cfg.method.name).all() and df["error"].isna().all()
+    assert df["scores"].isna().all() and df["optimal_area"].isna().all()
+    assert df["areas"].notna().all() == extremal_columns
+    assert (df["map_max"] >= df["map_min"]).all()
+    back = maps_at_original_size(df.iloc[0])
+    assert back.shape == (maps, 40, 48)
+
+
 def test_shard_worker_in_process(tmp_path: Path) -> None:
     """The actor class is a plain class: it loads the model once and processes shards."""
     shard = write_shard(tmp_path / "w-000000.tar", image_samples(0, 2))
@@ -141,6 +167,9 @@ def test_shard_worker_in_process(tmp_path: Path) -> None:
     assert worker.ready()["device"] == "cpu"
     marker = worker.process(shard, attempt=3)
     assert marker["attempts"] == 3 and marker["rows"] == 2
+    explainer = worker.explainer
+    worker.process(shard)
+    assert worker.explainer is explainer  # built once per actor, not per shard or batch
     saved = json.loads(Path(done_uri(cfg.output.uri, shard)).read_text())
     assert saved["config_hash"] == marker["config_hash"]
 
