@@ -138,8 +138,8 @@ def pipeline_run(cfg: JobConfig, actors: int) -> dict:
     busy = sum(s.seconds for s in summary.done) / actors
     parts = list(Path(cfg.output.uri, "parts").glob("*.parquet"))
     part_bytes = sum(p.stat().st_size for p in parts)
-    table = read_results(cfg.output.uri, columns=["masks"])
-    mask_bytes = table.column("masks").nbytes
+    table = read_results(cfg.output.uri, columns=["maps"])
+    mask_bytes = table.column("maps").nbytes
     return {
         "images": summary.images_this_run,
         "rows": summary.rows,

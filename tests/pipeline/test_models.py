@@ -283,7 +283,7 @@ def test_crop_larger_than_image_pads_like_torchvision() -> None:
     ref = torchvision.transforms.functional.center_crop(img, [81, 120])
     assert torch.allclose(x, torchvision.transforms.functional.to_tensor(ref), atol=1e-6)
     assert (geom.crop_left, geom.crop_top) == (-10, -10)
-    back = geom.mask_to_original(np.ones((81, 120), np.float32))
+    back = geom.map_to_original(np.ones((81, 120), np.float32))
     assert back.shape == (60, 100) and np.allclose(back, 1.0)
 
 
@@ -299,17 +299,17 @@ def test_geometry_round_trip_on_non_square_image() -> None:
     assert (geom.resized_width, geom.resized_height) == (int(128 * w / h), 128)
     assert geom.scale == pytest.approx(128 / h)
     mask = (x[0].numpy() > 0.5).astype(np.float32)  # [112, 112] at input resolution
-    back = geom.mask_to_original(mask)
+    back = geom.map_to_original(mask)
     assert back.shape == (h, w)
     ys, xs = np.nonzero(back > 0.5)
     assert abs(xs.min() - x0) <= 2 and abs(xs.max() + 1 - x1) <= 2
     assert abs(ys.min() - y0) <= 2 and abs(ys.max() + 1 - y1) <= 2
     # A stack of masks, uint8 in -> uint8 out; the point mapping agrees with the mask mapping.
-    stack = geom.mask_to_original(np.stack([mask, 1 - mask]).astype(np.uint8) * 255)
+    stack = geom.map_to_original(np.stack([mask, 1 - mask]).astype(np.uint8) * 255)
     assert stack.shape == (2, h, w) and stack.dtype == np.uint8
     iy, ix = np.argwhere(mask > 0).mean(0)
     ox, oy = geom.to_original_xy(ix, iy)
     assert abs(ox - (x0 + x1 - 1) / 2) <= 1.5 and abs(oy - (y0 + y1 - 1) / 2) <= 1.5
     assert Geometry.from_dict(dataclasses.asdict(geom)) == geom
     with pytest.raises(ValueError, match="does not match"):
-        geom.mask_to_original(np.zeros((10, 10)))
+        geom.map_to_original(np.zeros((10, 10)))
