@@ -47,8 +47,9 @@ from _common import ROOT, environment  # noqa: E402
 from extremal_core import extremal_perturbation  # noqa: E402
 from pipeline.config import JobConfig, load_config  # noqa: E402
 from pipeline.demo import ensure_demo_assets, make_synthetic_images  # noqa: E402
+from pipeline.models import load_model  # noqa: E402
 from pipeline.shards import expand_shards  # noqa: E402
-from pipeline.worker import load_for_job, read_items  # noqa: E402
+from pipeline.worker import read_items  # noqa: E402
 
 
 def _write_tar(path: Path, images: np.ndarray, labels: np.ndarray, prefix: str) -> str:
@@ -107,7 +108,7 @@ def config_224(work: Path, iters: int, n: int, batch: int) -> JobConfig:
 def core_alone(cfg: JobConfig, threads: int) -> dict:
     """extremal_core on the job's images in one process: images/s of the engine calls only."""
     torch.set_num_threads(threads)
-    loaded = load_for_job(cfg.model, "cpu")
+    loaded = load_model(cfg.model, "cpu")
     items = [it for url in expand_shards(cfg.input.shards) for it in read_items(url, loaded.preprocess, cfg.input.label_key)]
     x = torch.stack([it.x for it in items])
     with torch.no_grad():

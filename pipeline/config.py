@@ -24,9 +24,6 @@ from extremal_core.methods import get_method
 from extremal_core.methods.registry import parameter_names
 from extremal_core.settings import ExtremalSettings
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class ConfigError(ValueError):
     """An invalid configuration; the message is one line and names the offending dotted key."""
@@ -55,37 +52,51 @@ class InputConfig:
             raise ConfigError("input.shards is required: a brace pattern, glob, @listfile or list of URLs")
 
 
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class PreprocessingConfig:
-    """Image -> model input: resize the shorter side to ``resize``, centre-crop to ``crop`` x
-    ``crop``, scale to [0, 1], normalise with ``mean``/``std``. ``null`` skips a step."""
+    """Image -> model input: resize the shorter side to ``resize`` (``interpolation``, antialias),
+    centre-crop to ``crop`` x ``crop``, scale to [0, 1], normalise with ``mean``/``std``.
 
-    resize: int | None = 256
-    crop: int | None = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    ``auto`` (the default of every field) takes the value from the torchvision weights'
+    transforms (``weights.transforms()``: ResNet-50 ``IMAGENET1K_V2`` resizes to 232, not 256);
+    without weights, ImageNet's 256 / 224 / mean / std for a torchvision ``arch`` and no resize, no
+    crop, mean 0, std 1 for a ``factory``. ``null`` skips a step (``resize: null`` keeps the size).
+    """
+
+    resize: int | Literal["auto"] | None = AUTO
+    crop: int | Literal["auto"] | None = AUTO
+    mean: tuple[float, ...] | Literal["auto"] = AUTO
+    std: tuple[float, ...] | Literal["auto"] = AUTO
+    interpolation: Literal["auto", "nearest", "bilinear", "bicubic"] = AUTO
 
     def validate(self) -> None:
         for name in ("resize", "crop"):
             value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"model.preprocessing.{name} must be a positive integer or null, got {value}")
+            if isinstance(value, int) and value < 1:
+                raise ConfigError(f"model.preprocessing.{name} must be a positive integer, auto or null, got {value}")
         for name in ("mean", "std"):
-            if len(getattr(self, name)) != 3:
-                raise ConfigError(f"model.preprocessing.{name} must have 3 values (RGB), got {list(getattr(self, name))}")
-        if any(s <= 0 for s in self.std):
+            value = getattr(self, name)
+            if value != AUTO and len(value) != 3:
+                raise ConfigError(f"model.preprocessing.{name} must have 3 values (RGB) or be auto, got {list(value)}")
+        if self.std != AUTO and any(s <= 0 for s in self.std):
             raise ConfigError(f"model.preprocessing.std must be positive, got {list(self.std)}")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which classifier to explain.
+    """Which classifier to explain and how its input is made: the one description of a model
+    (``pipeline.models.load_model`` builds it, ``resolve_preprocess`` fills in ``auto``).
 
     Either ``arch`` (a torchvision name such as ``resnet50``, with ``weights`` such as
     ``IMAGENET1K_V2``) or ``factory`` (``package.module:function`` returning an ``nn.Module``,
     called with ``num_classes`` when given). ``checkpoint`` (any fsspec URL) is a state_dict loaded
-    on top. ``download_weights``: fetch torchvision weights missing from the torch hub cache (turn
-    it off on machines without internet, where a missing file is then a clear error).
+    on top (with ``weights`` too: then the weights only give the preprocessing, e.g. a model
+    fine-tuned from them). ``download_weights``: fetch torchvision weights missing from the torch
+    hub cache (turn it off on machines without internet, where a missing file is then a clear
+    error).
     """
 
     arch: str | None = None
@@ -108,12 +119,6 @@ class ModelConfig:
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"model.num_classes must be a positive integer or null, got {self.num_classes}")
         self.preprocessing.validate()
-
-    @property
-    def name(self) -> str:
-        """A short name for the ``model`` output column."""
-        base = self.arch or self.factory or "model"
-        return f"{base}:{self.weights}" if self.weights else base
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ import importlib
 import io
 import os
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,58 +31,13 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from pipeline.geometry import Geometry, crop_size
+from pipeline.config import AUTO, ModelConfig, PreprocessingConfig
+from pipeline.geometry import Geometry
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 IMAGENET_RESIZE = 256  # torchvision's classic evaluation recipe: shorter side 256, centre crop 224
 IMAGENET_CROP = 224
-
-# ---------------------------------------------------------------------------------------------
-# Spec
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ModelSpec:
-    """Which model to load and how to preprocess its input. ``load_model`` also accepts any
-    object with these attributes (missing ones count as None), e.g. the job config's model
-    section.
-
-    Exactly one of ``arch`` (a torchvision model name, e.g. "resnet50") and ``factory``
-    ("package.module:function" returning an ``nn.Module``) is required.
-
-    - ``weights``: torchvision weights name for ``arch`` ("DEFAULT", "IMAGENET1K_V2", or
-      "ResNet50_Weights.IMAGENET1K_V2"); None = random init. Without a ``checkpoint`` the
-      pretrained state is read from the torch hub cache. With a ``checkpoint`` the weights only
-      provide the preprocessing defaults (e.g. a model fine-tuned from them).
-    - ``checkpoint``: a state_dict (or a dict holding one under "state_dict" / "model"), path or
-      fsspec URL.
-    - ``num_classes``: passed to the torchvision builder / the factory when given.
-    - ``resize`` (shorter side, px), ``crop`` (centre crop, px or (h, w)), ``mean``, ``std``,
-      ``interpolation`` ("bilinear" / "bicubic"): None = from the weights' transforms; else for a
-      torchvision arch ImageNet defaults (256 / 224 / ImageNet mean, std / bilinear); for a
-      factory model no resize, no crop, mean 0, std 1, bilinear.
-    - ``name``: the model's name in outputs; derived from the rest when None.
-    """
-
-    arch: str | None = None
-    weights: str | None = None
-    checkpoint: str | None = None
-    factory: str | None = None
-    num_classes: int | None = None
-    resize: int | None = None
-    crop: int | Sequence[int] | None = None
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-    interpolation: str | None = None
-    name: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Preprocessing and geometry
-# ---------------------------------------------------------------------------------------------
-
 
 @dataclass(frozen=True)
 class Preprocess:
@@ -362,61 +316,67 @@ def _build_factory(factory: str, num_classes: int | None) -> nn.Module:
     return model
 
 
-def _make_preprocess(spec: Any, defaults: dict[str, Any]) -> Preprocess:
-    """The spec's preprocessing fields, each None filled from ``defaults``, validated."""
+def _make_preprocess(pp: PreprocessingConfig, defaults: dict[str, Any]) -> Preprocess:
+    """The config's preprocessing, each ``auto`` filled from ``defaults``, validated."""
 
     def pick(attr: str) -> Any:
-        v = getattr(spec, attr, None)
-        return defaults[attr] if v is None else v
+        v = getattr(pp, attr)
+        return defaults[attr] if isinstance(v, str) and v == AUTO else v
 
     resize, crop = pick("resize"), pick("crop")
-    if isinstance(resize, (list, tuple)):  # torchvision style [size]
-        if len(resize) != 1:
-            raise ValueError(f"resize is the shorter side (one int), got {resize!r}")
-        resize = resize[0]
-    crop = None if crop is None else (int(crop) if isinstance(crop, int) else crop_size(crop))
     mean, std = tuple(float(v) for v in pick("mean")), tuple(float(v) for v in pick("std"))
     if len(mean) != 3 or len(std) != 3 or any(s <= 0 for s in std):
         raise ValueError(f"mean and std need 3 values each (std > 0), got mean={mean}, std={std}")
     interpolation = str(pick("interpolation")).lower()
     if interpolation not in ("nearest", "bilinear", "bicubic"):
         raise ValueError(f"interpolation must be nearest, bilinear or bicubic, got {interpolation!r}")
-    return Preprocess(None if resize is None else int(resize), crop, mean, std, interpolation)
+    return Preprocess(None if resize is None else int(resize), None if crop is None else int(crop), mean, std, interpolation)
 
 
-def load_model(spec: Any, device: str | torch.device = "cpu", *, download: bool = False) -> LoadedModel:
-    """Build the model described by ``spec`` (a ``ModelSpec`` or any object with its attributes),
-    load its weights, and return it in eval mode on ``device`` with its ``Preprocess``.
+def _check_one_source(model: ModelConfig) -> None:
+    if (model.arch is None) == (model.factory is None):
+        raise ValueError("model needs exactly one of 'arch' (torchvision name) or 'factory' ('module:function')")
+    if model.factory is not None and model.weights is not None:
+        raise ValueError("'weights' names torchvision pretrained weights and needs 'arch'; give a factory a 'checkpoint'")
+
+
+def resolve_preprocess(model: ModelConfig) -> Preprocess:
+    """The model's preprocessing with every ``auto`` resolved, without building the model or
+    reading any weights: the weights' transforms are metadata (``IMAGENET1K_V2`` -> resize 232)."""
+    _check_one_source(model)
+    if model.factory is not None:
+        return _make_preprocess(model.preprocessing, _FACTORY_DEFAULTS)
+    arch = _resolve_arch(model.arch)
+    weights = _resolve_weights(arch, model.weights) if model.weights is not None else None
+    return _make_preprocess(model.preprocessing, _ARCH_DEFAULTS if weights is None else _weights_preprocess(weights))
+
+
+def load_model(model: ModelConfig, device: str | torch.device = "cpu", *, download: bool | None = None) -> LoadedModel:
+    """Build the model described by the job's ``model`` section, load its weights, and return it
+    in eval mode on ``device`` with its ``Preprocess`` (``resolve_preprocess``).
 
     ``download``: allow fetching torchvision pretrained weights missing from the torch hub cache
-    (off by default: workers should not each download; errors say where the file must go).
+    (default: ``model.download_weights``; errors say where the file must go).
     Raises ``ValueError`` with a one-line message for any configuration problem.
     """
-    arch, factory = getattr(spec, "arch", None), getattr(spec, "factory", None)
-    weights_name, checkpoint = getattr(spec, "weights", None), getattr(spec, "checkpoint", None)
-    num_classes = getattr(spec, "num_classes", None)
-    if (arch is None) == (factory is None):
-        raise ValueError("model spec needs exactly one of 'arch' (torchvision name) or 'factory' ('module:function')")
-
-    if arch is not None:
-        arch = _resolve_arch(arch)
-        weights = _resolve_weights(arch, weights_name) if weights_name is not None else None
-        model = _build_torchvision(arch, weights, checkpoint, num_classes, download)
-        defaults = _ARCH_DEFAULTS if weights is None else _weights_preprocess(weights)
+    _check_one_source(model)
+    download = model.download_weights if download is None else download
+    preprocess = resolve_preprocess(model)
+    if model.arch is not None:
+        arch = _resolve_arch(model.arch)
+        weights = _resolve_weights(arch, model.weights) if model.weights is not None else None
+        net = _build_torchvision(arch, weights, model.checkpoint, model.num_classes, download)
         name = arch if weights is None else f"{arch}.{weights.name}"
     else:
-        if weights_name is not None:
-            raise ValueError("'weights' names torchvision pretrained weights and needs 'arch'; give a factory a 'checkpoint'")
-        model = _build_factory(factory, num_classes)
-        defaults, name = _FACTORY_DEFAULTS, factory
+        net = _build_factory(model.factory, model.num_classes)
+        name = model.factory
 
-    if checkpoint is not None:
-        what = f"checkpoint {checkpoint}"
-        state = _extract_state_dict(_safe_torch_load(_open_checkpoint(str(checkpoint)), what), what)
-        _load_state_dict(model, state, what, name)
-        name = f"{name}@{Path(urlparse(str(checkpoint)).path).name}"
+    if model.checkpoint is not None:
+        what = f"checkpoint {model.checkpoint}"
+        state = _extract_state_dict(_safe_torch_load(_open_checkpoint(str(model.checkpoint)), what), what)
+        _load_state_dict(net, state, what, name)
+        name = f"{name}@{Path(urlparse(str(model.checkpoint)).path).name}"
 
-    preprocess = _make_preprocess(spec, defaults)
-    model = model.to(device).eval()
-    model.requires_grad_(False)
-    return LoadedModel(model=model, preprocess=preprocess, name=getattr(spec, "name", None) or name)
+    net = net.to(device).eval()
+    net.requires_grad_(False)
+    return LoadedModel(model=net, preprocess=preprocess, name=name)

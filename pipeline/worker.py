@@ -28,9 +28,10 @@ import torch
 
 from extremal_core.methods import Explainer
 from extremal_core.rewards import class_scores
-from pipeline.config import JobConfig, ModelConfig, config_hash, storage_options
+from pipeline.config import JobConfig, config_hash, storage_options
+from pipeline.geometry import Geometry
 from pipeline.method import build_explainer, explain_rows, maps_per_row, method_columns
-from pipeline.models import Geometry, LoadedModel, ModelSpec, Preprocess, load_model
+from pipeline.models import LoadedModel, Preprocess, load_model
 from pipeline.output import commit_part
 from pipeline.schema import rows_to_table
 from pipeline.shards import decode_image, iter_samples
@@ -52,27 +53,6 @@ def resolve_device(device: str) -> torch.device:
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); use device: auto or cpu"
         )
     return torch.device(device)
-
-
-def load_for_job(model_cfg: ModelConfig, device: torch.device | str = "cpu") -> LoadedModel:
-    """The job's model on ``device`` with exactly the config's preprocessing."""
-    pp = model_cfg.preprocessing
-    spec = ModelSpec(
-        arch=model_cfg.arch,
-        weights=model_cfg.weights,
-        checkpoint=model_cfg.checkpoint,
-        factory=model_cfg.factory,
-        num_classes=model_cfg.num_classes,
-        resize=pp.resize,
-        crop=pp.crop,
-        mean=pp.mean,
-        std=pp.std,
-    )
-    loaded = load_model(spec, device, download=model_cfg.download_weights)
-    # In the config `resize: null` means "do not resize"; in a ModelSpec None means "the weights'
-    # default". The config is the whole truth, so rebuild the preprocessing from it.
-    loaded.preprocess = Preprocess(pp.resize, pp.crop, tuple(pp.mean), tuple(pp.std), loaded.preprocess.interpolation)
-    return loaded
 
 
 # ------------------------------------------------------------------------------------------------
@@ -241,10 +221,10 @@ def explain_items(
 # ------------------------------------------------------------------------------------------------
 
 
-def map_shape(cfg: JobConfig, explainer: Explainer, rows: list[dict[str, Any]]) -> tuple[int, int, int] | None:
+def map_shape(preprocess: Preprocess, explainer: Explainer, rows: list[dict[str, Any]]) -> tuple[int, int, int] | None:
     """``[M, crop, crop]`` when preprocessing crops (every row's maps have that shape), else None
     (flat lists). M from the explainer, else from this shard's first good row."""
-    crop = cfg.model.preprocessing.crop
+    crop = preprocess.crop
     m = maps_per_row(explainer)
     if m is None:
         m = next((len(r["maps"]) for r in rows if r.get("maps") is not None), None)
@@ -311,7 +291,7 @@ def process_shard(
 
     rows.sort(key=lambda r: (r[0], r[1]))
     ordered = [r for _, _, r in rows]
-    table = rows_to_table(ordered, cfg.output.map_format, map_shape(cfg, explainer, ordered))
+    table = rows_to_table(ordered, cfg.output.map_format, map_shape(loaded.preprocess, explainer, ordered))
     stats = {
         "attempts": attempt,
         "images": images,
@@ -342,7 +322,7 @@ class ShardWorker:
         if self.device.type == "cpu":
             # Ray sets OMP_NUM_THREADS from the actor's CPUs; make torch agree (at least 1).
             torch.set_num_threads(max(1, int(cfg.cluster.num_cpus_per_actor)))
-        self.loaded = load_for_job(cfg.model, self.device)
+        self.loaded = load_model(cfg.model, self.device)
         # Once per (model, method) per actor: the method's private model copy and batch bounds.
         self.explainer = build_explainer(cfg, self.loaded.model)
         self.storage = storage_options(cfg)

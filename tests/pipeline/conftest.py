@@ -8,12 +8,13 @@ worker processes inherit the environment of the moment the cluster starts.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from pipeline.config import JobConfig, load_config
+from pipeline.config import JobConfig, ModelConfig, PreprocessingConfig, load_config
 
 # Small enough that an engine call takes a fraction of a second on a loaded 2-core machine.
 TINY = (
@@ -60,3 +61,12 @@ def ray_cluster(s3_server: str) -> Iterator[None]:
         ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def model_section(**fields) -> ModelConfig:
+    """The job's ``model`` section with the preprocessing fields given flat (``crop=200``); no
+    downloads unless asked for (tests run offline)."""
+    names = {f.name for f in dataclasses.fields(PreprocessingConfig)}
+    pp = {k: fields.pop(k) for k in list(fields) if k in names}
+    fields.setdefault("download_weights", False)
+    return ModelConfig(**fields, preprocessing=PreprocessingConfig(**pp))

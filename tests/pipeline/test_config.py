@@ -71,7 +71,7 @@ def test_defaults_and_overrides() -> None:
     assert cfg.extremal.max_iter == 300
     assert cfg.extremal.sigma == ExtremalSettings().sigma  # untouched engine defaults
     assert cfg.cluster.max_retries == 5
-    assert cfg.model.preprocessing.crop == 224
+    assert cfg.model.preprocessing.crop == "auto"  # from the weights (or the arch's ImageNet recipe) when loaded
     assert cfg.worker.batch_size >= 1
 
 

@@ -25,8 +25,9 @@ from pipeline.demo import (
     predict,
     train_demo_model,
 )
-from pipeline.models import ModelSpec, load_model
+from pipeline.models import load_model
 from tests.fixtures_demo import DemoBundle
+from tests.pipeline.conftest import model_section
 
 
 def test_synthetic_images_are_deterministic() -> None:
@@ -136,7 +137,7 @@ def test_checkpoint_loads_through_load_model(demo_model_and_data: DemoBundle) ->
     classify the shard images decoded from PNG."""
     assets = demo_model_and_data.assets
     loaded = load_model(
-        ModelSpec(factory=assets.factory, checkpoint=assets.checkpoint, mean=DEMO_MEAN, std=DEMO_STD)
+        model_section(factory=assets.factory, checkpoint=assets.checkpoint, mean=DEMO_MEAN, std=DEMO_STD)
     )
     assert loaded.preprocess.resize is None and loaded.preprocess.crop is None
     inputs, labels = [], []

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from types import SimpleNamespace
 from urllib.parse import urlparse
 
 import fsspec
@@ -17,8 +16,11 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import _presets
 
+from pipeline.config import load_config
 from pipeline.demo import build_demo_model
-from pipeline.models import Geometry, ModelSpec, Preprocess, load_model
+from pipeline.geometry import Geometry
+from pipeline.models import Preprocess, load_model, resolve_preprocess
+from tests.pipeline.conftest import model_section
 
 DEMO_FACTORY = "pipeline.demo:build_demo_model"
 
@@ -47,7 +49,7 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_torchvision_arch_with_random_init_loads_and_runs() -> None:
-    loaded = load_model(SimpleNamespace(arch="resnet18", num_classes=7))  # any object with the fields
+    loaded = load_model(model_section(arch="resnet18", num_classes=7))
     assert loaded.name == "resnet18"
     assert not loaded.model.training
     assert not any(p.requires_grad for p in loaded.model.parameters())
@@ -62,12 +64,12 @@ def test_torchvision_arch_with_random_init_loads_and_runs() -> None:
 
 
 def test_unknown_arch_suggests_close_names() -> None:
-    msg = _error(ModelSpec(arch="resnt18"))
+    msg = _error(model_section(arch="resnt18"))
     assert "unknown torchvision architecture 'resnt18'" in msg and "resnet18" in msg
 
 
 def test_unknown_weights_lists_valid_names() -> None:
-    msg = _error(ModelSpec(arch="resnet18", weights="IMAGENET1K_V9"))
+    msg = _error(model_section(arch="resnet18", weights="IMAGENET1K_V9"))
     assert "IMAGENET1K_V9" in msg and "IMAGENET1K_V1" in msg and "DEFAULT" in msg
 
 
@@ -76,8 +78,28 @@ def test_weights_transforms_are_metadata_available_offline() -> None:
     assert (t.resize_size, t.crop_size) == ([232], [224])
 
 
+def test_unset_preprocessing_comes_from_the_weights_without_reading_them(torch_home: Path) -> None:
+    """One model description: ResNet-50 IMAGENET1K_V2's transforms say resize 232 (not the
+    classic 256), read from the weights enum's metadata; nothing is downloaded or loaded."""
+    pp = resolve_preprocess(model_section(arch="resnet50", weights="IMAGENET1K_V2"))
+    assert (pp.resize, pp.crop, pp.interpolation) == (232, 224, "bilinear")
+    assert pp.mean == pytest.approx((0.485, 0.456, 0.406)) and pp.std == pytest.approx((0.229, 0.224, 0.225))
+    assert resolve_preprocess(model_section(arch="resnet50", weights="IMAGENET1K_V1")).resize == 256
+    # Set fields win; null skips a step; no weights: ImageNet's recipe, a factory: none.
+    pp = resolve_preprocess(model_section(arch="resnet50", weights="IMAGENET1K_V2", resize=None, crop=200))
+    assert (pp.resize, pp.crop) == (None, 200)
+    plain = resolve_preprocess(model_section(arch="resnet50"))
+    assert (plain.resize, plain.crop) == (256, 224)
+    factory = resolve_preprocess(model_section(factory=DEMO_FACTORY))
+    assert (factory.resize, factory.crop, factory.mean) == (None, None, (0.0, 0.0, 0.0))
+    assert not (torch_home / "hub").exists() or not list((torch_home / "hub").rglob("*.pth"))
+    # The job config says the same: unset preprocessing is `auto`.
+    cfg = load_config(None, ["input.shards=x.tar", "output.uri=/tmp/o", "model.arch=resnet50", "model.weights=IMAGENET1K_V2"])
+    assert resolve_preprocess(cfg.model).resize == 232
+
+
 def test_weights_missing_from_hub_cache_fail_clearly(torch_home: Path) -> None:
-    msg = _error(ModelSpec(arch="resnet50", weights="IMAGENET1K_V2"))
+    msg = _error(model_section(arch="resnet50", weights="IMAGENET1K_V2"))
     assert str(torch_home / "hub" / "checkpoints") in msg
     assert "offline" in msg and "ResNet50_Weights.IMAGENET1K_V2" in msg
     assert not (torch_home / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth").exists()
@@ -94,7 +116,7 @@ def test_weights_from_hub_cache_load_with_their_preprocessing(torch_home: Path) 
     # Stand-in for the real file (which needs a download): a random resnet18 state_dict.
     state = torchvision.models.resnet18().state_dict()
     torch.save(state, _hub_file(torch_home, "ResNet18_Weights.IMAGENET1K_V1"))
-    loaded = load_model(ModelSpec(arch="resnet18", weights="ResNet18_Weights.IMAGENET1K_V1"))
+    loaded = load_model(model_section(arch="resnet18", weights="ResNet18_Weights.IMAGENET1K_V1"))
     assert loaded.name == "resnet18.IMAGENET1K_V1"
     for k, v in loaded.model.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -106,21 +128,21 @@ def test_weights_only_give_preprocessing_when_a_checkpoint_is_given(tmp_path: Pa
     file needed); explicit fields override the weights' values."""
     ckpt = tmp_path / "finetuned.pt"
     torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), ckpt)
-    spec = ModelSpec(arch="resnet18", weights="IMAGENET1K_V1", checkpoint=str(ckpt), num_classes=5, crop=200)
+    spec = model_section(arch="resnet18", weights="IMAGENET1K_V1", checkpoint=str(ckpt), num_classes=5, crop=200)
     loaded = load_model(spec)
     assert (loaded.preprocess.resize, loaded.preprocess.crop) == (256, 200)
     assert loaded.name == "resnet18.IMAGENET1K_V1@finetuned.pt"
 
 
 def test_weights_class_count_must_match(torch_home: Path) -> None:
-    msg = _error(ModelSpec(arch="resnet18", weights="DEFAULT", num_classes=10))
+    msg = _error(model_section(arch="resnet18", weights="DEFAULT", num_classes=10))
     assert "1000 classes" in msg and "num_classes=10" in msg
 
 
 def test_cached_weights_holding_pickled_objects_are_refused(torch_home: Path, tmp_path: Path) -> None:
     marker = tmp_path / "executed"
     torch.save({"fc.weight": _Payload(marker)}, _hub_file(torch_home, "ResNet18_Weights.IMAGENET1K_V1"))
-    msg = _error(ModelSpec(arch="resnet18", weights="IMAGENET1K_V1"))
+    msg = _error(model_section(arch="resnet18", weights="IMAGENET1K_V1"))
     assert "refusing" in msg and not marker.exists()
 
 
@@ -139,17 +161,17 @@ def test_cached_weights_holding_pickled_objects_are_refused(torch_home: Path, tm
     ],
 )
 def test_factory_errors_are_clear(factory: str, expected: str) -> None:
-    assert expected in _error(ModelSpec(factory=factory))
+    assert expected in _error(model_section(factory=factory))
 
 
 def test_spec_needs_exactly_one_of_arch_and_factory() -> None:
-    assert "exactly one" in _error(ModelSpec())
-    assert "exactly one" in _error(ModelSpec(arch="resnet18", factory=DEMO_FACTORY))
-    assert "needs 'arch'" in _error(ModelSpec(factory=DEMO_FACTORY, weights="DEFAULT"))
+    assert "exactly one" in _error(model_section())
+    assert "exactly one" in _error(model_section(arch="resnet18", factory=DEMO_FACTORY))
+    assert "needs 'arch'" in _error(model_section(factory=DEMO_FACTORY, weights="DEFAULT"))
 
 
 def test_factory_model_defaults_to_identity_preprocessing() -> None:
-    loaded = load_model(ModelSpec(factory=DEMO_FACTORY, num_classes=3))
+    loaded = load_model(model_section(factory=DEMO_FACTORY, num_classes=3))
     assert loaded.name == DEMO_FACTORY
     assert loaded.preprocess == Preprocess(None, None, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     x, geom = loaded.preprocess(_random_image(50, 40))
@@ -196,7 +218,7 @@ def test_checkpoint_round_trip(tmp_path: Path, wrap: str) -> None:
     }[wrap]
     path = tmp_path / "ckpt.pt"
     torch.save(payload, path)
-    loaded = load_model(ModelSpec(factory=DEMO_FACTORY, checkpoint=str(path)))
+    loaded = load_model(model_section(factory=DEMO_FACTORY, checkpoint=str(path)))
     for k, v in loaded.model.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert loaded.name == f"{DEMO_FACTORY}@ckpt.pt"
@@ -207,52 +229,52 @@ def test_checkpoint_from_fsspec_url(tmp_path: Path) -> None:
     with fsspec.open("memory://models/demo.pt", "wb") as f:
         torch.save(state, f)
     try:
-        loaded = load_model(ModelSpec(factory=DEMO_FACTORY, checkpoint="memory://models/demo.pt"))
+        loaded = load_model(model_section(factory=DEMO_FACTORY, checkpoint="memory://models/demo.pt"))
         assert torch.equal(loaded.model.state_dict()["classifier.weight"], state["classifier.weight"])
-        assert "not found" in _error(ModelSpec(factory=DEMO_FACTORY, checkpoint="memory://models/nope.pt"))
+        assert "not found" in _error(model_section(factory=DEMO_FACTORY, checkpoint="memory://models/nope.pt"))
     finally:
         fsspec.filesystem("memory").rm("/models", recursive=True)
     local = tmp_path / "demo.pt"
     torch.save(state, local)
-    load_model(ModelSpec(factory=DEMO_FACTORY, checkpoint=local.as_uri()))  # file:// URL
+    load_model(model_section(factory=DEMO_FACTORY, checkpoint=local.as_uri()))  # file:// URL
 
 
 def test_missing_checkpoint(tmp_path: Path) -> None:
-    msg = _error(ModelSpec(factory=DEMO_FACTORY, checkpoint=str(tmp_path / "nope.pt")))
+    msg = _error(model_section(factory=DEMO_FACTORY, checkpoint=str(tmp_path / "nope.pt")))
     assert msg == f"checkpoint not found: {tmp_path / 'nope.pt'}"
 
 
 def test_checkpoint_key_mismatch_is_summarized(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pt"
     torch.save(torchvision.models.resnet18().state_dict(), path)
-    msg = _error(ModelSpec(factory=DEMO_FACTORY, checkpoint=str(path)))
+    msg = _error(model_section(factory=DEMO_FACTORY, checkpoint=str(path)))
     assert "does not match" in msg and "missing keys" in msg and "unexpected keys" in msg
 
     path = tmp_path / "six_classes.pt"
     torch.save(build_demo_model(6).state_dict(), path)
-    msg = _error(ModelSpec(factory=DEMO_FACTORY, checkpoint=str(path)))
+    msg = _error(model_section(factory=DEMO_FACTORY, checkpoint=str(path)))
     assert "2 shape mismatches" in msg and "[6, 64]" in msg and "num_classes" in msg
-    load_model(ModelSpec(factory=DEMO_FACTORY, checkpoint=str(path), num_classes=6))
+    load_model(model_section(factory=DEMO_FACTORY, checkpoint=str(path), num_classes=6))
 
 
 def test_checkpoint_with_pickled_object_is_refused(tmp_path: Path) -> None:
     marker = tmp_path / "executed"
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": _trained_like_state(), "config": _Payload(marker)}, path)
-    msg = _error(ModelSpec(factory=DEMO_FACTORY, checkpoint=str(path)))
+    msg = _error(model_section(factory=DEMO_FACTORY, checkpoint=str(path)))
     assert "refusing to load" in msg and "arbitrary object" in msg
     assert not marker.exists()
     # A plain object of a user class is named in the message.
     torch.save({"model": _trained_like_state(), "config": _Config()}, path)
-    assert "_Config" in _error(ModelSpec(factory=DEMO_FACTORY, checkpoint=str(path)))
+    assert "_Config" in _error(model_section(factory=DEMO_FACTORY, checkpoint=str(path)))
 
 
 def test_checkpoint_that_is_not_a_torch_file(tmp_path: Path) -> None:
     path = tmp_path / "garbage.pt"
     path.write_bytes(b"not a checkpoint at all")
-    assert "cannot read checkpoint" in _error(ModelSpec(factory=DEMO_FACTORY, checkpoint=str(path)))
+    assert "cannot read checkpoint" in _error(model_section(factory=DEMO_FACTORY, checkpoint=str(path)))
     torch.save({"weights": [1, 2, 3]}, path)
-    assert "not a state_dict" in _error(ModelSpec(factory=DEMO_FACTORY, checkpoint=str(path)))
+    assert "not a state_dict" in _error(model_section(factory=DEMO_FACTORY, checkpoint=str(path)))
 
 
 # --- preprocessing and geometry -------------------------------------------------------------------

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.models import load_model
 from pipeline.output import commit_part
 from pipeline.results import boxes_from_shards, maps_at_original_size, pointing_game, read_results, row_stored_maps
 from pipeline.schema import rows_to_table
-from pipeline.worker import load_for_job, process_shard
+from pipeline.worker import process_shard
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, write_shard
 
@@ -38,7 +39,7 @@ def test_maps_map_back_in_every_storage_format(tmp_path: Path, overrides: tuple[
     shard = write_shard(tmp_path / "r-000000.tar", image_samples(0, 2))
     out = str(tmp_path / "out")
     cfg = tiny_config(shard, out, *overrides)
-    process_shard(shard, cfg, load_for_job(cfg.model))
+    process_shard(shard, cfg, load_model(cfg.model))
     table = read_results(out)
     for row in table.to_pylist():
         stored = row_stored_maps(row)

@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipeline.models import load_model
 from pipeline.output import done_uri, part_uri
 from pipeline.results import maps_at_original_size, read_results
 from pipeline.shards import ShardReadError
 from pipeline.targets import pick_targets
-from pipeline.worker import Prefetcher, ShardWorker, load_for_job, process_shard
+from pipeline.worker import Prefetcher, ShardWorker, process_shard
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, member_offsets, truncate_file, write_shard
 
@@ -27,7 +28,7 @@ def tiny_model():
     # on each other and run several times slower.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield load_for_job(tiny_config("unused.tar", "unused").model)
+    yield load_model(tiny_config("unused.tar", "unused").model)
     torch.set_num_threads(threads)
 
 
