@@ -20,10 +20,10 @@ import sys
 import time
 from pathlib import Path
 
+from demo import ensure_demo_assets
 from pipeline.config import ConfigError, JobConfig, load_config, storage_options
-from pipeline.demo import ensure_demo_assets
 
-DEMO_FACTORY = "pipeline.demo:build_demo_model"
+DEMO_FACTORY = "demo.model:build_demo_model"
 DEMO_CHECKPOINT = "demo_model.pt"
 
 

@@ -61,7 +61,7 @@ def test_shipped_configs_cover_the_required_set() -> None:
     assert coco.extremal.areas == (0.018, 0.025, 0.05, 0.1)
     demo = load_config(str(CONFIG_DIR / "demo.yaml"), [])
     assert demo.cluster.num_gpus_per_actor == 0 and demo.cluster.num_actors == 2
-    assert demo.model.factory == "pipeline.demo:build_demo_model"
+    assert demo.model.factory == "demo.model:build_demo_model"
 
 
 def test_defaults_and_overrides() -> None:
