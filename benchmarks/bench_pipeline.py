@@ -46,7 +46,8 @@ from _common import ROOT, environment  # noqa: E402
 
 from demo import ensure_demo_assets, make_synthetic_images  # noqa: E402
 from extremal_core import extremal_perturbation  # noqa: E402
-from pipeline.config import JobConfig, load_config  # noqa: E402
+from pipeline.config import JobConfig  # noqa: E402
+from pipeline.config_load import load_config  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
 from pipeline.shards import expand_shards  # noqa: E402
 from pipeline.worker import read_items  # noqa: E402

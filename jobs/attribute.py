@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from demo import ensure_demo_assets
-from pipeline.config import ConfigError, JobConfig, load_config, storage_options
+from pipeline.config import ConfigError, JobConfig, storage_options
+from pipeline.config_load import load_config
 
 DEMO_FACTORY = "demo.model:build_demo_model"
 DEMO_CHECKPOINT = "demo_model.pt"

@@ -31,7 +31,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from pipeline import output
-from pipeline.config import JobConfig, config_hash, config_to_dict, storage_options
+from pipeline.config import JobConfig, storage_options
+from pipeline.config_hash import config_hash
+from pipeline.config_load import config_to_dict
 from pipeline.progress import Progress
 from pipeline.shards import expand_shards
 from pipeline.worker import ShardWorker

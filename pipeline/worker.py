@@ -28,7 +28,8 @@ import torch
 
 from extremal_core.methods import Explainer
 from extremal_core.rewards import class_scores
-from pipeline.config import JobConfig, config_hash, storage_options
+from pipeline.config import JobConfig, storage_options
+from pipeline.config_hash import config_hash
 from pipeline.geometry import Geometry
 from pipeline.method import build_explainer, explain_rows, maps_per_row, method_columns
 from pipeline.models import LoadedModel, Preprocess, load_model

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from pipeline.config import JobConfig, ModelConfig, PreprocessingConfig, load_config
+from pipeline.config import JobConfig, ModelConfig, PreprocessingConfig
+from pipeline.config_load import load_config
 
 # Small enough that an engine call takes a fraction of a second on a loaded 2-core machine.
 TINY = (

@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision.transforms import _presets
 
 from demo import build_demo_model
-from pipeline.config import load_config
+from pipeline.config_load import load_config
 from pipeline.geometry import Geometry
 from pipeline.models import Preprocess, load_model, resolve_preprocess
 from tests.pipeline.conftest import model_section

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import config_hash, config_to_dict, load_config
+from pipeline.config_hash import config_hash
+from pipeline.config_load import config_to_dict, load_config
 from pipeline.output import (
     OutputConflictError,
     OutputError,
