@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from pipeline.driver import DriverError, run_job
-    from pipeline.output import OutputError
     from pipeline.results import boxes_from_shards, pointing_game, read_results
+    from pipeline.storage import OutputError
 
     t0 = time.monotonic()
     root = demo_root(cfg)
