@@ -44,12 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import ROOT, environment  # noqa: E402
 
+from demo import ensure_demo_assets, make_synthetic_images  # noqa: E402
 from extremal_core import extremal_perturbation  # noqa: E402
-from pipeline.config import JobConfig, load_config  # noqa: E402
-from pipeline.demo import ensure_demo_assets, make_synthetic_images  # noqa: E402
+from pipeline.config import JobConfig  # noqa: E402
+from pipeline.config_load import load_config  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
+from pipeline.readahead import read_items  # noqa: E402
 from pipeline.shards import expand_shards  # noqa: E402
-from pipeline.worker import read_items  # noqa: E402
 
 
 def _write_tar(path: Path, images: np.ndarray, labels: np.ndarray, prefix: str) -> str:

@@ -81,7 +81,7 @@ def parse_args(argv=None):
 
 def demo_case(images: int):
     """(model, images [N, 3, 64, 64], targets, step, sigma, iters) from the demo's assets."""
-    from pipeline.demo import build_demo_model, ensure_demo_assets, make_synthetic_images, to_model_input
+    from demo import build_demo_model, ensure_demo_assets, make_synthetic_images, to_model_input
 
     assets = ensure_demo_assets(ROOT / "outputs" / "demo_data", num_threads=1)
     model = build_demo_model(assets.num_classes)

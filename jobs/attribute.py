@@ -20,10 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import ConfigError, JobConfig, load_config, storage_options
-from pipeline.demo import ensure_demo_assets
+from demo import ensure_demo_assets
+from pipeline.config import ConfigError, JobConfig, storage_options
+from pipeline.config_load import load_config
 
-DEMO_FACTORY = "pipeline.demo:build_demo_model"
+DEMO_FACTORY = "demo.model:build_demo_model"
 DEMO_CHECKPOINT = "demo_model.pt"
 
 
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from pipeline.driver import DriverError, run_job
-    from pipeline.output import OutputError
     from pipeline.results import boxes_from_shards, pointing_game, read_results
+    from pipeline.storage import OutputError
 
     t0 = time.monotonic()
     root = demo_root(cfg)

@@ -11,6 +11,9 @@ reading ahead in the same actor, so an actor never idles between shards); a fail
 ``retry_backoff_s * 2**(attempt-1)`` and goes back in the queue, up to ``max_retries`` re-runs,
 then it is quarantined (status ``failed`` with the reason). An actor whose process died is
 replaced by a new one; the shards it held are retried like any failure.
+
+The driver is generic over tasks: what an actor does to a shard is ``task_class``
+(``pipeline.tasks``); the driver sees only shard URLs going out and done-markers coming back.
 """
 
 from __future__ import annotations
@@ -24,16 +27,20 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
-from pipeline import output
-from pipeline.config import JobConfig, config_hash, config_to_dict, storage_options
+from pipeline import commit
+from pipeline.config import JobConfig, storage_options
+from pipeline.config_hash import config_hash
+from pipeline.config_load import config_to_dict
 from pipeline.progress import Progress
 from pipeline.shards import expand_shards
+from pipeline.summary import JobSummary, ShardState
+from pipeline.tasks import AttributionTask
 from pipeline.worker import ShardWorker
 
 MAX_BACKOFF_S = 300.0
@@ -42,116 +49,6 @@ _REASON_CHARS = 500
 
 class DriverError(RuntimeError):
     """The job cannot run at all (no workers can start, the cluster lacks the resources...)."""
-
-
-# ------------------------------------------------------------------------------------------------
-# State and summary
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ShardState:
-    """One shard's fate. ``status``: ``pending`` (not run), ``done``, ``failed`` (quarantined).
-    ``resumed``: done by an earlier run (its numbers come from the done-marker)."""
-
-    url: str
-    status: str = "pending"
-    attempts: int = 0
-    rows: int = 0
-    errors: int = 0
-    images: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    resumed: bool = False
-
-    def manifest_entry(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "status": self.status,
-            "attempts": self.attempts,
-            "rows": self.rows,
-            "errors": self.errors,
-            "images": self.images,
-            "seconds": round(self.seconds, 3),
-        }
-        if self.error is not None:
-            entry["error"] = self.error
-        return entry
-
-
-@dataclass
-class JobSummary:
-    """What a run did. ``seconds`` and ``images_per_s`` cover this run only; ``shards`` all of the
-    job's shards (including those resumed from an earlier run)."""
-
-    output_uri: str
-    config_hash: str
-    shards: dict[str, ShardState]
-    seconds: float
-    workers: int = 0
-    retries: int = 0
-    replaced_workers: int = 0
-    manifest: dict[str, Any] = field(default_factory=dict)
-
-    def _with(self, status: str) -> list[ShardState]:
-        return [s for s in self.shards.values() if s.status == status]
-
-    @property
-    def done(self) -> list[ShardState]:
-        return self._with("done")
-
-    @property
-    def failed(self) -> list[ShardState]:
-        return self._with("failed")
-
-    @property
-    def pending(self) -> list[ShardState]:
-        return self._with("pending")
-
-    @property
-    def ok(self) -> bool:
-        """Every shard is done."""
-        return len(self.done) == len(self.shards)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.ok else 1
-
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.done)
-
-    @property
-    def errors(self) -> int:
-        return sum(s.errors for s in self.done)
-
-    @property
-    def images_this_run(self) -> int:
-        return sum(s.images for s in self.done if not s.resumed)
-
-    @property
-    def images_per_s(self) -> float:
-        return self.images_this_run / self.seconds if self.seconds > 0 else 0.0
-
-    def failures(self) -> dict[str, str]:
-        """Shard URL -> why it failed, for the quarantined shards."""
-        return {s.url: s.error or "unknown error" for s in self.failed}
-
-    def report(self) -> str:
-        """A few human-readable lines: counts, throughput, and every failed shard with its reason."""
-        resumed = sum(1 for s in self.done if s.resumed)
-        lines = [
-            f"output: {self.output_uri}",
-            f"shards: {len(self.done)}/{len(self.shards)} done ({resumed} from an earlier run), "
-            f"{len(self.failed)} failed, {len(self.pending)} not run",
-            f"rows: {self.rows} ({self.errors} error rows)",
-            f"this run: {self.images_this_run} images in {self.seconds:.1f} s = {self.images_per_s:.2f} images/s "
-            f"on {self.workers} workers ({self.retries} retries, {self.replaced_workers} workers replaced)",
-        ]
-        for url, reason in self.failures().items():
-            lines.append(f"FAILED {url}: {reason}")
-        if self.pending:
-            lines.append(f"{len(self.pending)} shards not run: run the job again to resume")
-        return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,7 +132,7 @@ class _Slot:
     generation: int = 0
 
 
-def _start_actor(cfg: JobConfig, worker_class: type) -> Any:
+def _start_actor(cfg: JobConfig, worker_class: type, task_class: type) -> Any:
     c = cfg.cluster
     remote = ray.remote(worker_class).options(
         num_cpus=c.num_cpus_per_actor,
@@ -246,7 +143,7 @@ def _start_actor(cfg: JobConfig, worker_class: type) -> Any:
         # current one computes (the worker's lock keeps compute one shard at a time).
         max_concurrency=c.max_in_flight_per_actor,
     )
-    return remote.remote(cfg)
+    return remote.remote(cfg, task_class)
 
 
 def _kill(handle: Any) -> None:
@@ -270,15 +167,17 @@ def run_job(
     log_interval_s: float = 10.0,
     startup_timeout_s: float = 600.0,
     worker_class: type = ShardWorker,
+    task_class: type = AttributionTask,
 ) -> JobSummary:
     """Run (or resume) an attribution job on the connected Ray cluster; returns its summary.
 
     ``max_shards``: process at most this many shards in this run, leaving the rest ``pending``
     (a later run resumes). Raises ConfigError-like ``ValueError`` for a bad shard pattern,
-    ``output.OutputConflictError`` for an output holding another config's results,
-    ``output.OutputError`` when the output cannot be reached, ``DriverError`` when no worker can
+    ``commit.OutputConflictError`` for an output holding another config's results,
+    ``storage.OutputError`` when the output cannot be reached, ``DriverError`` when no worker can
     start. Shard failures are not exceptions: they are in the summary. ``worker_class``: the
-    actor class (``ShardWorker`` or a subclass, e.g. the tests' worker that fails on purpose).
+    actor class (``ShardWorker`` or a subclass, e.g. the tests' worker that fails on purpose);
+    ``task_class``: what each actor does to a shard (``pipeline.tasks``).
     """
     if not ray.is_initialized():
         raise DriverError("Ray is not initialized: call ray.init() (jobs.attribute does) before run_job")
@@ -288,10 +187,10 @@ def run_job(
     chash = config_hash(cfg)
     uri = cfg.output.uri
     urls = expand_shards(cfg.input.shards, st)
-    output.check_output(uri, chash, cfg.output.overwrite, st)
+    commit.check_output(uri, chash, cfg.output.overwrite, st)
 
     states = {u: ShardState(u) for u in urls}
-    for url, marker in output.load_done(uri, st).items():
+    for url, marker in commit.load_done(uri, st).items():
         if url in states:
             states[url] = ShardState(
                 url,
@@ -312,11 +211,11 @@ def run_job(
     progress = Progress(len(urls), already, stream=stream, tty=tty, interval_s=log_interval_s)
     try:
         if todo:
-            _dispatch(cfg, todo, states, summary, progress, startup_timeout_s, worker_class)
+            _dispatch(cfg, todo, states, summary, progress, startup_timeout_s, (worker_class, task_class))
     finally:
         progress.close()
         summary.seconds = time.monotonic() - start
-        summary.manifest = output.write_manifest(
+        summary.manifest = commit.write_manifest(
             uri, config_to_dict(cfg), chash, code_version(), {u: s.manifest_entry() for u, s in states.items()}, st
         )
     return summary
@@ -329,12 +228,12 @@ def _dispatch(
     summary: JobSummary,
     progress: Progress,
     startup_timeout_s: float,
-    worker_class: type,
+    classes: tuple[type, type],
 ) -> None:
     """The ``ray.wait`` loop: runs ``todo`` on a pool of actors, updating ``states`` in place."""
     c = cfg.cluster
     n = num_workers(cfg, ray.cluster_resources(), len(todo))
-    slots = [_Slot(_start_actor(cfg, worker_class)) for _ in range(n)]
+    slots = [_Slot(_start_actor(cfg, *classes)) for _ in range(n)]
     summary.workers = n
     try:
         _wait_ready(slots, startup_timeout_s)
@@ -363,7 +262,7 @@ def _dispatch(
                     if isinstance(exc, RayActorError) and slots[slot_i].generation == generation:
                         # The process is gone (or unreachable): a fresh actor takes its seat.
                         _kill(slots[slot_i].handle)
-                        slots[slot_i] = _Slot(_start_actor(cfg, worker_class), generation + 1)
+                        slots[slot_i] = _Slot(_start_actor(cfg, *classes), generation + 1)
                         summary.replaced_workers += 1
                     if state.attempts <= c.max_retries:
                         backoff = min(MAX_BACKOFF_S, c.retry_backoff_s * 2 ** (state.attempts - 1))

@@ -16,10 +16,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipeline.commit import PARTS_DIR
 from pipeline.geometry import Geometry
-from pipeline.output import PARTS_DIR
 from pipeline.schema import restore_maps
-from pipeline.shards import url_to_fs
+from pipeline.storage import url_to_fs
 
 
 def part_urls(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:

@@ -19,14 +19,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 from braceexpand import braceexpand
 from PIL import Image
+
+from pipeline.storage import open_url, protocol, url_to_fs
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 # Members that would need unpickling (arbitrary code execution): never read.
 PICKLE_EXTENSIONS = ("pyd", "pickle", "pth", "pkl")
-_REMOTE_S3 = ("s3", "s3a")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -52,30 +52,8 @@ class Sample:
 
 
 # ------------------------------------------------------------------------------------------------
-# Filesystems and URL lists
+# URL lists
 # ------------------------------------------------------------------------------------------------
-
-
-def _protocol(url: str) -> str:
-    return url.split("://", 1)[0].lower() if "://" in url else "file"
-
-
-def _options_for(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """The storage options meant for ``url``: the job's options are s3fs keyword arguments, which
-    other filesystems (local, http) would reject or misuse."""
-    if not storage_options:
-        return {}
-    return dict(storage_options) if _protocol(url) in _REMOTE_S3 else {}
-
-
-def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """``(filesystem, path)`` for a URL, passing ``storage_options`` only where they apply."""
-    return fsspec.core.url_to_fs(url, **_options_for(url, storage_options))
-
-
-def open_url(url: str, mode: str = "rb", storage_options: dict[str, Any] | None = None):
-    """``fsspec.open`` with the storage options that apply to ``url``."""
-    return fsspec.open(url, mode, **_options_for(url, storage_options))
 
 
 def _glob(pattern: str, storage_options: dict[str, Any] | None) -> list[str]:
@@ -116,7 +94,7 @@ def expand_shards(spec: str | Sequence[str], storage_options: dict[str, Any] | N
             continue
         for url in braceexpand(item):
             # http(s) URLs are taken literally: '?' starts a query string (signed URLs), not a glob.
-            if _protocol(url) not in ("http", "https") and _GLOB_CHARS.search(url.split("://", 1)[-1]):
+            if protocol(url) not in ("http", "https") and _GLOB_CHARS.search(url.split("://", 1)[-1]):
                 matches = _glob(url, storage_options)
                 if not matches:
                     raise ValueError(f"no shards match {url!r}")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.demo import DemoAssets, build_demo_model, ensure_demo_assets, make_synthetic_images
+from demo import DemoAssets, build_demo_model, ensure_demo_assets, make_synthetic_images
 
 HELDOUT_SEED = 12345  # distinct from the shard (seed) and training (seed + 1) sets
 

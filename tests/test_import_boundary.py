@@ -1,7 +1,9 @@
-"""SPEC section 6: `extremal_core` is pure PyTorch; distribution and storage stay in `pipeline/`."""
+"""SPEC section 6: `extremal_core` is pure PyTorch; distribution and storage stay in `pipeline/`;
+one concept per module, none over 400 lines."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 FORBIDDEN = ("ray", "fsspec", "pyarrow")
 
@@ -22,3 +24,10 @@ def test_extremal_core_imports_no_ray_fsspec_or_pyarrow():
     done = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert int(done.stdout.split()[0]) >= 15, done.stdout  # the walk reached the submodules
+
+
+def test_no_pipeline_or_demo_module_over_400_lines():
+    root = Path(__file__).resolve().parents[1]
+    modules = [p for d in ("pipeline", "demo") for p in (root / d).glob("*.py")]
+    sizes = {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in modules}
+    assert sizes and not {p: n for p, n in sizes.items() if n > 400}

@@ -42,7 +42,7 @@ def tiny_cnn() -> torch.nn.Module:
 @pytest.fixture
 def demo_images(demo_model_and_data):
     """(model, images [N, 3, 64, 64] normalised, labels [N], boxes [N, 4]) from the held-out set."""
-    from pipeline.demo import to_model_input
+    from demo import to_model_input
 
     b = demo_model_and_data
     return b.model, to_model_input(b.heldout_images), torch.as_tensor(b.heldout_labels), b.heldout_boxes

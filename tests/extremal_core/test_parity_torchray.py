@@ -47,7 +47,7 @@ def run_torchray(model, image, target, variant, perturbation):
 @pytest.fixture(scope="module")
 def torchray_reference(demo_model_and_data):
     """`get(variant, perturbation)` -> (image, target, masks, history, stable `[A]` bool), cached."""
-    from pipeline.demo import to_model_input
+    from demo import to_model_input
 
     b = demo_model_and_data
     image, target = to_model_input(b.heldout_images[:1]), int(b.heldout_labels[0])

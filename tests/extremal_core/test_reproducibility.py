@@ -20,7 +20,7 @@ IMAGES = 4
 @pytest.fixture(scope="module")
 def engine_masks(demo_model_and_data):
     """`get(native, noise)` -> masks `[IMAGES, A, 64, 64]` of the demo's held-out images, cached."""
-    from pipeline.demo import to_model_input
+    from demo import to_model_input
 
     b = demo_model_and_data
     images = to_model_input(b.heldout_images[:IMAGES])

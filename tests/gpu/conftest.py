@@ -49,7 +49,7 @@ class DemoBatch:
 def demo_batch(demo_model_and_data) -> DemoBatch:
     """The first ``NUM_IMAGES`` held-out demo images (the ``demo_images`` pattern of
     tests/extremal_core/conftest.py, which is not visible from this folder)."""
-    from pipeline.demo import to_model_input
+    from demo import to_model_input
 
     b = demo_model_and_data
     images = to_model_input(b.heldout_images[:NUM_IMAGES])

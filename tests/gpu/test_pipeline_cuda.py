@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.output import load_done
+from pipeline.commit import load_done
 from pipeline.results import read_results
 
 pytestmark = pytest.mark.gpu

@@ -14,11 +14,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from pipeline.config import JobConfig, ModelConfig, PreprocessingConfig, load_config
+from pipeline.config import JobConfig, ModelConfig, PreprocessingConfig
+from pipeline.config_load import load_config
 
 # Small enough that an engine call takes a fraction of a second on a loaded 2-core machine.
 TINY = (
-    "model.factory=pipeline.demo:build_demo_model",
+    "model.factory=demo.model:build_demo_model",
     "model.num_classes=4",
     "model.preprocessing.resize=null",
     "model.preprocessing.crop=32",

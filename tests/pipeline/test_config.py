@@ -1,4 +1,5 @@
-"""pipeline.config: YAML + overrides -> one validated dataclass tree."""
+"""pipeline.config (the dataclass tree), pipeline.config_load (YAML + overrides -> one validated
+tree, and back) and pipeline.config_hash (which settings guard an output folder)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,9 @@ import pytest
 import yaml
 
 from extremal_core.settings import ExtremalSettings
-from pipeline.config import (
-    ConfigError,
-    JobConfig,
-    config_from_dict,
-    config_hash,
-    config_to_dict,
-    dump_config_yaml,
-    load_config,
-    storage_options,
-)
+from pipeline.config import ConfigError, JobConfig, storage_options
+from pipeline.config_hash import config_hash
+from pipeline.config_load import config_from_dict, config_to_dict, dump_config_yaml, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 MINIMAL = ["input.shards=data/shard-{000000..000003}.tar", "model.arch=resnet50", "output.uri=/tmp/out"]
@@ -61,7 +55,7 @@ def test_shipped_configs_cover_the_required_set() -> None:
     assert coco.extremal.areas == (0.018, 0.025, 0.05, 0.1)
     demo = load_config(str(CONFIG_DIR / "demo.yaml"), [])
     assert demo.cluster.num_gpus_per_actor == 0 and demo.cluster.num_actors == 2
-    assert demo.model.factory == "pipeline.demo:build_demo_model"
+    assert demo.model.factory == "demo.model:build_demo_model"
 
 
 def test_defaults_and_overrides() -> None:

@@ -1,4 +1,4 @@
-"""pipeline.demo: the known-answer synthetic data, the demo CNN, and the cached shard/checkpoint
+"""demo.model: the known-answer synthetic data, the demo CNN, and the cached shard/checkpoint
 assets (read back with webdataset and tarfile)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from pipeline.demo import (
+from demo import (
     CLASSES,
     DEMO_MEAN,
     DEMO_STD,

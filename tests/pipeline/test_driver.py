@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.commit import done_uri
 from pipeline.driver import DriverError, run_job
-from pipeline.output import done_uri
 from pipeline.results import read_results
 from pipeline.shards import iter_samples
 from pipeline.worker import ShardWorker

@@ -16,13 +16,13 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import _presets
 
-from pipeline.config import load_config
-from pipeline.demo import build_demo_model
+from demo import build_demo_model
+from pipeline.config_load import load_config
 from pipeline.geometry import Geometry
 from pipeline.models import Preprocess, load_model, resolve_preprocess
 from tests.pipeline.conftest import model_section
 
-DEMO_FACTORY = "pipeline.demo:build_demo_model"
+DEMO_FACTORY = "demo.model:build_demo_model"
 
 
 def _error(spec, **kwargs) -> str:
@@ -152,11 +152,11 @@ def test_cached_weights_holding_pickled_objects_are_refused(torch_home: Path, tm
 @pytest.mark.parametrize(
     "factory, expected",
     [
-        ("pipeline.demo.build_demo_model", "malformed factory"),
-        ("pipeline.demo:", "malformed factory"),
+        ("demo.model.build_demo_model", "malformed factory"),
+        ("demo.model:", "malformed factory"),
         ("no_such_module_xyz.sub:make", "module 'no_such_module_xyz.sub' not found"),
-        ("pipeline.demo:no_such_function", "has no attribute 'no_such_function'"),
-        ("pipeline.demo:DEMO_MEAN", "is not callable"),
+        ("demo.model:no_such_function", "has no attribute 'no_such_function'"),
+        ("demo.model:DEMO_MEAN", "is not callable"),
         ("builtins:dict", "not a torch.nn.Module"),
     ],
 )

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.commit import commit_part
 from pipeline.models import load_model
-from pipeline.output import commit_part
 from pipeline.results import boxes_from_shards, maps_at_original_size, pointing_game, read_results, row_stored_maps
 from pipeline.schema import rows_to_table
-from pipeline.worker import process_shard
+from pipeline.tasks import process_shard
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, write_shard
 

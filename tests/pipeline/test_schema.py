@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
+from pipeline.commit import commit_part, part_uri
 from pipeline.geometry import Geometry
-from pipeline.output import commit_part, part_uri
 from pipeline.results import row_maps
 from pipeline.schema import part_schema, quantize_maps, restore_maps, rows_to_table
 

@@ -12,7 +12,8 @@ import fsspec
 import pytest
 from PIL import Image
 
-from pipeline.config import load_config, storage_options
+from pipeline.config import storage_options
+from pipeline.config_load import load_config
 from pipeline.shards import (
     Sample,
     ShardReadError,

@@ -1,4 +1,5 @@
-"""The worker's shard function, without Ray: real tar shards in, a real committed Parquet part out."""
+"""The attribution task and the worker, without Ray: real tar shards in, a real committed Parquet
+part out; the worker is generic over tasks."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from pipeline.commit import done_uri, part_uri
 from pipeline.models import load_model
-from pipeline.output import done_uri, part_uri
+from pipeline.readahead import Prefetcher
 from pipeline.results import maps_at_original_size, read_results
 from pipeline.shards import ShardReadError
 from pipeline.targets import pick_targets
-from pipeline.worker import Prefetcher, ShardWorker, process_shard
+from pipeline.tasks import process_shard
+from pipeline.worker import ShardWorker
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, member_offsets, truncate_file, write_shard
 
@@ -168,9 +171,9 @@ def test_shard_worker_in_process(tmp_path: Path) -> None:
     assert worker.ready()["device"] == "cpu"
     marker = worker.process(shard, attempt=3)
     assert marker["attempts"] == 3 and marker["rows"] == 2
-    explainer = worker.explainer
+    explainer = worker.task.explainer
     worker.process(shard)
-    assert worker.explainer is explainer  # built once per actor, not per shard or batch
+    assert worker.task.explainer is explainer  # built once per actor, not per shard or batch
     saved = json.loads(Path(done_uri(cfg.output.uri, shard)).read_text())
     assert saved["config_hash"] == marker["config_hash"]
 
@@ -189,3 +192,25 @@ def test_concurrent_calls_read_ahead_but_compute_one_at_a_time(tmp_path: Path) -
     assert sorted(markers) == sorted(shards)
     assert all(m["rows"] == 2 and m["errors"] == 0 and m["wait_seconds"] >= 0 for m in markers.values())
     assert sorted(read_results(cfg.output.uri).column("key").to_pylist()) == ["s000_0000", "s000_0001", "s001_0000", "s001_0001"]
+
+
+class _EchoTask:
+    """A task that commits nothing: records what the worker hands it."""
+
+    def __init__(self, cfg, device) -> None:
+        self.name, self.device, self.calls = "echo", device, []
+
+    def run(self, shard_url, *, attempt, storage, on_batch, extra_stats, compute_lock):
+        assert isinstance(compute_lock, type(threading.Lock()))
+        self.calls.append(shard_url)
+        return {"shard": shard_url, "attempts": attempt, "rows": 0, "errors": 0, **extra_stats}
+
+
+def test_worker_is_generic_over_tasks(tmp_path: Path) -> None:
+    """The worker builds its task once as task_class(cfg, device) and hands it one shard per call."""
+    cfg = tiny_config("a.tar", str(tmp_path / "out"))
+    worker = ShardWorker(cfg, task_class=_EchoTask)
+    assert worker.ready()["model"] == "echo" and worker.task.device == torch.device("cpu")
+    assert worker.process("a.tar", attempt=2)["attempts"] == 2
+    worker.process("b.tar")
+    assert worker.task.calls == ["a.tar", "b.tar"]

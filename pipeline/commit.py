@@ -9,9 +9,8 @@ Layout under ``output_uri`` (any fsspec URL)::
     _done/<shard_id>.json    written after its part: the shard is finished (stats inside)
     manifest.json            resolved config, hash, code version, per-shard status
 
-A part is serialised in memory and uploaded with one write (one PUT on S3), because on S3 an
-exception inside ``with fs.open(path, "wb")`` still commits a truncated object; locally it is
-written to a temp file and renamed. The marker is written only after the part, so a marker always
+Every object is written whole (``pipeline.storage.write_bytes``: one PUT on S3, temp file +
+rename locally), so a part is never seen truncated. The marker is written only after the part, so a marker always
 means a complete part, and re-running a shard overwrites the same part name (no duplicate rows).
 
 The columns of a part are ``pipeline.schema``'s.
@@ -20,9 +19,7 @@ The columns of a part are ``pipeline.schema``'s.
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +27,8 @@ import pyarrow as pa
 import yaml
 
 from pipeline.schema import SCHEMA_VERSION, table_to_parquet_bytes
-from pipeline.shards import shard_id, url_to_fs
+from pipeline.shards import shard_id
+from pipeline.storage import OutputError, describe, join, json_bytes, read_json, url_to_fs, write_bytes
 
 PARTS_DIR = "parts"
 DONE_DIR = "_done"
@@ -39,82 +37,24 @@ CONFIG_YAML = "config.yaml"
 MANIFEST_JSON = "manifest.json"
 
 
-class OutputError(IOError):
-    """The output location cannot be read or written."""
-
 
 class OutputConflictError(OutputError):
     """The output location holds results of a different configuration."""
 
 
 # ------------------------------------------------------------------------------------------------
-# Storage
+# Parts and done-markers
 # ------------------------------------------------------------------------------------------------
-
-
-def _join(uri: str, *parts: str) -> str:
-    return "/".join([uri.rstrip("/"), *parts])
-
-
-def _is_local(fs: Any) -> bool:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return "file" in protocols or "local" in protocols
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-
-
-def _write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None) -> None:
-    """Write a whole object at once: one PUT remotely, temp file + rename locally."""
-    try:
-        fs, path = url_to_fs(url, storage_options)
-        if _is_local(fs):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        else:
-            fs.pipe_file(path, data)
-    except Exception as exc:
-        raise OutputError(f"cannot write {url}: {_describe(exc)}") from exc
-
-
-def _read_json(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The JSON object at ``url``, or None if there is none."""
-    try:
-        fs, path = url_to_fs(url, storage_options)
-        fs.invalidate_cache(path)  # other processes write here; never trust a cached listing
-        data = fs.cat_file(path)
-    except FileNotFoundError:
-        return None
-    except Exception as exc:
-        raise OutputError(f"cannot read {url}: {_describe(exc)}") from exc
-    try:
-        return json.loads(data)
-    except ValueError as exc:
-        raise OutputError(f"{url} is not valid JSON: {exc}") from exc
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode()
 
 
 def part_uri(output_uri: str, shard_url: str) -> str:
     """Where the part of ``shard_url`` goes."""
-    return _join(output_uri, PARTS_DIR, f"{shard_id(shard_url)}.parquet")
+    return join(output_uri, PARTS_DIR, f"{shard_id(shard_url)}.parquet")
 
 
 def done_uri(output_uri: str, shard_url: str) -> str:
     """Where the done-marker of ``shard_url`` goes."""
-    return _join(output_uri, DONE_DIR, f"{shard_id(shard_url)}.json")
+    return join(output_uri, DONE_DIR, f"{shard_id(shard_url)}.json")
 
 
 def commit_part(
@@ -144,15 +84,15 @@ def commit_part(
         "bytes": len(data),
         "committed_at": time.time(),
     }
-    _write_bytes(part, data, storage_options)
-    _write_bytes(done_uri(output_uri, shard_url), _json_bytes(marker), storage_options)
+    write_bytes(part, data, storage_options)
+    write_bytes(done_uri(output_uri, shard_url), json_bytes(marker), storage_options)
     return marker
 
 
 def load_done(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """The finished shards: shard URL -> its marker's stats. Unreadable markers are ignored (that
     shard simply runs again)."""
-    url = _join(output_uri, DONE_DIR)
+    url = join(output_uri, DONE_DIR)
     try:
         fs, path = url_to_fs(url, storage_options)
         fs.invalidate_cache(path)
@@ -161,7 +101,7 @@ def load_done(output_uri: str, storage_options: dict[str, Any] | None = None) ->
     except FileNotFoundError:
         return {}
     except Exception as exc:
-        raise OutputError(f"cannot list {url}: {_describe(exc)}") from exc
+        raise OutputError(f"cannot list {url}: {describe(exc)}") from exc
     done: dict[str, dict[str, Any]] = {}
     for blob in blobs.values():
         try:
@@ -174,19 +114,19 @@ def load_done(output_uri: str, storage_options: dict[str, Any] | None = None) ->
 
 def _clear(output_uri: str, storage_options: dict[str, Any] | None) -> None:
     for sub in (PARTS_DIR, DONE_DIR, MANIFEST_JSON):
-        url = _join(output_uri, sub)
+        url = join(output_uri, sub)
         try:
             fs, path = url_to_fs(url, storage_options)
             fs.invalidate_cache(path)
             if fs.exists(path):
                 fs.rm(path, recursive=True)
         except Exception as exc:
-            raise OutputError(f"cannot clear {url}: {_describe(exc)}") from exc
+            raise OutputError(f"cannot clear {url}: {describe(exc)}") from exc
 
 
 def _has_results(output_uri: str, storage_options: dict[str, Any] | None) -> bool:
     for sub in (PARTS_DIR, DONE_DIR):
-        fs, path = url_to_fs(_join(output_uri, sub), storage_options)
+        fs, path = url_to_fs(join(output_uri, sub), storage_options)
         fs.invalidate_cache(path)
         try:
             if fs.ls(path, detail=False):
@@ -208,11 +148,11 @@ def check_output(
     config hash resumes; a different hash (or results with no ``config.json``) raises
     OutputConflictError.
     """
-    url = _join(output_uri, CONFIG_JSON)
+    url = join(output_uri, CONFIG_JSON)
     if overwrite:
         _clear(output_uri, storage_options)
     else:
-        existing = _read_json(url, storage_options)
+        existing = read_json(url, storage_options)
         if existing is not None and existing.get("config_hash") != config_hash:
             raise OutputConflictError(
                 f"{output_uri} holds results of another config (hash {str(existing.get('config_hash'))[:12]}, "
@@ -222,7 +162,7 @@ def check_output(
             try:
                 foreign = _has_results(output_uri, storage_options)
             except Exception as exc:
-                raise OutputError(f"cannot list {output_uri}: {_describe(exc)}") from exc
+                raise OutputError(f"cannot list {output_uri}: {describe(exc)}") from exc
             if foreign:
                 raise OutputConflictError(
                     f"{output_uri} holds parts but no {CONFIG_JSON}: use another output.uri, "
@@ -230,7 +170,7 @@ def check_output(
                 )
         if existing is not None:
             return
-    _write_bytes(url, _json_bytes({"config_hash": config_hash, "created_at": time.time()}), storage_options)
+    write_bytes(url, json_bytes({"config_hash": config_hash, "created_at": time.time()}), storage_options)
 
 
 def write_manifest(
@@ -268,6 +208,6 @@ def write_manifest(
         "config": dict(resolved_config),
         "shards": shards,
     }
-    _write_bytes(_join(output_uri, CONFIG_YAML), yaml.safe_dump(dict(resolved_config), sort_keys=False).encode(), storage_options)
-    _write_bytes(_join(output_uri, MANIFEST_JSON), _json_bytes(manifest), storage_options)
+    write_bytes(join(output_uri, CONFIG_YAML), yaml.safe_dump(dict(resolved_config), sort_keys=False).encode(), storage_options)
+    write_bytes(join(output_uri, MANIFEST_JSON), json_bytes(manifest), storage_options)
     return manifest

@@ -1,4 +1,4 @@
-"""pipeline.output: atomic commits, resume markers, config guard, manifest; locally and on a real
+"""pipeline.commit (over pipeline.storage): atomic commits, resume markers, config guard, manifest; locally and on a real
 S3 endpoint (moto server). The columns themselves: test_schema.py."""
 
 from __future__ import annotations
@@ -12,18 +12,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import config_hash, config_to_dict, load_config
-from pipeline.output import (
-    OutputConflictError,
-    OutputError,
-    check_output,
-    commit_part,
-    done_uri,
-    load_done,
-    write_manifest,
-)
+from pipeline.commit import OutputConflictError, check_output, commit_part, done_uri, load_done, write_manifest
+from pipeline.config_hash import config_hash
+from pipeline.config_load import config_to_dict, load_config
 from pipeline.schema import SCHEMA_VERSION, rows_to_table
 from pipeline.shards import shard_id
+from pipeline.storage import OutputError
 from tests.pipeline.test_schema import extremal_rows as _rows
 
 # ------------------------------------------------------------------------------------------------

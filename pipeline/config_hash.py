@@ -1,0 +1,51 @@
+"""The config hash: which settings change the output rows, and so which runs may share (resume)
+one output folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pipeline.config import JobConfig
+from pipeline.config_load import config_to_dict
+
+# Fields that do not change any output row: a run that differs only in these may resume another's
+# output. Shards are excluded so a job can be extended with more shards; batching knobs and the
+# device only move floats within tolerance (SPEC section 1, "Batching").
+_HASH_EXCLUDED: tuple[str, ...] = (
+    "input.shards",
+    "worker",
+    "output.uri",
+    "output.overwrite",
+    "cluster",
+    "storage",
+    "extremal.max_masks_per_batch",
+    "extremal.memory_budget_mb",
+    "extremal.channels_last",
+    "extremal.fuse_batchnorm",
+    "extremal.pool_before_relu",
+    "extremal.native_cpu_kernels",
+    "model.download_weights",
+)
+
+
+def _hashed_dict(cfg: JobConfig) -> dict[str, Any]:
+    data = config_to_dict(cfg)
+    if not cfg.method.uses_engine_settings:
+        data.pop("extremal")  # settings the method never reads do not change its rows
+    for dotted in _HASH_EXCLUDED:
+        *parents, last = dotted.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(last, None)
+    return data
+
+
+def config_hash(cfg: JobConfig) -> str:
+    """sha256 hex of the canonical JSON of the fields that change the output rows: the method and
+    its parameters included; not the cluster, storage or output location, batching knobs, or
+    the list of shards."""
+    canonical = json.dumps(_hashed_dict(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,243 @@
+"""Building a ``JobConfig`` from YAML plus ``a.b=c`` overrides, type-checked against the
+dataclass annotations (one-line ``ConfigError`` naming the dotted key), and back: the resolved
+config as plain data or YAML, which loads to an equal config."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import fields
+from typing import Any, Literal
+
+import yaml
+
+from extremal_core.methods import get_method
+from extremal_core.methods.registry import parameter_names
+from extremal_core.settings import ExtremalSettings
+from pipeline.config import ConfigError, JobConfig, MethodConfig
+
+_SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+
+
+# ------------------------------------------------------------------------------------------------
+# Building and type-checking
+# ------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it normalised (lists -> tuples,
+    ints -> floats where a float is expected). Raises ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str):
+            return value
+    elif origin is tuple:
+        item_tp = typing.get_args(tp)[0]
+        if isinstance(value, (list, tuple)):
+            return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - an annotation this module does not know
+        raise TypeError(f"unsupported annotation {tp!r} for {key}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _check_keys(data: Any, cls: type, prefix: str) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        where = prefix or "the config"
+        raise ConfigError(f"{where}: expected a mapping, got {data!r} ({type(data).__name__})")
+    valid = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in valid:
+            dotted = f"{prefix}.{key}" if prefix else str(key)
+            hint = ""
+            if any(w in str(key).lower() for w in _SECRET_WORDS):
+                hint = " (credentials are never read from the config: use AWS_* environment variables)"
+            raise ConfigError(f"unknown key {dotted!r}{hint}; valid keys: {', '.join(valid)}")
+    return data
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, recursing into nested dataclass fields."""
+    data = _check_keys(data, cls, prefix)
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        tp = hints[f.name]
+        if tp is ExtremalSettings:
+            kwargs[f.name] = _build_extremal(data.get(f.name), key)
+        elif tp is MethodConfig:
+            kwargs[f.name] = _build_method(data.get(f.name), key)
+        elif dataclasses.is_dataclass(tp):
+            # Absent sections are built too, so their required fields are checked.
+            kwargs[f.name] = _build(tp, data.get(f.name), key)
+        elif f.name in data:
+            kwargs[f.name] = _coerce(data[f.name], tp, key)
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        obj.validate()
+    return obj
+
+
+def _build_extremal(data: Any, prefix: str) -> ExtremalSettings:
+    data = _check_keys(data, ExtremalSettings, prefix)
+    hints = typing.get_type_hints(ExtremalSettings)
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        # The engine accepts a single number for `areas`; so does the config.
+        if name == "areas" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        kwargs[name] = _coerce(value, tp, f"{prefix}.{name}")
+    try:
+        return ExtremalSettings(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{prefix}: {exc}") from exc
+
+
+def _build_method(data: Any, prefix: str) -> MethodConfig:
+    """``{name, **params}`` -> MethodConfig; the name and the parameters' names are checked against
+    the method registry here, so a typo exits before Ray starts."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping such as {{name: extremal}}, got {data!r}")
+    params = dict(data)
+    name = params.pop("name", MethodConfig.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"{prefix}.name: expected str, got {name!r} ({type(name).__name__})")
+    try:
+        cls = get_method(name)
+    except ValueError as exc:
+        raise ConfigError(f"{prefix}.name: {exc}") from None
+    valid = parameter_names(cls)
+    if valid is not None:
+        settings = {f.name for f in fields(ExtremalSettings)} if "settings" in valid else set()
+        allowed = [v for v in valid if v != "settings" and v not in settings]
+        for key in params:
+            if key in settings:
+                raise ConfigError(f"{prefix}.{key} is an engine setting of {name!r}: set extremal.{key}")
+            if key not in allowed:
+                keys = ", ".join(["name", *allowed])
+                raise ConfigError(f"unknown key '{prefix}.{key}' for method {name!r}; valid keys: {keys}")
+    return MethodConfig(name=name, params={k: _plain(v) for k, v in params.items()})
+
+
+def config_from_dict(data: dict[str, Any] | None) -> JobConfig:
+    """Build and validate a JobConfig from a plain mapping (as loaded from YAML)."""
+    return _build(JobConfig, data or {}, "")
+
+
+def _parse_value(text: str) -> Any:
+    """An override value as a YAML scalar/list; text YAML cannot parse (``{000..009}.tar``) stays
+    a string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # A brace pattern can parse as a YAML flow mapping; the user meant the string.
+    return text if isinstance(value, dict) else value
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b=c`` override to a nested mapping in place."""
+    dotted, sep, text = override.partition("=")
+    dotted = dotted.strip()
+    if not sep or not dotted or any(not part for part in dotted.split(".")):
+        raise ConfigError(f"bad override {override!r}: expected key.path=value, e.g. extremal.max_iter=300")
+    parts = dotted.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"bad override {override!r}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = _parse_value(text)
+
+
+def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Load a job from a YAML file (``None``: start from the defaults), apply ``a.b=c`` overrides
+    (values parsed as YAML: ``extremal.areas=[0.05,0.1]``), and validate."""
+    data: Any = {}
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from exc
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    for override in overrides:
+        apply_override(data, override)
+    return config_from_dict(data)
+
+
+# ------------------------------------------------------------------------------------------------
+# Serialising (the inverse of loading)
+# ------------------------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, MethodConfig):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_to_dict(cfg: JobConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (tuples become lists); feeding it back to
+    ``config_from_dict`` gives an equal config."""
+    return _plain(cfg)
+
+
+def dump_config_yaml(cfg: JobConfig) -> str:
+    """The resolved config as YAML, loadable by ``load_config``."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=None)
