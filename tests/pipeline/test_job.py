@@ -156,3 +156,26 @@ def test_demo_with_ray_job_submit(ray_head, demo_model_and_data, tmp_path: Path)
     assert "succeeded" in logs
     table = read_results(str(out))
     assert table.num_rows == 32 and set(table.column("key").to_pylist()) == set(assets.labels)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize(
+    "method,extra,num_maps",
+    [("center", (), 1), ("extremal_channels", ("method.layer=features.8",), 2), ("extremal", (), 2)],
+)
+def test_every_registered_method_through_the_job(tmp_path: Path, method: str, extra: tuple, num_maps: int) -> None:
+    """Each method of the registry end to end: its Parquet read by plain pyarrow and DuckDB."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    path = _config_file(tmp_path)
+    assert main(["--config", path, "--set", f"method.name={method}", *[a for e in extra for a in ("--set", e)]]) == 0
+    table = pq.read_table(tmp_path / "out" / "parts")
+    assert table.num_rows == 2 and table.column("error").null_count == 2
+    assert set(table.column("method").to_pylist()) == {method}
+    maps = table.column("maps").combine_chunks().to_numpy_ndarray()  # [N, M, h, w] uint8
+    assert maps.shape == (2, num_maps, 32, 32) and maps.dtype.name == "uint8"
+    (rows,) = duckdb.sql(
+        f"SELECT count(*), min(map_max - map_min) FROM '{tmp_path / 'out' / 'parts'}/*.parquet' WHERE error IS NULL"
+    ).fetchall()
+    assert rows[0] == 2 and rows[1] > 0
