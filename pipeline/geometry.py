@@ -150,15 +150,3 @@ class Geometry:
         if m.dtype == np.uint8:
             out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
         return out[0] if squeeze else out
-
-
-def _crop_size(crop: int | Sequence[int]) -> tuple[int, int]:
-    """``crop`` as (height, width)."""
-    if isinstance(crop, int):
-        return crop, crop
-    c = [int(v) for v in crop]
-    if len(c) == 1:
-        return c[0], c[0]
-    if len(c) == 2:
-        return c[0], c[1]
-    raise ValueError(f"crop must be an int or (height, width), got {crop!r}")
