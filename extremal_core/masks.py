@@ -187,6 +187,12 @@ class _ClampValue(torch.autograd.Function):
         return grad
 
 
+def clamp_rounding(x: torch.Tensor) -> torch.Tensor:
+    """`x` clamped to [0, 1] with the identity as gradient: for convex combinations of values in
+    [0, 1] (smooth maxima, blurs), where only rounding leaves the interval."""
+    return _ClampValue.apply(x)
+
+
 class SmoothMaskGenerator:
     """Turns parameters `[K, Hp, Wp]` into smooth masks.
 
@@ -236,6 +242,6 @@ class SmoothMaskGenerator:
             phases = _SmoothMaxConv.apply(self.neighbours(params), table, float(self.coldness))
         k, (hc, wc), s = params.shape[0], g.cell_shape, g.step
         cells = phases.view(k, s, s, hc, wc).permute(0, 3, 1, 4, 2).reshape(k, hc * s, wc * s)
-        full = _ClampValue.apply(cells[:, : g.full_shape[0], : g.full_shape[1]])
+        full = clamp_rounding(cells[:, : g.full_shape[0], : g.full_shape[1]])
         m = g.margin_px
         return full[:, m : m + g.height, m : m + g.width], full

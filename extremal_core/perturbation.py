@@ -15,8 +15,9 @@ _SQRT_TWO = math.sqrt(2.0)
 _EPS = 1.19209290e-07
 
 
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of `[N, C, H, W]` with a ±⌈4σ⌉ support and zero padding."""
+def gaussian_blur(images: torch.Tensor, sigma: float, padding: str = "zeros") -> torch.Tensor:
+    """Separable Gaussian blur of `[N, C, H, W]` with a ±⌈4σ⌉ support; `padding` "zeros" (the
+    perturbation pyramid, as TorchRay) or "replicate" (masks, whose border must not fade)."""
     if sigma <= 0:
         return images.clone()
     width = math.ceil(4 * sigma)
@@ -24,8 +25,14 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
     taps = torch.exp(-taps * taps)
     taps = (taps / taps.sum()).to(images.dtype)
     c = images.shape[1]
-    out = F.conv2d(images, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(width, 0), groups=c)
-    return F.conv2d(out, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, width), groups=c)
+    if padding == "replicate":
+        images, pad = F.pad(images, (width, width, width, width), mode="replicate"), (0, 0)
+    elif padding == "zeros":
+        pad = (width, width)
+    else:
+        raise ValueError(f"padding must be 'zeros' or 'replicate', got {padding!r}")
+    out = F.conv2d(images, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(pad[0], 0), groups=c)
+    return F.conv2d(out, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, pad[1]), groups=c)
 
 
 def build_pyramid(images: torch.Tensor, num_levels: int = 8, max_blur: float = 20.0, kind: str = "blur") -> torch.Tensor:

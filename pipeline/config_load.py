@@ -5,6 +5,7 @@ config as plain data or YAML, which loads to an equal config."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import fields
@@ -198,23 +199,49 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
     """Load a job from a YAML file (``None``: start from the defaults), apply ``a.b=c`` overrides
-    (values parsed as YAML: ``extremal.areas=[0.05,0.1]``), and validate."""
-    data: Any = {}
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from exc
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    (values parsed as YAML: ``extremal.areas=[0.05,0.1]``), and validate.
+
+    A file may start from another: ``base: demo.yaml`` (relative to the file) is read first and the
+    file's sections are merged into it key by key, except ``method``, which replaces the base's
+    whole (another method's parameters would not fit)."""
+    data: Any = _read_with_base(path, ()) if path is not None else {}
     for override in overrides:
         apply_override(data, override)
     return config_from_dict(data)
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+def _read_with_base(path: str, chain: tuple[str, ...]) -> dict[str, Any]:
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must be the path of another config file, got {base!r}")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    if base_path in chain or base_path == os.path.normpath(path):
+        raise ConfigError(f"{path}: base {base!r} leads back to itself")
+    merged = _read_with_base(base_path, (*chain, os.path.normpath(path)))
+    for section, value in data.items():
+        if section != "method" and isinstance(value, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **value}
+        else:
+            merged[section] = value
+    return merged
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
 Importing this package registers the built-in methods: `extremal`, `extremal_channels`, `center`.
 """
 
-from . import center, extremal, extremal_channels  # noqa: F401  (registration on import)
+from . import backprop, center, extremal, extremal_channels, meaningful_perturbation, rise  # noqa: F401  (registration on import)
 from .explanation import Explanation
 from .registry import Explainer, available_methods, get_method, make_explainer, register_method
 

@@ -20,6 +20,8 @@ class CenterExplainer:
     """maps `[B, 1, H, W]` = exp(-d² / 2s²) with d the distance to the image centre and
     s = `sigma` x min(H, W); 1 at the centre. The model is not used."""
 
+    num_maps = 1
+
     def __init__(self, model: torch.nn.Module | None = None, *, sigma: float = 0.25):
         if not sigma > 0:
             raise ValueError(f"sigma must be positive (a fraction of the shorter image side), got {sigma!r}")

@@ -161,7 +161,16 @@ def test_demo_with_ray_job_submit(ray_head, demo_model_and_data, tmp_path: Path)
 @pytest.mark.usefixtures("ray_cluster")
 @pytest.mark.parametrize(
     "method,extra,num_maps",
-    [("center", (), 1), ("extremal_channels", ("method.layer=features.8",), 2), ("extremal", (), 2)],
+    [
+        ("center", (), 1),
+        ("extremal_channels", ("method.layer=features.8",), 2),
+        ("extremal", (), 2),
+        ("gradient", (), 1),
+        ("guided_backprop", (), 1),
+        ("grad_cam", (), 1),
+        ("rise", ("method.num_masks=64",), 1),
+        ("meaningful_perturbation", ("method.max_iter=3", "method.mask_scale=4"), 1),
+    ],
 )
 def test_every_registered_method_through_the_job(tmp_path: Path, method: str, extra: tuple, num_maps: int) -> None:
     """Each method of the registry end to end: its Parquet read by plain pyarrow and DuckDB."""

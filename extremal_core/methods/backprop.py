@@ -1,0 +1,123 @@
+"""The gradient family through Captum: gradient (Simonyan et al.), guided backprop (Springenberg
+et al.) and Grad-CAM (Selvaraju et al.), each one map per image.
+
+Captum computes the attributions; this module only turns them into saliency maps as the paper's
+comparisons (and TorchRay) do: the largest |attribution| over the colour channels for the two
+input-space methods, Grad-CAM's ReLU'd map upsampled bilinearly to the image for the third.
+The caller's model is used as it is (no rewrites, no copy): guided backprop hooks its `nn.ReLU`
+modules, so a model whose ReLUs are functions would silently give plain gradients.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam, Saliency
+
+from ..channels import find_layer
+from ..inputs import checked_call, frozen
+from .explanation import Explanation
+from .registry import register_method
+
+
+class _CaptumMethod:
+    """What the three share: the call contract, the caller's model frozen during the call (eval
+    mode, no parameter gradients), an out-of-range target reported as a ValueError."""
+
+    num_maps = 1
+
+    label = ""
+
+    def __init__(self, model: torch.nn.Module):
+        if model is None:
+            raise ValueError(f"method {self.label!r} needs a model")
+        self.model = model
+
+    def explain(self, images: torch.Tensor, targets: int | Sequence[int] | torch.Tensor) -> Explanation:
+        """maps `[B, 1, H, W]` (non-negative), labels `(name,)`."""
+        t = checked_call(images, targets)
+        # A leaf that requires grad: Captum would otherwise flip the caller's tensor and warn.
+        x = images.detach().requires_grad_(True)
+        with frozen(self.model), torch.enable_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU")
+            try:
+                maps = self.saliency(x, t)
+            except (IndexError, RuntimeError) as exc:
+                # Captum's target selection fails with a bare index error on a class the model lacks.
+                if "index" in str(exc) and "out of" in str(exc):
+                    raise ValueError(f"a target is out of range for the model's outputs: {exc}") from None
+                raise
+        return Explanation(maps=maps.detach(), labels=(self.label,))
+
+    def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register_method("gradient")
+class GradientExplainer(_CaptumMethod):
+    """max over channels of |∂ score_target / ∂ image| (Captum `Saliency`)."""
+
+    label = "gradient"
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__(model)
+        self._captum = Saliency(model)
+
+    def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self._captum.attribute(images, target=targets, abs=True).amax(dim=1, keepdim=True)
+
+
+@register_method("guided_backprop")
+class GuidedBackpropExplainer(_CaptumMethod):
+    """max over channels of |guided gradient| (Captum `GuidedBackprop`: only positive gradients
+    pass back through each `nn.ReLU`)."""
+
+    label = "guided_backprop"
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__(model)
+        if not any(isinstance(m, torch.nn.ReLU) for m in model.modules()):
+            raise ValueError("guided backprop changes the backward pass of nn.ReLU modules, and the model has none")
+        self._captum = GuidedBackprop(model)
+
+    def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self._captum.attribute(images, target=targets).abs().amax(dim=1, keepdim=True)
+
+
+def default_grad_cam_layer(model: torch.nn.Module) -> str:
+    """The layer the paper's comparisons use: ResNets' `layer4`; for a `features` sequence (VGG,
+    whose last ReLU is `features.29` in VGG16) its last ReLU, else its last module."""
+    children = dict(model.named_children())
+    if "layer4" in children:
+        return "layer4"
+    features = children.get("features")
+    if isinstance(features, torch.nn.Sequential) and len(features):
+        names = [name for name, _ in features.named_children()]
+        relus = [name for name, m in features.named_children() if isinstance(m, torch.nn.ReLU)]
+        return f"features.{(relus or names)[-1]}"
+    layers = [name for name, _ in model.named_modules() if name]
+    raise ValueError(
+        f"no default Grad-CAM layer for a {type(model).__name__} (defaults: ResNet layer4, VGG the last ReLU of "
+        f"features); set layer= one of: {', '.join(layers)}"
+    )
+
+
+@register_method("grad_cam")
+class GradCamExplainer(_CaptumMethod):
+    """Grad-CAM at `layer` (Captum `LayerGradCam`, `relu_attributions=True`), upsampled
+    bilinearly to the image; `layer` defaults per family (`default_grad_cam_layer`)."""
+
+    label = "grad_cam"
+
+    def __init__(self, model: torch.nn.Module, *, layer: str | None = None):
+        super().__init__(model)
+        self.layer = layer if layer is not None else default_grad_cam_layer(model)
+        self._captum = LayerGradCam(model, find_layer(model, self.layer))
+
+    def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        cam = self._captum.attribute(images, target=targets, relu_attributions=True)
+        if cam.dim() != 4:
+            raise ValueError(f"Grad-CAM needs a layer with a spatial output [B, K, h, w]; {self.layer!r} gives {list(cam.shape)}")
+        return LayerAttribution.interpolate(cam, tuple(images.shape[2:]), interpolate_mode="bilinear")
