@@ -75,7 +75,8 @@ class MeaningfulPerturbationExplainer:
         if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model
-        self.mask_scale, self.mask_blur, self.null_blur, self.init_radius = mask_scale, float(mask_blur), float(null_blur), init_radius
+        self.mask_scale, self.init_radius = mask_scale, init_radius
+        self.mask_blur, self.null_blur = float(mask_blur), float(null_blur)
         self.lr, self.max_iter, self.jitter, self.l1, self.tv, self.tv_beta = lr, max_iter, jitter, l1, tv, tv_beta
         self.seed, self.batch_size = int(seed), batch_size
 
