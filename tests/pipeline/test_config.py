@@ -120,7 +120,7 @@ def test_credentials_are_refused_with_a_hint(tmp_path: Path) -> None:
         ("cluster.max_retries=abc", "cluster.max_retries: expected int, got 'abc'"),
         ("cluster.max_retries=1.5", "cluster.max_retries: expected int"),
         ("output.overwrite=maybe", "output.overwrite: expected bool"),
-        ("targets.mode=top5", "targets.mode: expected 'label' | 'top1' | 'topk'"),
+        ("targets.mode=top5", "targets.mode: expected 'label' | 'labels' | 'top1' | 'topk'"),
         ("extremal.max_iter=abc", "extremal.max_iter: expected int"),
         ("extremal.areas=[0.1,abc]", "extremal.areas"),
         ("model.preprocessing.mean=[0.5,0.5]", "model.preprocessing.mean"),
