@@ -34,15 +34,18 @@ VOC_IMAGES: dict[str, tuple[int, int, list[tuple[str, list[int], bool]]]] = {
 VOC_SPLIT = ["000001", "000002", "000003", "000005"]
 
 
-def write_voc(root: Path) -> Path:
-    """``root/VOC2007`` with Annotations, JPEGImages and ImageSets/Main/test.txt (``VOC_SPLIT``)."""
+def write_voc(root: Path, images: dict | None = None, split: list[str] | None = None) -> Path:
+    """``root/VOC2007`` with Annotations, JPEGImages and ImageSets/Main/test.txt: ``images`` (id ->
+    (width, height, objects), default ``VOC_IMAGES``), ``split`` (default ``VOC_SPLIT``)."""
+    images = VOC_IMAGES if images is None else images
+    split = VOC_SPLIT if split is None else split
     base = root / "VOC2007"
     for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
         (base / sub).mkdir(parents=True, exist_ok=True)
-    for i, (image_id, (w, h, objects)) in enumerate(VOC_IMAGES.items()):
+    for i, (image_id, (w, h, objects)) in enumerate(images.items()):
         (base / "JPEGImages" / f"{image_id}.jpg").write_bytes(encode_image(synthetic_image(i, w, h), "jpg"))
         (base / "Annotations" / f"{image_id}.xml").write_text(voc_xml(f"{image_id}.jpg", w, h, objects))
-    (base / "ImageSets/Main/test.txt").write_text("\n".join(VOC_SPLIT) + "\n")
+    (base / "ImageSets/Main/test.txt").write_text("\n".join(split) + "\n")
     return base
 
 
