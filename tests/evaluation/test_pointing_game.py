@@ -179,3 +179,12 @@ def test_coco_ground_truth_matches_torchray_coco_as_mask(tmp_path) -> None:
             assert ours is not None and ours.any() and np.array_equal(ours, ref)
             compared += 1
     assert compared == 4
+
+
+def test_single_box_ground_truth_of_the_demo_shards() -> None:
+    """The demo's json: a half-open ``box`` [x0, y0, x1, y1] of its one ``label``."""
+    meta = {"label": 2, "box": [3, 4, 7, 6], "width": 10, "height": 8}
+    expected = np.zeros((8, 10), dtype=bool)
+    expected[4:6, 3:7] = True
+    assert np.array_equal(class_mask(meta, 2, 10, 8), expected)
+    assert class_mask(meta, 1, 10, 8) is None and class_mask({"label": 2}, 2, 10, 8) is None

@@ -179,3 +179,24 @@ def test_no_parts_exits_1_and_bad_arguments_exit_2(tmp_path: Path, capsys) -> No
     assert "no Parquet parts" in capsys.readouterr().err
     assert main(["--results", str(tmp_path), "--local", "--tolerance", "0"]) == 2
     assert main(["--results", str(tmp_path), "--set", "a.b=1"]) == 2
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_the_demo_prints_the_pointing_game_by_the_protocol(demo_model_and_data, tmp_path: Path, capsys) -> None:
+    """configs/demo.yaml through jobs.attribute (shortened): the demo's boxes scored by the real
+    protocol, the same table jobs.pointing_game writes."""
+    from jobs.attribute import main as attribute
+
+    assets = demo_model_and_data.assets
+    out = str(tmp_path / "demo")
+    assert attribute(["--config", "configs/demo.yaml", "--set", f"input.shards={assets.root}/shards/demo-{{000000..000003}}.tar",
+                      "--set", f"model.checkpoint={assets.checkpoint}", "--set", f"output.uri={out}",
+                      "--set", "extremal.max_iter=5"]) == 0
+    printed = capsys.readouterr().out
+    assert "pointing game (TorchRay's protocol" in printed and "inside the object's box" not in printed
+    lines = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.startswith(("extremal ", "center "))}
+    assert lines["extremal"][-1] == lines["center"][-1] == "32"  # every (image, label) pair, no difficult subset
+    assert main(["--results", out, "--local"]) == 0
+    table = pd.read_csv(Path(out) / "pointing_game" / "pointing_game.csv").set_index("method")
+    assert f"{table.loc['extremal', 'accuracy']:.1f}" == lines["extremal"][0]
+    assert f"{table.loc['center', 'accuracy']:.1f}" == lines["center"][0]
