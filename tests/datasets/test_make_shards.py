@@ -137,3 +137,21 @@ def test_cli_refuses_other_settings_with_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["--from", "voc", str(root), "--out", out, "--shard-size", "4", "--no-progress"]) == 2
     assert "other settings" in capsys.readouterr().err
     assert main(["--from", "voc", str(tmp_path / "empty"), "--out", out, "--no-progress"]) == 2
+
+
+def test_voc_from_s3_to_s3_and_resume(tmp_path: Path, s3_bucket: str, s3_options: dict) -> None:
+    """Any fsspec URL on both sides: a VOC folder in a bucket, shards written to a bucket (one PUT
+    per shard), read back by the pipeline's reader; a second run writes nothing."""
+    import fsspec
+
+    root = write_voc(tmp_path / "VOCdevkit")
+    fs = fsspec.filesystem("s3", **s3_options)
+    fs.put(str(root), f"{s3_bucket[5:]}/VOC2007", recursive=True)
+    samples, _ = voc_entries(f"{s3_bucket}/VOC2007", "test", s3_options)
+    out = f"{s3_bucket}/shards"
+    report = write_dataset_shards(samples, out, shard_size=3, prefix="voc", storage_options=s3_options, progress=False)
+    assert report.pattern() == f"{out}/voc-{{000000..000001}}.tar" and len(report.written) == 2
+    got = [s for url in expand_shards(report.pattern()) for s in iter_samples(url, s3_options)]
+    assert [s.key for s in got] == VOC_SPLIT and all(s.error is None and s.labels for s in got)
+    again = write_dataset_shards(samples, out, shard_size=3, prefix="voc", storage_options=s3_options, progress=False)
+    assert again.written == [] and again.skipped == report.shards
