@@ -3,7 +3,8 @@ task map, or in process), each streaming its part by record batches (bounded mem
 whole table) against its shard's annotations, returning small per-class tallies that are summed.
 
 Every row with a ground truth counts for the row's method and, on the same pair, for the
-``center`` baseline. Rows with ``error`` set, keys without annotations and pairs without ground
+``center`` baseline (the point (W/2, H/2); a job run with the ``center`` *map* method is reported
+as ``center (maps)``). Rows with ``error`` set, keys without annotations and pairs without ground
 truth (``pipeline.evaluation.ground_truth``) are counted apart, not scored.
 """
 
@@ -55,16 +56,24 @@ class PartResult:
 
 
 def _batch_maps(column: pa.Array) -> list[np.ndarray | None] | None:
-    """uint8 ``[M, h, w]`` per row straight from a tensor column's buffer (no Python lists of
-    pixels); None for other storages (flat lists, PNGs: decoded per row)."""
-    if not isinstance(column.type, pa.FixedShapeTensorType):
-        return None
-    shape = tuple(column.type.shape)
-    storage = column.storage
-    flat = storage.values.to_numpy(zero_copy_only=False)[storage.offset * int(np.prod(shape)):]
-    arr = flat[: len(column) * int(np.prod(shape))].reshape(len(column), *shape)
-    valid = storage.is_valid().to_numpy(zero_copy_only=False)
-    return [arr[i] if valid[i] else None for i in range(len(column))]
+    """Each row's uint8 maps straight from the column's buffers (no Python lists of pixels):
+    ``[M, h, w]`` from a tensor column, flat from a ``list<uint8>`` column; None for PNGs (decoded
+    per row). ``.values`` ignores a slice's offset, so the offsets below are absolute."""
+    typ = column.type
+    if isinstance(typ, pa.FixedShapeTensorType):
+        shape = tuple(typ.shape)
+        size = int(np.prod(shape))
+        storage = column.storage
+        flat = storage.values.to_numpy(zero_copy_only=False)[storage.offset * size : (storage.offset + len(column)) * size]
+        arr = flat.reshape(len(column), *shape)
+        valid = storage.is_valid().to_numpy(zero_copy_only=False)
+        return [arr[i] if valid[i] else None for i in range(len(column))]
+    if pa.types.is_list(typ) and pa.types.is_uint8(typ.value_type):
+        offsets = column.offsets.to_numpy()
+        values = column.values.to_numpy(zero_copy_only=False)
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        return [values[offsets[i] : offsets[i + 1]] if valid[i] else None for i in range(len(column))]
+    return None
 
 
 def shard_annotations(shard_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
@@ -110,12 +119,17 @@ def evaluate_part(
                 if mask is None:
                     result.no_ground_truth += 1
                     continue
-                stored = maps[i] if maps is not None else row_stored_maps(row)
+                if maps is None:
+                    stored = row_stored_maps(row)
+                else:
+                    stored = maps[i].reshape(-1, row["map_height"], row["map_width"])
                 values = restore_maps(stored, row["map_min"], row["map_max"])
                 method = row["method"]
                 s = SMOOTH_BY_METHOD.get(method, 0.0) if smooth is None else smooth
                 point = saliency_point(values, Geometry.from_row(row), s, width, height)
-                hits = {method: is_hit(mask, point, tolerance), "center": is_hit(mask, center_point(width, height), tolerance)}
+                # The job's method (its `center` map method renamed: the baseline row is `center`).
+                name = "center (maps)" if method == "center" else method
+                hits = {name: is_hit(mask, point, tolerance), "center": is_hit(mask, center_point(width, height), tolerance)}
                 flags = load_flags(meta.get("format"), flags_path)
                 difficult = flags is not None and in_difficult_subset(flags, image_name(meta, row["key"]), target)
                 for name, hit in hits.items():

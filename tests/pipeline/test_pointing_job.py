@@ -20,12 +20,14 @@ from torchvision import datasets as tvd
 from jobs.make_shards import main as make_shards
 from jobs.pointing_game import main
 from pipeline.commit import commit_part
+from pipeline.config_load import dump_config_yaml
 from pipeline.evaluation.ground_truth import class_mask
 from pipeline.geometry import Geometry
 from pipeline.results import read_results, row_maps
 from pipeline.schema import rows_to_table
 from pipeline.shards import iter_samples
 from tests.datasets.layouts import write_voc
+from tests.pipeline.conftest import tiny_config
 
 # Ids of EBP's VOC07 flag file (000001: dog flagged; 000003: chair, sofa; 000006: chair,
 # diningtable, pottedplant) and one missing from it (it counts in both subsets).
@@ -172,6 +174,21 @@ def test_a_perfect_map_scores_100_and_center_matches_an_independent_count(voc_sh
     expected = 100 * np.mean([np.mean(v) for v in per_class.values()])
     assert table.loc[("center", "all"), "accuracy"] == pytest.approx(expected)
     assert 0 < expected < 100  # the centre hits some pairs and misses others: the check has teeth
+
+    # --config: the attribution job's output.uri; the same table
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(dump_config_yaml(tiny_config(shards, out)))
+    assert main(["--config", str(cfg), "--local", "--out", str(tmp_path / "again")]) == 0
+    assert pd.read_csv(tmp_path / "again" / "pointing_game.csv").set_index(["method", "subset"]).equals(table)
+
+
+def test_a_job_of_the_center_map_method_is_not_mixed_with_the_baseline(voc_shards, tmp_path: Path) -> None:
+    _, shards = voc_shards
+    out = str(tmp_path / "c")
+    _write_parts(shards, out, "center", None, _random_maps(5))
+    assert main(["--results", out, "--local"]) == 0
+    table = pd.read_csv(Path(out) / "pointing_game" / "pointing_game.csv").set_index(["method", "subset"])
+    assert table.loc[("center (maps)", "all"), "pairs"] == table.loc[("center", "all"), "pairs"] == 11
 
 
 def test_no_parts_exits_1_and_bad_arguments_exit_2(tmp_path: Path, capsys) -> None:
