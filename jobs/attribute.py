@@ -80,7 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from pipeline.driver import DriverError, run_job
-    from pipeline.results import boxes_from_shards, pointing_game, read_results
     from pipeline.storage import OutputError
 
     t0 = time.monotonic()
@@ -104,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
 
     print(summary.report())
     if root is not None and summary.done:
-        st = storage_options(cfg)
-        table = read_results(cfg.output.uri, st)
-        game = pointing_game(table, boxes_from_shards([s.url for s in summary.done], st, cfg.input.label_key))
-        print(f"pointing game (argmax of the summed maps inside the object's box): "
-              f"{game['hits']}/{game['total']} = {100 * game['rate']:.1f} %")
+        # The demo's samples carry their object's box: score the maps by TorchRay's protocol
+        # (15 px, extremal masks smoothed and summed, centre baseline), in process (Ray is down).
+        from pipeline.evaluation.pointing_run import run_pointing_game
+        from pipeline.evaluation.pointing_table import format_summary
+
+        game = run_pointing_game(cfg.output.uri, storage_options(cfg), use_ray=False)
+        print("pointing game (TorchRay's protocol, python -m jobs.pointing_game):")
+        print(format_summary(game))
     print(f"wall time: {time.monotonic() - t0:.1f} s")
     if not summary.ok:
         print(f"error: {len(summary.failed)} failed and {len(summary.pending)} unfinished of "

@@ -119,10 +119,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TargetsConfig:
-    """Which class(es) each image is explained for: its ``label``, the model's ``top1`` or ``topk``
-    predictions (one output row per target)."""
+    """Which class(es) each image is explained for: its ``label``, every class present
+    (``labels``: the json's ``labels`` list, as ``jobs.make_shards`` writes it; the pointing
+    game's protocol), the model's ``top1`` or ``topk`` predictions (one output row per target)."""
 
-    mode: Literal["label", "top1", "topk"] = "top1"
+    mode: Literal["label", "labels", "top1", "topk"] = "top1"
     k: int = 1
 
     def validate(self) -> None:

@@ -29,6 +29,7 @@ class Item:
     index: int
     key: str
     label: int | None = None
+    labels: list[int] | None = None  # every class present (json 'labels'), for targets.mode: labels
     x: torch.Tensor | None = None
     geometry: Geometry | None = None
     width: int | None = None
@@ -43,7 +44,7 @@ def read_items(
     cannot be used gets ``error`` instead of raising. A damaged shard raises ShardReadError
     (after yielding the samples before the damage)."""
     for index, sample in enumerate(iter_samples(shard_url, storage_options, label_key)):
-        item = Item(index=index, key=sample.key, label=sample.label)
+        item = Item(index=index, key=sample.key, label=sample.label, labels=sample.labels)
         if sample.error is not None or sample.image_bytes is None:
             item.error = sample.error or "no image"
             yield item

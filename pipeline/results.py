@@ -1,5 +1,5 @@
 """Reading a job's results back, without Ray: the Parquet parts as one table, maps in the method's
-values at the original image size, and the pointing game on boxes.
+values at the original image size. (The pointing game: ``pipeline.evaluation``.)
 
 Needs only pyarrow, numpy, torch (for the resize) and fsspec; works on any output URI.
 """
@@ -7,12 +7,10 @@ Needs only pyarrow, numpy, torch (for the resize) and fsspec; works on any outpu
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -88,42 +86,3 @@ def saliency_argmax(row: Any) -> tuple[int, int]:
     total = maps_at_original_size(row).sum(axis=0)
     y, x = np.unravel_index(int(np.argmax(total)), total.shape)
     return int(x), int(y)
-
-
-def pointing_game(
-    table: pa.Table, boxes: Mapping[str, tuple[int, int, int, int]], tolerance_px: float = 0.0
-) -> dict[str, Any]:
-    """Hit rate of the saliency argmax (``saliency_argmax``) against one known box per key.
-
-    ``boxes``: key -> (x0, y0, x1, y1), half-open pixels of the original image. A hit when the
-    argmax lies within ``tolerance_px`` of the box (0: inside it). Error rows and keys without a
-    box are skipped. Returns ``{"hits", "total", "rate"}``.
-    """
-    hits = total = 0
-    for row in table.filter(pc.is_null(table["error"])).to_pylist():
-        box = boxes.get(row["key"])
-        if box is None:
-            continue
-        x, y = saliency_argmax(row)
-        x0, y0, x1, y1 = box
-        dx = max(x0 - x, 0, x - (x1 - 1))
-        dy = max(y0 - y, 0, y - (y1 - 1))
-        hits += int(dx * dx + dy * dy <= tolerance_px * tolerance_px)
-        total += 1
-    return {"hits": hits, "total": total, "rate": hits / total if total else float("nan")}
-
-
-def boxes_from_shards(
-    shard_urls: list[str], storage_options: dict[str, Any] | None = None, label_key: str = "cls"
-) -> dict[str, tuple[int, int, int, int]]:
-    """key -> box (x0, y0, x1, y1) from the ``box`` field of each sample's json (as the demo
-    shards carry it); samples without one are left out."""
-    from pipeline.shards import iter_samples
-
-    boxes: dict[str, tuple[int, int, int, int]] = {}
-    for url in shard_urls:
-        for sample in iter_samples(url, storage_options, label_key):
-            box = sample.meta.get("box")
-            if isinstance(box, (list, tuple)) and len(box) == 4:
-                boxes[sample.key] = tuple(int(v) for v in box)
-    return boxes

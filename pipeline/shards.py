@@ -39,7 +39,9 @@ class Sample:
     """One WebDataset sample.
 
     ``image_bytes`` is the encoded image (undecoded: decoding is the worker's job, so a bad image
-    fails one row, not the shard). ``label`` is the class index if the sample carries one.
+    fails one row, not the shard). ``label`` is the class index if the sample carries one;
+    ``labels`` every class present (the json's ``labels`` list, multi-label data such as VOC and
+    COCO written by ``jobs.make_shards``), None when the json has no such list.
     ``error`` is set, instead of raising, when the sample itself is unusable.
     """
 
@@ -47,6 +49,7 @@ class Sample:
     image_bytes: bytes | None = None
     image_format: str | None = None
     label: int | None = None
+    labels: list[int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -157,6 +160,11 @@ def _make_sample(key: str, members: dict[str, bytes], label_key: str) -> Sample:
                         raise ValueError(f"json field {name!r} is not an integer class index: {value!r}")
                     sample.label = _parse_label(str(value), f"json field {name!r}")
                     break
+        labels = sample.meta.get("labels")
+        if labels is not None:
+            if not isinstance(labels, list) or any(isinstance(v, bool) or not isinstance(v, int) for v in labels):
+                raise ValueError(f"json field 'labels' is not a list of class indices: {str(labels)[:40]}")
+            sample.labels = list(dict.fromkeys(labels))  # a class present twice is one target
     except ValueError as exc:
         problems.append(str(exc))
     if problems:

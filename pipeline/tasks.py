@@ -94,7 +94,8 @@ def explain_items(
         x = torch.stack([it.x for it in group]).to(device)  # [B, 3, h, w]
         with torch.no_grad():
             scores = class_scores(loaded.model(x))  # [B, C]
-        picked = pick_targets(scores, [it.label for it in group], cfg.targets.mode, cfg.targets.k)
+        picked = pick_targets(scores, [it.label for it in group], cfg.targets.mode, cfg.targets.k,
+                              [it.labels for it in group])
         jobs: list[tuple[int, int, Target]] = []  # (position in group, rank, target)
         for pos, (item, targets) in enumerate(zip(group, picked)):
             for rank, t in enumerate(targets):

@@ -50,9 +50,9 @@ def test_shipped_configs_cover_the_required_set() -> None:
     assert {"demo.yaml", "imagenet_vgg16.yaml", "imagenet_resnet50.yaml", "voc07_pointing.yaml", "coco14_pointing.yaml"} <= names
     voc = load_config(str(CONFIG_DIR / "voc07_pointing.yaml"), [])
     assert voc.extremal.areas == (0.025, 0.05, 0.1, 0.2)
-    assert (voc.extremal.variant, voc.extremal.reward, voc.targets.mode) == ("preserve", "simple", "label")
+    assert (voc.extremal.variant, voc.extremal.reward, voc.targets.mode) == ("preserve", "simple", "labels")
     coco = load_config(str(CONFIG_DIR / "coco14_pointing.yaml"), [])
-    assert coco.extremal.areas == (0.018, 0.025, 0.05, 0.1)
+    assert coco.extremal.areas == (0.018, 0.025, 0.05, 0.1) and coco.targets.mode == "labels"
     demo = load_config(str(CONFIG_DIR / "demo.yaml"), [])
     assert demo.cluster.num_gpus_per_actor == 0 and demo.cluster.num_actors == 2
     assert demo.model.factory == "demo.model:build_demo_model"
@@ -120,7 +120,7 @@ def test_credentials_are_refused_with_a_hint(tmp_path: Path) -> None:
         ("cluster.max_retries=abc", "cluster.max_retries: expected int, got 'abc'"),
         ("cluster.max_retries=1.5", "cluster.max_retries: expected int"),
         ("output.overwrite=maybe", "output.overwrite: expected bool"),
-        ("targets.mode=top5", "targets.mode: expected 'label' | 'top1' | 'topk'"),
+        ("targets.mode=top5", "targets.mode: expected 'label' | 'labels' | 'top1' | 'topk'"),
         ("extremal.max_iter=abc", "extremal.max_iter: expected int"),
         ("extremal.areas=[0.1,abc]", "extremal.areas"),
         ("model.preprocessing.mean=[0.5,0.5]", "model.preprocessing.mean"),

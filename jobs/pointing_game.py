@@ -1,0 +1,117 @@
+"""``python -m jobs.pointing_game --results <attribution output uri> [--out <uri>]``
+(or ``--config configs/<name>.yaml [--set key=value ...]``: the job's ``output.uri`` and storage)
+
+The pointing game (SPEC section 4, TorchRay's protocol) of an attribution job's Parquet parts, any
+method, against the annotations in the shards the rows came from, with the ``center`` baseline on
+the same pairs: per-class accuracy averaged over classes, all pairs and EBP's difficult subset.
+Prints the table and writes it as CSV and Parquet under ``--out`` (default
+``<results>/pointing_game``). One Ray task per part (``RAY_ADDRESS`` or a local Ray), or
+``--local`` in this process.
+
+Exit codes: 0 done; 1 no parts, or a part or shard could not be read; 2 bad command line or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from pipeline.config import ConfigError, storage_options
+from pipeline.config_load import load_config
+from pipeline.storage import join
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.pointing_game", description=__doc__.split("\n\n")[1])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--results", help="the attribution job's output URI (holds parts/)")
+    src.add_argument("--config", help="the attribution job's YAML: its output.uri and storage are used")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, as for jobs.attribute; repeatable")
+    p.add_argument("--out", default=None, help="where the tables go (default <results>/pointing_game)")
+    p.add_argument("--tolerance", type=float, default=15, help="hit radius in original pixels, strict (default 15)")
+    p.add_argument("--smooth", type=float, default=None,
+                   help="Gaussian sigma as a fraction of min(H, W) (default 0.09 for extremal, else 0)")
+    p.add_argument("--difficult-flags", default=None, help="EBP difficult flag file (default: TorchRay's, by format)")
+    p.add_argument("--local", action="store_true", help="evaluate the parts in this process, without Ray")
+    p.add_argument("--max-in-flight", type=int, default=16, help="Ray tasks at once (default 16)")
+    return p
+
+
+def _connect_ray() -> bool:
+    """Connect to ``RAY_ADDRESS`` or start a private local Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private single-machine cluster
+        ray.init(address="local", include_dashboard=False)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    storage: dict | None = None
+    results = args.results
+    if args.config is not None:
+        try:
+            cfg = load_config(args.config, args.overrides)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        results, storage = cfg.output.uri, storage_options(cfg)
+    elif args.overrides:
+        print("error: --set needs --config", file=sys.stderr)
+        return 2
+    if args.tolerance <= 0 or (args.smooth is not None and args.smooth < 0) or args.max_in_flight < 1:
+        print("error: --tolerance and --max-in-flight must be positive, --smooth >= 0", file=sys.stderr)
+        return 2
+
+    from tqdm import tqdm
+
+    from pipeline.evaluation.pointing_run import run_pointing_game
+    from pipeline.evaluation.pointing_table import format_summary, write_tables
+    from pipeline.shards import ShardReadError
+    from pipeline.storage import OutputError
+
+    started = False if args.local else _connect_ray()
+    bar = tqdm(unit="part", desc="pointing game")
+    try:
+        def on_part(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = run_pointing_game(
+            results, storage, use_ray=not args.local, max_in_flight=args.max_in_flight, on_part=on_part,
+            tolerance=args.tolerance, smooth=args.smooth, flags_path=args.difficult_flags,
+        )
+    except (FileNotFoundError, ShardReadError, OutputError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a Ray task's failure arrives wrapped: report its cause in one line
+        print(f"error: {type(exc).__name__}: {' '.join(str(exc).split())[:500]}", file=sys.stderr)
+        return 1
+    finally:
+        bar.close()
+        if started:
+            import ray
+
+            ray.shutdown()
+    print(format_summary(result))
+    out = args.out or join(results, "pointing_game")
+    try:
+        urls = write_tables(out, result, storage)
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"tables: {', '.join(urls)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

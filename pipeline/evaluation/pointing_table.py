@@ -1,0 +1,74 @@
+"""The pointing game's result as tables: one row per (method, subset) with the accuracy in % (the
+mean of the per-class accuracies), and one row per (method, subset, class); printed, and written
+as CSV and Parquet (plain Arrow types: pandas, DuckDB read them)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+
+from pipeline.evaluation.pointing_run import SUBSETS, PartResult
+from pipeline.schema import table_to_parquet_bytes
+from pipeline.storage import join, write_bytes
+
+SUMMARY = "pointing_game"
+PER_CLASS = "pointing_game_classes"
+
+
+def _order(result: PartResult) -> list[tuple[str, str]]:
+    # the job's method(s) first, the center baseline last; "all" before "difficult"
+    methods = sorted({m for m, _ in result.tallies}, key=lambda m: (m == "center", m))
+    return [(m, s) for m in methods for s in SUBSETS if (m, s) in result.tallies]
+
+
+def summary_table(result: PartResult) -> pa.Table:
+    """``method, subset, accuracy`` (%), ``hits, misses, pairs, classes``."""
+    rows = []
+    for method, subset in _order(result):
+        t = result.tallies[(method, subset)]
+        rows.append({"method": method, "subset": subset, "accuracy": 100 * t.accuracy(), "hits": sum(t.hits.values()),
+                     "misses": sum(t.misses.values()), "pairs": t.pairs, "classes": len(t.classes())})
+    schema = pa.schema([("method", pa.string()), ("subset", pa.string()), ("accuracy", pa.float64()),
+                        ("hits", pa.int64()), ("misses", pa.int64()), ("pairs", pa.int64()), ("classes", pa.int64())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def class_table(result: PartResult) -> pa.Table:
+    """``method, subset, class, hits, misses, accuracy`` (%) per class with a counted pair."""
+    rows = []
+    for method, subset in _order(result):
+        t = result.tallies[(method, subset)]
+        for c, acc in t.class_accuracies().items():
+            rows.append({"method": method, "subset": subset, "class": c, "hits": t.hits.get(c, 0),
+                         "misses": t.misses.get(c, 0), "accuracy": 100 * acc})
+    schema = pa.schema([("method", pa.string()), ("subset", pa.string()), ("class", pa.int32()),
+                        ("hits", pa.int64()), ("misses", pa.int64()), ("accuracy", pa.float64())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def format_summary(result: PartResult) -> str:
+    """The summary as text: one line per method with All / Difficult %, as TorchRay's table reads."""
+    lines = [f"{'method':<24} {'all %':>7} {'diff %':>7} {'pairs':>8}"]
+    for method in dict.fromkeys(m for m, _ in _order(result)):
+        acc = {s: result.tallies[(method, s)] for s in SUBSETS if (method, s) in result.tallies}
+        diff = f"{100 * acc['difficult'].accuracy():7.1f}" if "difficult" in acc else f"{'-':>7}"
+        lines.append(f"{method:<24} {100 * acc['all'].accuracy():7.1f} {diff} {acc['all'].pairs:8d}")
+    lines.append(f"rows: {result.rows} ({result.errors} error rows, {result.unannotated} without annotations, "
+                 f"{result.no_ground_truth} pairs without ground truth or all difficult)")
+    return "\n".join(lines)
+
+
+def write_tables(out_uri: str, result: PartResult, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Write both tables as ``<out>/pointing_game[_classes].csv|parquet``; returns the URLs."""
+    urls = []
+    for name, table in ((SUMMARY, summary_table(result)), (PER_CLASS, class_table(result))):
+        buf = io.BytesIO()
+        pacsv.write_csv(table, buf)
+        for ext, data in (("csv", buf.getvalue()), ("parquet", table_to_parquet_bytes(table))):
+            url = join(out_uri, f"{name}.{ext}")
+            write_bytes(url, data, storage_options)
+            urls.append(url)
+    return urls
