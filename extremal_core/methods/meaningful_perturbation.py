@@ -21,9 +21,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from ..inputs import check_targets, checked_call, frozen
+from ..inputs import check_targets, checked_call
 from ..masks import clamp_rounding
+from ..network import engine_model
 from ..perturbation import gaussian_blur
+from ..settings import ExtremalSettings
 from .explanation import Explanation
 from .registry import register_method
 
@@ -74,7 +76,7 @@ class MeaningfulPerturbationExplainer:
             raise ValueError(f"need lr > 0, tv_beta >= 1 and init_radius in [0, 1], got {lr!r}, {tv_beta!r}, {init_radius!r}")
         if batch_size is not None and not (isinstance(batch_size, int) and batch_size > 0):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.model = model
+        self.model = engine_model(model, ExtremalSettings())  # the engine's private, rewritten copy
         self.mask_scale, self.init_radius = mask_scale, init_radius
         self.mask_blur, self.null_blur = float(mask_blur), float(null_blur)
         self.lr, self.max_iter, self.jitter, self.l1, self.tv, self.tv_beta = lr, max_iter, jitter, l1, tv, tv_beta
@@ -86,11 +88,10 @@ class MeaningfulPerturbationExplainer:
         t = checked_call(images, targets)
         per_batch = self.batch_size or images.shape[0]
         maps, probs = [], []
-        with frozen(self.model):
-            for lo in range(0, images.shape[0], per_batch):
-                m, prob = self._optimise(images[lo:lo + per_batch], t[lo:lo + per_batch])
-                maps.append(1.0 - m)
-                probs.append(prob)
+        for lo in range(0, images.shape[0], per_batch):
+            m, prob = self._optimise(images[lo:lo + per_batch], t[lo:lo + per_batch])
+            maps.append(1.0 - m)
+            probs.append(prob)
         return Explanation(maps=torch.cat(maps), labels=("deletion",), values={"deleted_probability": torch.cat(probs)})
 
     def upsample(self, params: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
