@@ -34,15 +34,17 @@ def build_explainer(cfg: JobConfig, model: torch.nn.Module) -> Explainer:
         raise ValueError(f"method {cfg.method.name!r}: {exc}") from None
 
 
-def method_columns(cfg: JobConfig) -> dict[str, Any]:
+def method_columns(cfg: JobConfig, explainer: Explainer | None = None) -> dict[str, Any]:
     """What every row of this job's method has in common: ``method`` and, where the method has
-    them, ``variant`` and ``areas`` (engine settings) and ``layer``."""
+    them, ``variant`` and ``areas`` (engine settings) and ``layer`` (as configured, or the one the
+    explainer chose by default, e.g. Grad-CAM's)."""
     out: dict[str, Any] = {"method": cfg.method.name}
     if cfg.method.uses_engine_settings:
         out["variant"] = cfg.extremal.variant
         out["areas"] = list(cfg.extremal.areas)
-    if "layer" in cfg.method.params:
-        out["layer"] = str(cfg.method.params["layer"])
+    layer = cfg.method.params.get("layer", getattr(explainer, "layer", None))
+    if layer is not None:
+        out["layer"] = str(layer)
     return out
 
 

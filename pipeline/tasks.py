@@ -168,7 +168,7 @@ def process_shard(
     device = torch.device(device)
     storage = storage_options(cfg) if storage is None else storage
     explainer = build_explainer(cfg, loaded.model) if explainer is None else explainer
-    base = {"shard": shard_url, "model": loaded.name, **method_columns(cfg)}
+    base = {"shard": shard_url, "model": loaded.name, **method_columns(cfg, explainer)}
     rows: list[tuple[int, int, dict[str, Any]]] = []
     batch: list[Item] = []
     images = 0

@@ -182,6 +182,8 @@ def test_every_registered_method_through_the_job(tmp_path: Path, method: str, ex
     table = pq.read_table(tmp_path / "out" / "parts")
     assert table.num_rows == 2 and table.column("error").null_count == 2
     assert set(table.column("method").to_pylist()) == {method}
+    if method == "grad_cam":  # the default layer the explainer chose is recorded
+        assert set(table.column("layer").to_pylist()) == {"features.11"}
     maps = table.column("maps").combine_chunks().to_numpy_ndarray()  # [N, M, h, w] uint8
     assert maps.shape == (2, num_maps, 32, 32) and maps.dtype.name == "uint8"
     (rows,) = duckdb.sql(
