@@ -176,16 +176,21 @@ class OutputConfig:
 
     ``overwrite``: start over, deleting the parts and markers of an earlier run (otherwise a run
     resumes, and refuses an output made with a different config). ``map_format``: ``tensor``
-    (uint8 fixed-shape tensor) or ``png`` (one grayscale PNG per map).
+    (uint8 fixed-shape tensor) or ``png`` (one grayscale PNG per map). ``lease_ttl_s``: how long
+    the job's hold on the folder lasts without renewal (``pipeline.lease``; renewed every quarter
+    of it): a job whose driver vanished on another machine frees the folder after this long.
     """
 
     uri: str = ""
     overwrite: bool = False
     map_format: Literal["tensor", "png"] = "tensor"
+    lease_ttl_s: float = 60.0
 
     def validate(self) -> None:
         if not self.uri:
             raise ConfigError("output.uri is required (a local folder or e.g. s3://bucket/prefix)")
+        if self.lease_ttl_s < 1:
+            raise ConfigError(f"output.lease_ttl_s must be >= 1, got {self.lease_ttl_s}")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ The job's storage options are s3fs keyword arguments, so they are passed only to
 An object is written with one call, never streamed: on S3 an exception inside
 ``with fs.open(path, "wb")`` still commits a truncated object, so a part is serialised in memory
 and uploaded with one PUT; locally it is written to a temp file and renamed. Readers therefore
-see a whole object or none.
+see a whole object or none, and never a temporary one (local temp files are hidden names).
 """
 
 from __future__ import annotations
@@ -64,7 +64,10 @@ def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None) -
         fs, path = url_to_fs(url, storage_options)
         if is_local(fs):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            # A hidden name in the same folder: readers of the folder (pyarrow, pandas, DuckDB's
+            # *.parquet) never list it, and the rename stays on one filesystem.
+            head, _, name = path.rpartition("/")
+            tmp = f"{head}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if head else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)

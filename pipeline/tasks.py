@@ -29,6 +29,7 @@ from extremal_core.rewards import class_scores
 from pipeline.commit import commit_part
 from pipeline.config import JobConfig, storage_options
 from pipeline.config_hash import config_hash
+from pipeline.lease import LeaseToken
 from pipeline.method import build_explainer, explain_rows, maps_per_row, method_columns
 from pipeline.models import LoadedModel, Preprocess, load_model
 from pipeline.readahead import Item, Prefetcher, read_items
@@ -50,8 +51,10 @@ class ShardTask(Protocol):
         on_batch: Callable[[int], None] | None,
         extra_stats: dict[str, Any],
         compute_lock: threading.Lock,
+        lease: LeaseToken | None = None,
     ) -> dict[str, Any]:
-        """Process one shard, commit its part and return its done-marker."""
+        """Process one shard, commit its part and return its done-marker (checking ``lease``, the
+        job's hold on the output, before committing)."""
         ...
 
 
@@ -151,6 +154,7 @@ def process_shard(
     on_batch: Callable[[int], None] | None = None,
     extra_stats: dict[str, Any] | None = None,
     compute_lock: threading.Lock | None = None,
+    lease: LeaseToken | None = None,
 ) -> dict[str, Any]:
     """Explain every sample of one shard and commit its part; returns the done-marker (small:
     ``shard``, ``rows``, ``errors``, ``images``, ``seconds``, ``attempts``, ``config_hash``...).
@@ -160,7 +164,8 @@ def process_shard(
     called with the number of images done after each batch (progress, fault injection).
     ``extra_stats``: more fields for the marker (where the shard ran). ``compute_lock``: held
     while this shard computes, so concurrent calls (an actor with several shards in flight) read
-    ahead but run the engine one shard at a time.
+    ahead but run the engine one shard at a time. ``lease``: the job's hold on the output, checked
+    before the part and the marker are written (``pipeline.commit.commit_part``).
     Raises ShardReadError when the shard cannot be read to its end; nothing is committed then.
     """
     start = time.perf_counter()
@@ -205,13 +210,13 @@ def process_shard(
         "images": images,
         "seconds": round(time.perf_counter() - start - waited, 3),  # busy time, not the wait
         "wait_seconds": round(waited, 3),
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(cfg, loaded.weights_digest),
         "model": loaded.name,
         "device": str(device),
         "host": socket.gethostname(),
         **dict(extra_stats or {}),
     }
-    return commit_part(cfg.output.uri, shard_url, table, stats, storage)
+    return commit_part(cfg.output.uri, shard_url, table, stats, storage, lease)
 
 
 class AttributionTask:
@@ -234,8 +239,9 @@ class AttributionTask:
         on_batch: Callable[[int], None] | None = None,
         extra_stats: dict[str, Any] | None = None,
         compute_lock: threading.Lock | None = None,
+        lease: LeaseToken | None = None,
     ) -> dict[str, Any]:
         return process_shard(
             shard_url, self.cfg, self.loaded, explainer=self.explainer, device=self.device, attempt=attempt,
-            storage=storage, on_batch=on_batch, extra_stats=extra_stats, compute_lock=compute_lock,
+            storage=storage, on_batch=on_batch, extra_stats=extra_stats, compute_lock=compute_lock, lease=lease,
         )
