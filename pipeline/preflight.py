@@ -72,7 +72,9 @@ def preflight(cfg: JobConfig) -> Checked:
     try:
         build_explainer(cfg, loaded.model)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ConfigError(f"method: {_one_line(exc)}") from None
+        text = _one_line(exc)
+        named = [p for p in cfg.method.params if p in text]
+        raise ConfigError(f"method.{named[0] if named else 'name'}: {text}") from None
     finally:
         del loaded
         if torch.cuda.is_available():  # pragma: no cover - the driver normally has no GPU

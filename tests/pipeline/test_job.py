@@ -48,6 +48,34 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
     assert "unknown key 'method.radius'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.checkpoint={tmp}/missing.pt"], "error: model.checkpoint: checkpoint not found"),
+        (["model.checkpoint={tmp}/job.yaml"], "error: model.checkpoint: cannot read checkpoint"),
+        (["model.factory=demo.model:nope"], "error: model.factory: factory 'demo.model:nope'"),
+        (["model.factory=null", "model.arch=resnet5O"], "error: model.arch: unknown torchvision architecture"),
+        (["model.factory=null", "model.arch=resnet18", "model.weights=IMAGENET9K"], "error: model.weights: unknown weights"),
+        (["extremal.reward=nope"], "error: extremal.reward: unknown reward 'nope'"),
+        (["method.name=extremal_channels", "method.layer=nope"], "error: method.layer: method 'extremal_channels': layer 'nope'"),
+        (["input.shards={tmp}/nothing-*.tar"], "error: input.shards: no shards match"),
+    ],
+)
+def test_what_needs_the_model_is_checked_before_ray_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, overrides: list[str], expected: str
+) -> None:
+    """Model, weights, reward, method and shard list: exit 2 with one line naming the key,
+    before Ray starts and before the output folder exists (a corrected re-run is not refused)."""
+    path = _config_file(tmp_path)
+    argv = ["--config", path]
+    for o in overrides:
+        argv += ["--set", o.format(tmp=tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(expected) and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_config_mismatch_is_refused_unless_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = _config_file(tmp_path)
