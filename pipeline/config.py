@@ -37,15 +37,20 @@ class InputConfig:
     ``shards``: a brace pattern (``data/shard-{000000..000099}.tar``), a glob, ``@list.txt`` (one
     URL per line), or a list of any of these; any fsspec URL (local path, ``s3://``...).
     ``label_key``: the member extension holding the class index (``cls`` -> ``<key>.cls``), also
-    looked up as a field of the sample's ``json``.
+    looked up as a field of the sample's ``json``. ``max_pixels``: the memory guard, per image:
+    an image larger than this, or one that preprocessing would resize to more than this, is an
+    error row (checked before the pixels are allocated; ``pipeline.images``).
     """
 
     shards: str | tuple[str, ...] = ()
     label_key: str = "cls"
+    max_pixels: int = 50_000_000
 
     def validate(self) -> None:
         if not self.shards:
             raise ConfigError("input.shards is required: a brace pattern, glob, @listfile or list of URLs")
+        if self.max_pixels < 1:
+            raise ConfigError(f"input.max_pixels must be >= 1, got {self.max_pixels}")
 
 
 AUTO = "auto"

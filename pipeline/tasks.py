@@ -185,7 +185,7 @@ def process_shard(
             if on_batch is not None:
                 on_batch(images)
 
-    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage)
+    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage, cfg.input.max_pixels)
     with Prefetcher(source, maxsize=cfg.worker.prefetch) as items:
         # Reading starts before the lock: while another shard computes, this one reads ahead.
         # The lock is held for the whole shard (not per batch) so shards finish one by one.
