@@ -33,7 +33,16 @@ import yaml
 from pipeline.lease import LeaseToken
 from pipeline.schema import SCHEMA_VERSION, table_to_parquet_bytes
 from pipeline.shards import shard_id
-from pipeline.storage import OutputError, describe, join, json_bytes, read_json, url_to_fs, write_bytes
+from pipeline.storage import (
+    OutputError,
+    describe,
+    join,
+    json_bytes,
+    read_json,
+    redact_url,
+    url_to_fs,
+    write_bytes,
+)
 
 PARTS_DIR = "parts"
 DONE_DIR = "_done"
@@ -92,7 +101,7 @@ def commit_part(
         errors = table.num_rows - table.column("error").null_count
     marker = {
         **dict(stats or {}),
-        "shard": shard_url,
+        "shard": redact_url(shard_url),
         "part": f"{PARTS_DIR}/{shard_id(shard_url)}.parquet",
         "rows": table.num_rows,
         "errors": errors,
@@ -109,7 +118,7 @@ def commit_part(
 
 
 def load_done(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """The finished shards: shard URL -> its marker's stats. Unreadable markers are ignored (that
+    """The finished shards: shard URL (``storage.redact_url``'s form) -> its marker's stats. Unreadable markers are ignored (that
     shard simply runs again)."""
     url = join(output_uri, DONE_DIR)
     try:
@@ -212,6 +221,17 @@ def check_output(
     write_bytes(url, json_bytes({"config_hash": config_hash, "created_at": time.time()}), storage_options)
 
 
+def _redacted_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config with its shard URLs' secrets redacted (signed URLs)."""
+    config = dict(config)
+    section = config.get("input")
+    if isinstance(section, Mapping) and section.get("shards"):
+        shards = section["shards"]
+        redacted = redact_url(shards) if isinstance(shards, str) else [redact_url(str(u)) for u in shards]
+        config["input"] = {**section, "shards": redacted}
+    return config
+
+
 def write_manifest(
     output_uri: str,
     resolved_config: Mapping[str, Any],
@@ -232,7 +252,8 @@ def write_manifest(
     for url, stats in shard_stats.items():
         entry = {"status": "done", **dict(stats)}
         entry.setdefault("part", f"{PARTS_DIR}/{shard_id(url)}.parquet")
-        shards[url] = entry
+        shards[redact_url(url)] = entry
+    resolved_config = _redacted_config(resolved_config)
     statuses = [s["status"] for s in shards.values()]
     manifest = {
         "config_hash": config_hash,

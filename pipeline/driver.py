@@ -39,6 +39,7 @@ from pipeline.config_load import config_to_dict
 from pipeline.lease import Lease, LeaseLostError, LeaseToken
 from pipeline.preflight import Checked, preflight
 from pipeline.progress import Progress
+from pipeline.storage import redact_url
 from pipeline.summary import JobSummary, ShardState
 from pipeline.tasks import AttributionTask
 from pipeline.worker import ShardWorker
@@ -230,8 +231,9 @@ def _run_claimed(
     """The run, once the output is ours: resume from ``done``, dispatch the rest, write the manifest."""
     uri, st, chash = cfg.output.uri, storage_options(cfg), lease.config_hash
     states = {u: ShardState(u) for u in urls}
-    for url, marker in done.items():
-        if url in states:
+    for url in urls:
+        marker = done.get(redact_url(url))  # markers hold the URL without a signed query string
+        if marker is not None:
             states[url] = ShardState(
                 url,
                 status="done",

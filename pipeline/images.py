@@ -13,6 +13,8 @@ memory budget.
   (``F``) kept when in [0, 1] and scaled by their min..max otherwise; never clipped to 255
   (Pillow's ``convert("RGB")`` clips: a 16-bit image becomes all white).
 - Animated images: the first frame. Alpha is dropped (the colour channels are kept as they are).
+  CMYK, YCbCr, HSV, palette and 1-bit images are converted by Pillow; LAB is refused (an error
+  row: Pillow would copy its bands as RGB).
 """
 
 from __future__ import annotations
@@ -55,6 +57,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return Image.fromarray(np.round(unit * 255.0).astype(np.uint8), "L").convert("RGB")
     if mode == "RGB":
         return img
+    if mode == "LAB":  # Pillow's convert copies the bands as if they were RGB: wrong colours
+        raise ValueError("LAB images are not supported: store them as RGB")
     return img.convert("RGB")
 
 
@@ -64,6 +68,8 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     ``max_pixels`` fails with ``ValueError("image too large: ...")`` before it is decoded."""
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (twice its warning size)
+        raise ValueError(f"image too large: {exc}") from None
     except Exception as exc:  # PIL raises UnidentifiedImageError, OSError, SyntaxError, ...
         raise ValueError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
     with img:

@@ -28,7 +28,7 @@ from typing import Any
 from braceexpand import braceexpand
 
 from pipeline.images import decode_image as decode_image  # re-exported: decoding lives there
-from pipeline.storage import open_url, protocol, url_to_fs
+from pipeline.storage import open_url, protocol, redact_url, scrub, url_to_fs
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 # Members that would need unpickling (arbitrary code execution): never read.
@@ -142,9 +142,12 @@ def _parse_label(text: bytes | str, what: str) -> int:
         raise ValueError(f"{what} is not an integer class index: {text[:40]!r}") from None
 
 
-def _make_sample(key: str, members: dict[str, bytes], label_key: str, problems: list[str] | None = None) -> Sample:
+def _make_sample(
+    key: str, members: dict[str, bytes], label_key: str, problems: list[str] | None = None, present: set[str] | None = None
+) -> Sample:
     """One sample from its members (extension -> bytes); ``problems`` found while grouping
-    (a non-UTF-8 name, a duplicate key) become its error with whatever else is wrong."""
+    (a non-UTF-8 name, a duplicate key) become its error with whatever else is wrong.
+    ``present``: every member extension of the sample, read or not (for the error message)."""
     sample = Sample(key=key)
     problems = list(problems or [])
     for ext in IMAGE_EXTENSIONS:
@@ -152,7 +155,7 @@ def _make_sample(key: str, members: dict[str, bytes], label_key: str, problems: 
             sample.image_bytes, sample.image_format = members[ext], ext
             break
     else:
-        have = ", ".join(sorted(members)) or "nothing"
+        have = ", ".join(sorted(present if present is not None else members)) or "nothing"
         problems.append(f"no image member ({'/'.join(IMAGE_EXTENSIONS)}); has {have}")
     if "json" in members:
         try:
@@ -231,7 +234,7 @@ def iter_samples(
                     if member_key != key or ext in seen_exts:
                         if key is not None:
                             count += 1
-                            yield _make_sample(key, members, label_key, problems)
+                            yield _make_sample(key, members, label_key, problems, seen_exts)
                         key, members, seen_exts, problems = member_key, {}, set(), []
                         if key in seen_keys:
                             problems.append(f"duplicate key {key!r}: an earlier sample of this shard has it")
@@ -248,14 +251,14 @@ def iter_samples(
                     raise tarfile.ReadError("truncated tar: no end-of-archive block")
                 if key is not None:
                     count += 1
-                    yield _make_sample(key, members, label_key, problems)
+                    yield _make_sample(key, members, label_key, problems, seen_exts)
     except ShardReadError:
         raise
     except Exception as exc:  # tarfile/zlib/OS/botocore errors alike: one clear failure
-        detail = " ".join(str(exc).split()) or type(exc).__name__
+        detail = scrub(" ".join(str(exc).split()) or type(exc).__name__, url)
         raise ShardReadError(
-            f"cannot read shard {url} after {count} samples: {type(exc).__name__}: {detail}"
-        ) from exc
+            f"cannot read shard {redact_url(url)} after {count} samples: {type(exc).__name__}: {detail}"
+        ) from None  # the cause's text may hold a signed URL's query string
 
 
 # ------------------------------------------------------------------------------------------------
@@ -287,7 +290,9 @@ def sanitize_key(key: str, max_len: int = 100) -> str:
 def shard_id(url: str) -> str:
     """A readable, unique, file-name-safe id for a shard URL: the file name without ``.tar``
     (``.tar.gz``, ``.tgz``) plus a hash of the full URL (``demo-000001-3fa2b1c9d0``), so shards
-    with the same name in different folders or buckets do not collide."""
+    with the same name in different folders or buckets do not collide. A signed URL's query
+    string is not part of it (``storage.redact_url``)."""
+    url = redact_url(url)
     base = url.rstrip("/").rpartition("/")[2].split("?", 1)[0]
     for suffix in (".tar.gz", ".tgz", ".tar"):
         if base.lower().endswith(suffix):

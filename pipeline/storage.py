@@ -45,6 +45,37 @@ def open_url(url: str, mode: str = "rb", storage_options: dict[str, Any] | None 
     return fsspec.open(url, mode, **_options_for(url, storage_options))
 
 
+def redact_url(url: str) -> str:
+    """``url`` safe to write anywhere (Parquet, manifest, logs): an http(s) query string (a signed
+    URL's is a credential) becomes ``?REDACTED``, a ``user:password@`` becomes ``REDACTED@``.
+    Other URLs are returned unchanged. Also the shard's identity (``shards.shard_id``): a shard
+    signed again later is the same shard."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "REDACTED@" + netloc.rpartition("@")[2]
+    path = f"{slash}{path}"
+    if scheme.lower() in ("http", "https"):
+        path, query, _ = path.partition("?")
+        path = path.partition("#")[0] + ("?REDACTED" if query else "")
+    return f"{scheme}://{netloc}{path}"
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (e.g. an exception message) with ``url``'s secrets redacted as ``redact_url``
+    does, wherever the URL or its query string appears."""
+    safe = redact_url(url)
+    if safe == url:
+        return text
+    text = text.replace(url, safe)
+    query = url.partition("?")[2].partition("#")[0]
+    for secret in filter(None, (query, *query.split("&"))):
+        text = text.replace(secret, "REDACTED")
+    return text
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 

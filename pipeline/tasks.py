@@ -34,6 +34,7 @@ from pipeline.method import build_explainer, explain_rows, maps_per_row, method_
 from pipeline.models import LoadedModel, Preprocess, load_model
 from pipeline.readahead import Item, Prefetcher, read_items
 from pipeline.schema import rows_to_table
+from pipeline.storage import redact_url
 from pipeline.targets import Target, pick_targets
 
 
@@ -172,7 +173,7 @@ def process_shard(
     device = torch.device(device)
     storage = storage_options(cfg) if storage is None else storage
     explainer = build_explainer(cfg, loaded.model) if explainer is None else explainer
-    base = {"shard": shard_url, "model": loaded.name, **method_columns(cfg)}
+    base = {"shard": redact_url(shard_url), "model": loaded.name, **method_columns(cfg)}
     rows: list[tuple[int, int, dict[str, Any]]] = []
     batch: list[Item] = []
     images = 0
