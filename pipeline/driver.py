@@ -9,7 +9,8 @@ Scheduling is our own ``ray.wait`` loop (not ``ray.util.ActorPool``, which hides
 failed): at most ``max_in_flight_per_actor`` shards per actor (one computing, the next already
 reading ahead in the same actor, so an actor never idles between shards); a failed shard waits
 ``retry_backoff_s * 2**(attempt-1)`` and goes back in the queue, up to ``max_retries`` re-runs,
-then it is quarantined (status ``failed`` with the reason). An actor whose process died is
+then it is quarantined (status ``failed`` with the reason); a shard that does not exist is
+quarantined at once (``ShardReadError.permanent``: retrying cannot help). An actor whose process died is
 replaced by a new one; the shards it held are retried like any failure.
 
 The driver is generic over tasks: what an actor does to a shard is ``task_class``
@@ -100,6 +101,11 @@ def failure_reason(exc: BaseException) -> str:
             return _one_line(f"{type(cause).__name__}: {cause}")
         return _one_line(str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
     return _one_line(f"{type(exc).__name__}: {exc}")
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A failure that no retry can fix (a missing shard): quarantined at once."""
+    return bool(getattr(getattr(exc, "cause", None), "permanent", False))
 
 
 def num_workers(cfg: JobConfig, resources: dict[str, float], shards: int) -> int:
@@ -312,7 +318,7 @@ def _dispatch(
                         _kill(slots[slot_i].handle)
                         slots[slot_i] = _Slot(start_actor(), generation + 1)
                         summary.replaced_workers += 1
-                    if state.attempts <= c.max_retries:
+                    if state.attempts <= c.max_retries and not _permanent(exc):
                         backoff = min(MAX_BACKOFF_S, c.retry_backoff_s * 2 ** (state.attempts - 1))
                         heapq.heappush(retry_heap, (time.monotonic() + backoff, url))
                         summary.retries += 1

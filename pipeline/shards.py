@@ -37,7 +37,10 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 class ShardReadError(IOError):
-    """A shard could not be opened or read to its end (missing, unreachable, truncated, corrupt)."""
+    """A shard could not be opened or read to its end (missing, unreachable, truncated, corrupt).
+    ``permanent``: retrying cannot help (the shard does not exist, or is a folder)."""
+
+    permanent: bool = False
 
 
 @dataclass
@@ -256,9 +259,12 @@ def iter_samples(
         raise
     except Exception as exc:  # tarfile/zlib/OS/botocore errors alike: one clear failure
         detail = scrub(" ".join(str(exc).split()) or type(exc).__name__, url)
-        raise ShardReadError(
+        error = ShardReadError(
             f"cannot read shard {redact_url(url)} after {count} samples: {type(exc).__name__}: {detail}"
-        ) from None  # the cause's text may hold a signed URL's query string
+        )
+        # Set on the instance: it travels with the exception through Ray (pickled __dict__).
+        error.permanent = count == 0 and isinstance(exc, (FileNotFoundError, IsADirectoryError))
+        raise error from None  # the cause's text may hold a signed URL's query string
 
 
 # ------------------------------------------------------------------------------------------------

@@ -207,3 +207,22 @@ def test_an_output_in_use_is_refused_even_with_overwrite(tmp_path: Path) -> None
     running.release()
     again = _run(cfg)
     assert again.ok and all(s.resumed for s in again.done)
+
+
+def test_bad_shards_are_quarantined_in_the_manifest_and_missing_ones_not_retried(tmp_path: Path) -> None:
+    good = write_shards(tmp_path / "shards", num_shards=1, per_shard=2)[0]
+    empty, garbage = tmp_path / "shards" / "empty-000000.tar", tmp_path / "shards" / "garbage-000000.tar"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"not a tar" * 100)
+    missing = str(tmp_path / "shards" / "missing-000000.tar")
+    out = str(tmp_path / "out")
+    cfg = tiny_config([good, str(empty), str(garbage), missing], out, "cluster.max_retries=1")
+    summary = _run(cfg)
+
+    assert summary.exit_code == 1 and [s.url for s in summary.done] == [good]
+    manifest = json.loads(Path(out, "manifest.json").read_text())
+    assert manifest["summary"] == {"shards": 4, "done": 1, "failed": 3, "rows": 2, "errors": 0}
+    for url, attempts in ((str(empty), 2), (str(garbage), 2), (missing, 1)):  # missing: never retried
+        entry = manifest["shards"][url]
+        assert entry["status"] == "failed" and entry["attempts"] == attempts and "cannot read shard" in entry["error"]
+    assert "FileNotFoundError" in manifest["shards"][missing]["error"]
