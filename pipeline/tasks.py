@@ -30,7 +30,7 @@ from pipeline.commit import commit_part
 from pipeline.config import JobConfig, storage_options
 from pipeline.config_hash import config_hash
 from pipeline.lease import LeaseToken
-from pipeline.method import build_explainer, explain_rows, maps_per_row, method_columns
+from pipeline.method import build_explainer, explain_in_chunks, maps_per_row, method_columns
 from pipeline.models import LoadedModel, Preprocess, load_model
 from pipeline.readahead import Item, Prefetcher, read_items
 from pipeline.schema import rows_to_table
@@ -106,25 +106,25 @@ def explain_items(
                     out.append((item.index, rank, _error_row(item, base, t.error, t)))
                 else:
                     jobs.append((pos, rank, t))
-        bs = cfg.worker.batch_size
-        for lo in range(0, len(jobs), bs):
-            chunk = jobs[lo : lo + bs]
-            idx = torch.tensor([pos for pos, _, _ in chunk], device=device)
-            targets = torch.tensor([t.target for _, _, t in chunk], dtype=torch.long, device=device)
-            for (pos, rank, t), values in zip(chunk, explain_rows(explainer, x[idx], targets)):
-                item = group[pos]
-                row = {
-                    **base,
-                    "key": item.key,
-                    "target": t.target,
-                    "target_source": t.source,
-                    "width": item.width,
-                    "height": item.height,
-                    **values,
-                    **item.geometry.columns(),
-                    "error": None,
-                }
-                out.append((item.index, rank, row))
+        if not jobs:
+            continue
+        idx = torch.tensor([pos for pos, _, _ in jobs], device=device)
+        targets = torch.tensor([t.target for _, _, t in jobs], dtype=torch.long, device=device)
+        # Chunks of worker.batch_size rows, halved on a CUDA out-of-memory error.
+        for (pos, rank, t), values in zip(jobs, explain_in_chunks(explainer, x[idx], targets, cfg.worker.batch_size)):
+            item = group[pos]
+            row = {
+                **base,
+                "key": item.key,
+                "target": t.target,
+                "target_source": t.source,
+                "width": item.width,
+                "height": item.height,
+                **values,
+                **item.geometry.columns(),
+                "error": None,
+            }
+            out.append((item.index, rank, row))
     return out
 
 
