@@ -207,3 +207,45 @@ def test_every_registered_method_through_the_job(tmp_path: Path, method: str, ex
         f"SELECT count(*), min(map_max - map_min) FROM '{tmp_path / 'out' / 'parts'}/*.parquet' WHERE error IS NULL"
     ).fetchall()
     assert rows[0] == 2 and rows[1] > 0
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_driver_interrupted_with_sigint_releases_the_output_and_a_restart_resumes(tmp_path: Path) -> None:
+    """A real ``python -m jobs.attribute`` (its own private Ray) stopped with SIGINT after its first
+    shard: the lease is released on the way out, and the same command then finishes the job
+    (on the session's cluster), every key exactly once."""
+    from collections import Counter
+
+    from pipeline.lease import highest
+    from pipeline.shards import iter_samples
+    from tests.shard_factory import write_shards
+
+    shards = write_shards(tmp_path / "shards", num_shards=6, per_shard=2)
+    out = tmp_path / "out"
+    cfg = tiny_config(shards, str(out), "cluster.num_actors=1", "extremal.max_iter=60", "worker.batch_size=1")
+    path = tmp_path / "job.yaml"
+    path.write_text(dump_config_yaml(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.attribute", "--config", str(path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((out / "_done").glob("*.json")) if (out / "_done").exists() else True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no shard finished in time"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group we started, nothing else
+            proc.wait()
+    assert proc.returncode != 0
+    gen, record = highest(str(out))
+    assert gen == 1 and record["released"]  # freed on the way out: no TTL to wait for
+
+    assert main(["--config", str(path)]) == 0
+    keys = read_results(str(out)).column("key").to_pylist()
+    assert Counter(keys) == Counter(s.key for url in shards for s in iter_samples(url))
+    assert highest(str(out))[0] == 2
