@@ -5,7 +5,8 @@ The lease's holder is the job whose file has the highest generation, while that 
 (``expires_at`` in the future and not ``released``).
 
 The protocol needs one atomic primitive, *create if absent* (locally ``os.link`` of a complete
-temp file, which fails if the name exists; on S3 a PUT with ``If-None-Match: *``):
+temp file, which fails if the name exists; on S3 a PUT with ``If-None-Match: *``; a filesystem
+without one gets a best-effort check-write-verify, with a warning):
 
 - acquire: read the highest generation ``g``. If it is live, the output is busy
   (``OutputBusyError``). Otherwise create ``g + 1`` if absent; of any number of jobs racing for
@@ -32,6 +33,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,10 +112,26 @@ def _create_exclusive(url: str, data: bytes, storage_options: dict[str, Any] | N
         return True
     except FileExistsError:
         return False
+    except TypeError:  # a filesystem without exclusive writes (pipe_file takes no `mode`)
+        return _create_best_effort(fs, path, data)
     except Exception as exc:
         if "PreconditionFailed" in str(exc) or "412" in str(exc):
             return False
         raise
+
+
+def _create_best_effort(fs: Any, path: str, data: bytes) -> bool:
+    """Check-then-write-then-verify, for filesystems with no create-if-absent: not race-proof (two
+    jobs starting within the same second could both proceed), so it warns."""
+    warnings.warn(
+        f"{fs.protocol} has no exclusive write: the output lease is best-effort there", RuntimeWarning, stacklevel=3
+    )
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    time.sleep(1.0)
+    fs.invalidate_cache(path)
+    return fs.cat_file(path) == data
 
 
 @dataclass(frozen=True)
