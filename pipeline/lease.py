@@ -246,7 +246,9 @@ class Lease:
                 created = _create_exclusive(url, self._record(), self.storage_options)
             except Exception as exc:
                 raise OutputError(f"cannot write {url}: {describe(exc)}") from exc
-            if created:
+            # A create retried after an ambiguous failure (the server wrote it, the reply was lost)
+            # finds its own file: that is ours too.
+            if created or _read(self.output_uri, gen, self.storage_options).get("run_id") == self.run_id:
                 self.generation = gen
                 return self.token
             # Someone else created this generation first: re-read (it is live: busy).
