@@ -226,3 +226,20 @@ def test_bad_shards_are_quarantined_in_the_manifest_and_missing_ones_not_retried
         entry = manifest["shards"][url]
         assert entry["status"] == "failed" and entry["attempts"] == attempts and "cannot read shard" in entry["error"]
     assert "FileNotFoundError" in manifest["shards"][missing]["error"]
+
+
+class SlowStartWorker(ShardWorker):
+    """A worker whose model takes a while to load."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        time.sleep(3)
+        super().__init__(*args, **kwargs)
+
+
+def test_waiting_for_workers_is_said_not_silent(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards", num_shards=1, per_shard=1)
+    stream = io.StringIO()
+    summary = run_job(tiny_config(shards, str(tmp_path / "out"), "cluster.num_actors=1"), worker_class=SlowStartWorker,
+                      progress_stream=stream, tty=False, log_interval_s=0.5)
+    assert summary.ok
+    assert "waiting for 1 of 1 workers to start" in stream.getvalue() and "available now CPU" in stream.getvalue()
