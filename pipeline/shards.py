@@ -233,6 +233,7 @@ def iter_samples(
                     bad_name = _escaped_if_not_utf8(member_key)
                     if bad_name is not None:
                         member_key = bad_name
+                    ext = _escaped_if_not_utf8(ext) or ext  # only ever shown in a reason
                     # A repeated extension means a new sample with the same key: never merge them.
                     if member_key != key or ext in seen_exts:
                         if key is not None:

@@ -197,16 +197,18 @@ def test_webdataset_key_and_member_name_conventions(tmp_path: Path, tiny_model) 
         {"__key__": "na\u00efve k\u00e9y", "png": png, "cls": 1},
         {"__key__": "pickled", "png": png, "cls": 1, "pyd": b"cos\nsystem\n(S'echo pwned'\ntR."},
         {"__key__": "only_pickle", "pickle": b"\x80\x04K\x01."},
+        {"__key__": "odd_ext", "\udcfe": b"?"},  # no image, and an extension that is not UTF-8
     ]
     df = _rows(tmp_path, tiny_model, samples)
     errors = dict(zip(df["key"], df["error"]))
     assert list(errors) == ["dir/sub/path-like", "../../escape", "dotslash", "many", "bad\\xffname",
-                            "na\u00efve k\u00e9y", "pickled", "only_pickle"]
+                            "na\u00efve k\u00e9y", "pickled", "only_pickle", "odd_ext"]
     for key in ("dir/sub/path-like", "../../escape", "dotslash", "na\u00efve k\u00e9y", "pickled"):
         assert errors[key] is None, key
     assert "no image member" in errors["many"] and "dots.png" in errors["many"]
     assert "member name is not UTF-8" in errors["bad\\xffname"]
     assert "no image member" in errors["only_pickle"]
+    assert "no image member" in errors["odd_ext"] and "\\xfe" in errors["odd_ext"]
 
 
 def _tar_bytes(tmp_path: Path) -> bytes:
