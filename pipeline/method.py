@@ -77,3 +77,25 @@ def explain_rows(explainer: Explainer, images: torch.Tensor, targets: torch.Tens
             row["optimal_area_reached"] = bool(row["optimal_area_reached"])
         rows.append({**row, "maps": maps[j], "seconds": float(seconds[j])})
     return rows
+
+
+def explain_in_chunks(
+    explainer: Explainer, images: torch.Tensor, targets: torch.Tensor, batch_size: int
+) -> list[dict[str, Any]]:
+    """``explain_rows`` over chunks of ``batch_size`` rows (images ``[N, C, H, W]``, targets
+    ``[N]``) -> N dicts. A CUDA out-of-memory error halves the chunk size and retries the chunk
+    (the rest of the call keeps the smaller size); only a chunk of one row that still does not fit
+    raises, failing the shard (which the driver retries)."""
+    rows: list[dict[str, Any]] = []
+    lo, bs = 0, max(1, batch_size)
+    while lo < images.shape[0]:
+        try:
+            rows.extend(explain_rows(explainer, images[lo : lo + bs], targets[lo : lo + bs]))
+            lo += bs
+        except torch.cuda.OutOfMemoryError:
+            if bs == 1:
+                raise
+            bs //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give the failed attempt's blocks back before retrying
+    return rows
