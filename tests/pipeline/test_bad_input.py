@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import torch
 from PIL import Image
 
 from pipeline.commit import part_uri
@@ -25,14 +24,6 @@ from pipeline.shards import ShardReadError
 from pipeline.tasks import process_shard
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, synthetic_image, write_shard
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model(tiny_config("unused.tar", "unused").model)
-    torch.set_num_threads(threads)
 
 
 def _rows(tmp_path: Path, model, samples: list[dict], *overrides: str) -> dict[str, list]:

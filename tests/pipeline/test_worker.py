@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from pipeline.commit import done_uri, part_uri
-from pipeline.models import load_model
 from pipeline.readahead import Prefetcher
 from pipeline.results import maps_at_original_size, read_results
 from pipeline.shards import ShardReadError
@@ -23,16 +22,6 @@ from pipeline.tasks import process_shard
 from pipeline.worker import ShardWorker
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, member_offsets, truncate_file, write_shard
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    # One torch thread, as an actor with one CPU gets: on a busy 2-core machine two threads wait
-    # on each other and run several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model(tiny_config("unused.tar", "unused").model)
-    torch.set_num_threads(threads)
 
 
 def _mixed_shard(path: Path) -> tuple[str, list[str]]:
