@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -168,6 +169,7 @@ def run_job(
     startup_timeout_s: float = 600.0,
     worker_class: type = ShardWorker,
     task_class: type = AttributionTask,
+    evaluation: Mapping[str, Any] | None = None,
 ) -> JobSummary:
     """Run (or resume) an attribution job on the connected Ray cluster; returns its summary.
 
@@ -177,14 +179,17 @@ def run_job(
     ``storage.OutputError`` when the output cannot be reached, ``DriverError`` when no worker can
     start. Shard failures are not exceptions: they are in the summary. ``worker_class``: the
     actor class (``ShardWorker`` or a subclass, e.g. the tests' worker that fails on purpose);
-    ``task_class``: what each actor does to a shard (``pipeline.tasks``).
+    ``task_class``: what each actor does to a shard (``pipeline.tasks``), any callable
+    ``(cfg, device) -> ShardTask`` (a ``functools.partial`` binding its settings). ``evaluation``:
+    the settings of an evaluation task over ``cfg``'s results, hashed with ``cfg`` (the output
+    guard) and recorded in the manifest's config under ``evaluation``.
     """
     if not ray.is_initialized():
         raise DriverError("Ray is not initialized: call ray.init() (jobs.attribute does) before run_job")
     stream = progress_stream if progress_stream is not None else sys.stdout
     start = time.monotonic()
     st = storage_options(cfg)
-    chash = config_hash(cfg)
+    chash = config_hash(cfg, evaluation)
     uri = cfg.output.uri
     urls = expand_shards(cfg.input.shards, st)
     commit.check_output(uri, chash, cfg.output.overwrite, st)
@@ -206,6 +211,7 @@ def run_job(
     if max_shards is not None:
         todo = todo[: max(0, max_shards)]
 
+    resolved = config_to_dict(cfg) if evaluation is None else {**config_to_dict(cfg), "evaluation": dict(evaluation)}
     summary = JobSummary(uri, chash, states, 0.0)
     already = sum(1 for s in states.values() if s.status == "done")
     progress = Progress(len(urls), already, stream=stream, tty=tty, interval_s=log_interval_s)
@@ -216,7 +222,7 @@ def run_job(
         progress.close()
         summary.seconds = time.monotonic() - start
         summary.manifest = commit.write_manifest(
-            uri, config_to_dict(cfg), chash, code_version(), {u: s.manifest_entry() for u, s in states.items()}, st
+            uri, resolved, chash, code_version(), {u: s.manifest_entry() for u, s in states.items()}, st
         )
     return summary
 
