@@ -10,4 +10,7 @@ over a job's Parquet parts.
   the per-method summary. ``python -m jobs.deletion_insertion``.
 - ``area_growth``: per-class a* histogram, share reaching v >= 1, mean v_a per area, streamed
   over the parts. ``python -m jobs.area_growth``.
+- ``similarity``: Spearman, SSIM and HOG of two maps as the sanity checks compare them;
+  ``randomization``: layers, stages and the randomized attribution task; ``sanity_run``: the
+  stages through the driver and the table. ``python -m jobs.sanity_check``.
 """
