@@ -12,13 +12,15 @@ stage keeps the weights the stage before it drew for the layers they share.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.config import JobConfig
+from pipeline.config_hash import config_hash
 from pipeline.method import build_explainer
 from pipeline.models import LoadedModel, load_model
 from pipeline.tasks import AttributionTask
@@ -82,10 +84,12 @@ def stages(layers_top_down: Sequence[str], modes: Sequence[str] = MODES) -> list
 
 class RandomizedAttributionTask(AttributionTask):
     """The attribution task with ``layers`` of the job's model re-initialised (``randomize``);
-    built as ``functools.partial(RandomizedAttributionTask, layers=..., seed=...)``. Rows name the
-    model ``<name>+random(<n> layers)``."""
+    built as ``functools.partial(RandomizedAttributionTask, layers=..., seed=..., evaluation=...)``
+    (``evaluation``: the stage's settings given to ``run_job``). Rows name the model
+    ``<name>+random(<n> layers)``."""
 
-    def __init__(self, cfg: JobConfig, device: torch.device, layers: Sequence[str], seed: int = 0) -> None:
+    def __init__(self, cfg: JobConfig, device: torch.device, layers: Sequence[str], seed: int = 0,
+                 evaluation: Mapping[str, Any] | None = None) -> None:
         loaded = load_model(cfg.model, "cpu")  # CPU: the same seeded weights on every worker
         randomize(loaded.model, layers, seed)
         self.cfg = cfg
@@ -93,3 +97,8 @@ class RandomizedAttributionTask(AttributionTask):
         self.loaded = LoadedModel(loaded.model.to(device), loaded.preprocess, f"{loaded.name}+random({len(layers)} layers)")
         self.explainer = build_explainer(cfg, self.loaded.model)
         self.name = self.loaded.name
+        # The done-markers name the hash that guards the stage's folder (config + stage), not the job's.
+        self._hash = config_hash(cfg, evaluation)
+
+    def run(self, shard_url: str, *, extra_stats: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        return super().run(shard_url, extra_stats={**dict(extra_stats or {}), "config_hash": self._hash}, **kwargs)

@@ -94,8 +94,8 @@ def run_sanity_check(
     for stage in plan:
         uri = join(out_uri, stage.folder)
         stage_cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=uri))
-        task = functools.partial(RandomizedAttributionTask, layers=stage.randomized, seed=seed)
         evaluation = {"sanity_check": stage.mode, "randomized": list(stage.randomized), "seed": seed}
+        task = functools.partial(RandomizedAttributionTask, layers=stage.randomized, seed=seed, evaluation=evaluation)
         summaries.append(run_job(stage_cfg, progress_stream=progress_stream, task_class=task, evaluation=evaluation))
         results.append((stage, compare_outputs(cfg.output.uri, uri, st, hog_cell)))
     return summary_table(results), summaries

@@ -6,6 +6,7 @@ kept, the same weights for the same seed, the cascade's shared layers equal)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -66,6 +67,11 @@ def test_sanity_check_job(demo_model_and_data, tmp_path: Path, capsys: pytest.Ca
     stage = read_results(str(tmp_path / "attr" / "sanity_check" / "cascading" / "002-features.0"))
     assert stage.num_rows == 8 and set(stage.column("model").to_pylist()) == {
         f"demo.model:build_demo_model@{Path(assets.checkpoint).name}+random(3 layers)"}
+    stage_dir = tmp_path / "attr" / "sanity_check" / "cascading" / "002-features.0"
+    guard = json.loads((stage_dir / "config.json").read_text())["config_hash"]
+    (marker,) = stage_dir.glob("_done/*.json")
+    job_hash = json.loads((tmp_path / "attr" / "config.json").read_text())["config_hash"]
+    assert json.loads(marker.read_text())["config_hash"] == guard != job_hash
     # Each layer randomized takes the gradients further from the trained network's (measured:
     # Spearman |map| 0.65 -> 0.26 -> 0.20, SSIM 0.46 -> 0.09 -> 0.05; gradients are >= 0, so
     # the signed Spearman equals the absolute one).
