@@ -28,6 +28,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -36,6 +37,7 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskErro
 
 from pipeline import commit
 from pipeline.config import JobConfig, storage_options
+from pipeline.config_hash import config_hash
 from pipeline.config_load import config_to_dict
 from pipeline.lease import Lease, LeaseLostError, LeaseToken
 from pipeline.preflight import Checked, preflight
@@ -184,6 +186,7 @@ def run_job(
     worker_class: type = ShardWorker,
     task_class: type = AttributionTask,
     checked: Checked | None = None,
+    evaluation: Mapping[str, Any] | None = None,
 ) -> JobSummary:
     """Run (or resume) an attribution job on the connected Ray cluster; returns its summary.
 
@@ -193,9 +196,13 @@ def run_job(
     ``storage.OutputError`` when the output cannot be reached, ``DriverError`` when no worker can
     start. Shard failures are not exceptions: they are in the summary. ``worker_class``: the
     actor class (``ShardWorker`` or a subclass, e.g. the tests' worker that fails on purpose);
-    ``task_class``: what each actor does to a shard (``pipeline.tasks``). ``checked``: the
+    ``task_class``: what each actor does to a shard (``pipeline.tasks``), any callable
+    ``(cfg, device) -> ShardTask`` (a ``functools.partial`` binding its settings). ``checked``: the
     result of ``pipeline.preflight.preflight(cfg)`` if the caller ran it (else it runs here and
     raises ``ConfigError``); ``lease.OutputBusyError`` when another job holds the output.
+    ``evaluation``: the settings of an evaluation task over ``cfg``'s results, hashed with ``cfg``
+    (the output guard; the task's done-markers must carry the same hash) and recorded in the
+    manifest's config under ``evaluation``.
     """
     if not ray.is_initialized():
         raise DriverError("Ray is not initialized: call ray.init() (jobs.attribute does) before run_job")
@@ -203,7 +210,7 @@ def run_job(
     start = time.monotonic()
     st = storage_options(cfg)
     checked = preflight(cfg) if checked is None else checked  # ConfigError before anything is written
-    chash = checked.config_hash
+    chash = checked.config_hash if evaluation is None else config_hash(cfg, checked.weights_digest, evaluation)
     uri = cfg.output.uri
     urls = list(checked.shards)
     # One job per output folder: the lease is taken before the folder is claimed or cleared, held
@@ -214,7 +221,8 @@ def run_job(
         lease.start_renewing()
         commit.check_output(uri, chash, cfg.output.overwrite, st)
         done = commit.resumable(uri, chash, st)
-        summary = _run_claimed(cfg, lease, urls, done, max_shards, stream, tty, log_interval_s,
+        resolved = config_to_dict(cfg) if evaluation is None else {**config_to_dict(cfg), "evaluation": dict(evaluation)}
+        summary = _run_claimed(cfg, resolved, lease, urls, done, max_shards, stream, tty, log_interval_s,
                                startup_timeout_s, (worker_class, task_class), start)
     finally:
         lease.release()
@@ -223,6 +231,7 @@ def run_job(
 
 def _run_claimed(
     cfg: JobConfig,
+    resolved: dict[str, Any],
     lease: Lease,
     urls: list[str],
     done: dict[str, dict[str, Any]],
@@ -234,7 +243,8 @@ def _run_claimed(
     classes: tuple[type, type],
     start: float,
 ) -> JobSummary:
-    """The run, once the output is ours: resume from ``done``, dispatch the rest, write the manifest."""
+    """The run, once the output is ours: resume from ``done``, dispatch the rest, write the manifest
+    (``resolved``: the config as the manifest records it)."""
     uri, st, chash = cfg.output.uri, storage_options(cfg), lease.config_hash
     states = {u: ShardState(u) for u in urls}
     for url in urls:
@@ -264,7 +274,7 @@ def _run_claimed(
         progress.close()
         summary.seconds = time.monotonic() - start
         summary.manifest = commit.write_manifest(
-            uri, config_to_dict(cfg), chash, code_version(), {u: s.manifest_entry() for u, s in states.items()}, st,
+            uri, resolved, chash, code_version(), {u: s.manifest_entry() for u, s in states.items()}, st,
             lease.token,
         )
     return summary
