@@ -29,6 +29,7 @@ from pipeline.config import JobConfig, storage_options
 from pipeline.config_hash import config_hash
 from pipeline.evaluation.deletion_insertion import SUBSTRATES, causal_curves
 from pipeline.evaluation.pointing_run import _batch_maps
+from pipeline.lease import LeaseToken
 from pipeline.models import LoadedModel, load_model
 from pipeline.readahead import Item, Prefetcher, read_items
 from pipeline.results import row_stored_maps
@@ -115,12 +116,13 @@ def evaluate_shard(
     on_batch: Callable[[int], None] | None = None,
     extra_stats: dict[str, Any] | None = None,
     compute_lock: threading.Lock | None = None,
+    lease: LeaseToken | None = None,
 ) -> dict[str, Any]:
     """Deletion and insertion of every row of the shard's attribution part; commits the part of
     ``EVAL_SCHEMA`` rows under ``cfg.output.uri`` and returns its done-marker. ``cfg``: the
     attribution job's config (model, preprocessing, ``worker.batch_size`` rows per batch) with the
     evaluation's output. Raises ShardReadError for an unreadable shard, FileNotFoundError when
-    the shard has no attribution part."""
+    the shard has no attribution part. ``lease``: the job's hold on the output, checked by the commit."""
     start = time.perf_counter()
     device = torch.device(device)
     storage = storage_options(cfg) if storage is None else storage
@@ -183,7 +185,7 @@ def evaluate_shard(
         "config_hash": config_hash(cfg, loaded.weights_digest, settings.hashed()),
         "device": str(device), "host": socket.gethostname(), **dict(extra_stats or {}),
     }
-    return commit_part(cfg.output.uri, shard_url, table, stats, storage)
+    return commit_part(cfg.output.uri, shard_url, table, stats, storage, lease)
 
 
 def _row_error(row: dict[str, Any], item: Item | None) -> str | None:
@@ -223,8 +225,9 @@ class DeletionInsertionTask:
         on_batch: Callable[[int], None] | None = None,
         extra_stats: dict[str, Any] | None = None,
         compute_lock: threading.Lock | None = None,
+        lease: LeaseToken | None = None,
     ) -> dict[str, Any]:
         return evaluate_shard(
             shard_url, self.cfg, self.loaded, self.settings, device=self.device, attempt=attempt, storage=storage,
-            on_batch=on_batch, extra_stats=extra_stats, compute_lock=compute_lock,
+            on_batch=on_batch, extra_stats=extra_stats, compute_lock=compute_lock, lease=lease,
         )
