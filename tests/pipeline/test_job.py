@@ -166,9 +166,10 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
 
 @pytest.mark.slow
 def test_demo_with_ray_job_submit(ray_head, demo_model_and_data, tmp_path: Path) -> None:
-    """SPEC section 3: the same job through ``ray job submit --working-dir .``. The demo assets
-    come prebuilt from the session fixture (the job finds them cached) and the optimization is
-    shortened; everything else is configs/demo.yaml."""
+    """SPEC section 3: the same job through ``ray job submit --working-dir .``, then the pointing
+    game and deletion/insertion over its output. The demo assets come prebuilt from the session
+    fixture (the job finds them cached) and the optimization is shortened; everything else is
+    configs/demo.yaml."""
     url, env = ray_head
     assets = demo_model_and_data.assets
     out = tmp_path / "demo_out"
@@ -184,6 +185,14 @@ def test_demo_with_ray_job_submit(ray_head, demo_model_and_data, tmp_path: Path)
     assert "succeeded" in logs
     table = read_results(str(out))
     assert table.num_rows == 32 and set(table.column("key").to_pylist()) == set(assets.labels)
+    # The evaluation jobs over that output, submitted the same way.
+    for job in (["jobs.pointing_game", "--results", str(out)],
+                ["jobs.deletion_insertion", "--results", str(out), "--step", "256"]):
+        cmd = ["ray", "job", "submit", "--address", url, "--working-dir", str(REPO), "--", sys.executable, "-m", *job]
+        done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0 and "succeeded" in done.stdout + done.stderr, (done.stdout + done.stderr)[-4000:]
+    assert (out / "pointing_game" / "pointing_game.csv").exists()
+    assert (out / "deletion_insertion" / "deletion_insertion.csv").exists()
 
 
 @pytest.mark.usefixtures("ray_cluster")
