@@ -96,7 +96,8 @@ def _image_row(row: dict[str, Any], original, meta: dict[str, Any] | None, w: _W
     if areas and scores:
         bars = figures.area_growth_bars(areas, scores, row.get("optimal_area"))
         star_text = f"a* = {h.fmt(row.get('optimal_area'))}" + ("" if row.get("optimal_area_reached") else ", not reached")
-        cells.append(h.img(w.put(f"{name}_bars.png", bars), f"area-growth bars v_a per area for {what}; {star_text}", star_text))
+        cells.append(h.img(w.put(f"{name}_bars.png", bars), f"area-growth bars v_a per area for {what}; {star_text}", star_text,
+                           width=THUMB * 4 // 3))
     if meta:
         example = im.pointing_example(row, original, meta)
         if example is not None:
@@ -170,16 +171,9 @@ def build_report(
         nav.append((anchor, label))
 
     methods = ", ".join(s.method for s in scans)
-    heads = [f"<h3>{h.esc(s.method)}: {h.esc(s.uri)}</h3>" if len(scans) > 1 else "" for s in scans]
-    add("facts", "Run facts", "".join(
-        head + run_facts(s, read_manifest(s.uri, storage_options)) for head, s in zip(heads, scans)))
-    add("area-growth", "Area growth and a*", "".join(
-        _summary_section(s, w, f"img/s{i}_", max_classes) for i, s in enumerate(scans)))
-    pointing = [(s, pointing_section(s.uri, storage_options)) for s in scans]
-    found_tables = [f"<h3>{h.esc(s.method)}</h3>{body}" for s, body in pointing if body]
-    add("pointing", "Pointing game", "".join(found_tables) or h.note(
-        "no pointing_game.csv|parquet beside the outputs (python -m jobs.pointing_game writes them)"))
-    samples = []
+    samples = [h.note("Bright (inferno colour map) = salient: for extremal rows the mask that keeps the region; the "
+                      "a* panel is framed; v is the area-growth score v_a (1 = the clean score, saturating at 1.25); "
+                      "pointing: the ground truth outlined, the map's maximum with its 15 px circle, green = hit")]
     for c in classes:
         samples.append(f"<h3>{h.esc(_class_name(c))}</h3>")
         for n, row in enumerate(rows):
@@ -187,14 +181,23 @@ def build_report(
                 original, meta = originals.get(row["key"], (None, None))
                 samples.append(_image_row(row, original, meta, w, f"img/p{n}"))
     add("images", f"Sampled images ({per_class} per class, by hash of key and target)",
-        "".join(samples) or h.note("no good rows"))
+        "".join(samples) if rows else h.note("no good rows"))
     if others:
         add("compare", f"Method comparison: {methods}", _comparison(rows, others, originals, w))
+    add("area-growth", "Area growth and a*", "".join(
+        _summary_section(s, w, f"img/s{i}_", max_classes) for i, s in enumerate(scans)))
+    pointing = [(s, pointing_section(s.uri, storage_options)) for s in scans]
+    found_tables = [f"<h3>{h.esc(s.method)}</h3>{body}" for s, body in pointing if body]
+    add("pointing", "Pointing game", "".join(found_tables) or h.note(
+        "no pointing_game.csv|parquet beside the outputs (python -m jobs.pointing_game writes them)"))
     channel_rows = [r for r in rows if r.get("channel_masks") is not None]
     if channel_rows:
         add("channels", "Channel attribution", h.note(
             f"{len(channel_rows)} drawn rows at layer {channel_rows[0].get('layer')}: the channel-saliency overlay per area "
             "(above, per image) beside the inversions of the original and of the perturbed activations where present"))
+    heads = [f"<h3>{h.esc(s.method)}: {h.esc(s.uri)}</h3>" if len(scans) > 1 else "" for s in scans]
+    add("facts", "Run facts", "".join(
+        head + run_facts(s, read_manifest(s.uri, storage_options)) for head, s in zip(heads, scans)))
     footer = h.note(f"built in {time.monotonic() - t0:.1f} s from {sum(len(s.parts) for s in scans)} parts, "
                     f"{sum(s.rows for s in scans)} rows; {len(rows)} rows drawn; colour map: inferno")
     sections.append(footer)

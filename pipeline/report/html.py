@@ -23,6 +23,7 @@ figcaption { font-size: 0.75em; max-width: 240px; }
 .note { color: #666; font-size: 0.85em; }
 pre { background: #f7f7f7; padding: 0.6em; font-size: 0.75em; overflow-x: auto; max-height: 30em; }
 nav a { margin-right: 1em; }
+img { max-width: 100%; height: auto; }
 """
 
 
