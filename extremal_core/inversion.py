@@ -76,9 +76,13 @@ def invert_activations(
     target: torch.Tensor,
     image_shape: tuple[int, int, int],
     settings: InversionSettings | None = None,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Images ``[B, *image_shape]`` (in the model's input space) whose activations at ``layer``
-    approach ``target`` ``[B, K, ...]``. ``model`` is used as it is (put it in eval mode)."""
+    approach ``target`` ``[B, K, ...]``. ``model`` is used as it is (put it in eval mode).
+    ``bounds``: (low, high), broadcastable to the images (e.g. ``[1, C, 1, 1]``: the input values
+    of black and white pixels): every step is projected into them, which keeps the 6-norm's steep
+    gradient from throwing a large step out of the image range (where SGD at lr 100 diverges)."""
     s = settings or InversionSettings()
     module = find_layer(model, layer) if isinstance(layer, str) else layer
     target = target.detach().float()
@@ -100,6 +104,8 @@ def invert_activations(
         with torch.no_grad():
             velocity.mul_(s.momentum).add_(grad)  # torch.optim.SGD's momentum, no dampening
             x.sub_(lr * velocity)
+            if bounds is not None:
+                x.copy_(torch.maximum(torch.minimum(x, bounds[1].to(x)), bounds[0].to(x)))
     return x.detach()
 
 
@@ -109,16 +115,18 @@ def channel_inversions(
     images: torch.Tensor,
     channel_masks: torch.Tensor,
     settings: InversionSettings | None = None,
+    bounds: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The inversions of ``images``' activations at ``layer`` and of the activations perturbed by
     ``channel_masks`` ``[B, K]`` (m ⊙ Φ_1(x), the preserve perturbation), from the same start:
-    ``(original, perturbed)``, each ``[B, C, H, W]`` in the model's input space."""
+    ``(original, perturbed)``, each ``[B, C, H, W]`` in the model's input space. ``bounds``: as
+    for ``invert_activations``."""
     module = find_layer(model, layer) if isinstance(layer, str) else layer
     with torch.no_grad():
         acts = layer_activations(model, module, images).float()
     if channel_masks.shape != acts.shape[:2]:
         raise ValueError(f"channel_masks {list(channel_masks.shape)} do not match the layer's [B, K] = {list(acts.shape[:2])}")
     masked = acts * channel_masks.to(acts).view(*channel_masks.shape, *([1] * (acts.dim() - 2)))
-    both = invert_activations(model, module, torch.cat([acts, masked]), tuple(images.shape[1:]), settings)
+    both = invert_activations(model, module, torch.cat([acts, masked]), tuple(images.shape[1:]), settings, bounds)
     b = images.shape[0]
     return both[:b], both[b:]

@@ -67,6 +67,7 @@ def part_table(cols: dict[str, np.ndarray], rows: np.ndarray, shard: str) -> pa.
         "scores": _lists(cols["scores"][rows], good), "phi0": floats(np.ones(n)), "phi_min": floats(np.zeros(n)),
         "optimal_area": floats(cols["optimal"][rows]), "optimal_area_reached": pa.array(cols["reached"][rows], mask=err),
         "layer": pa.nulls(n, pa.string()), "channel_masks": pa.nulls(n, schema.field("channel_masks").type),
+        "inversion_original": pa.nulls(n, pa.binary()), "inversion_perturbed": pa.nulls(n, pa.binary()),
         "error": pa.array(np.where(err, ERROR, None)), "seconds": floats(np.full(n, 0.1)),
     }
     return pa.Table.from_arrays([a if (a := arrays[f.name]).type == f.type else a.cast(f.type) for f in schema], schema=schema)
