@@ -78,21 +78,26 @@ def _summary_section(scan: RunScan, w: _Writer, prefix: str, max_classes: int) -
 
 
 def _image_row(row: dict[str, Any], original, meta: dict[str, Any] | None, w: _Writer, name: str) -> str:
-    """One drawn row: original, one overlay per map (a* framed, v_a printed), area-growth bars,
-    the pointing example, and the channel job's feature inversions when the row has them."""
+    """One drawn row: original, one overlay per map (a* framed, v_a printed), the channel job's
+    feature inversions when the row has them, area-growth bars, the pointing example."""
     what = f"{row['key']} (class {row['target']}, {row['method']})"
     cells = [h.img(w.put(f"{name}_orig.png", im.original_png(im.base_image(row, original))),
                    f"original image {what}" + ("" if original is not None else " (not readable: grey)"), "original", width=THUMB)]
     areas, scores, star = row.get("areas") or [], row.get("scores") or [], im.star_index(row)
     for i, png in enumerate(im.row_overlays(row, original)):
         if i < len(areas):
-            v = h.fmt(scores[i]) if i < len(scores) else "-"
-            cap = f"area {h.fmt(areas[i])}: v = {v}" + (" (a*)" if i == star else "")
-            alt = f"{row['method']} map at area {h.fmt(areas[i])} over {what}, v_a = {v}"
+            v = f": v = {h.fmt(scores[i])}" if i < len(scores) else ""  # channel rows have no v_a
+            cap = f"area {h.fmt(areas[i])}{v}" + (" (a*)" if i == star else "")
+            alt = f"{row['method']} map at area {h.fmt(areas[i])} over {what}{v.replace(': v', ', v_a')}"
             alt += ", the optimal area a*" if i == star else ""
         else:
             cap, alt = f"map {i}", f"{row['method']} map {i} over {what}"
         cells.append(h.img(w.put(f"{name}_m{i}.png", png), alt, cap, star=i == star, width=THUMB))
+    for column, label in (("inversion_original", "inversion of the original"),
+                          ("inversion_perturbed", "inversion of the perturbed activations")):
+        png = im.stored_png(row.get(column))
+        if png is not None:
+            cells.append(h.img(w.put(f"{name}_{column}.png", png), f"feature {label} for {what}", label, width=THUMB))
     if areas and scores:
         bars = figures.area_growth_bars(areas, scores, row.get("optimal_area"))
         star_text = f"a* = {h.fmt(row.get('optimal_area'))}" + ("" if row.get("optimal_area_reached") else ", not reached")
@@ -105,11 +110,6 @@ def _image_row(row: dict[str, Any], original, meta: dict[str, Any] | None, w: _W
             verdict = "hit" if hit else "miss"
             cells.append(h.img(w.put(f"{name}_point.png", png), f"pointing game for {what}: {verdict} (ground truth outlined, "
                                "15 px circle around the map's maximum)", f"pointing: {verdict}", width=THUMB))
-    for column, label in (("inversion_original", "inversion of the original"),
-                          ("inversion_perturbed", "inversion of the perturbed activations")):
-        png = im.stored_png(row.get(column))
-        if png is not None:
-            cells.append(h.img(w.put(f"{name}_{column}.png", png), f"feature {label} for {what}", label, width=THUMB))
     head = f"<h3>{h.esc(row['key'])} · class {h.esc(row['target'])} · phi0 {h.esc(h.fmt(row.get('phi0')))}</h3>"
     return f'<div class="row">{head}{"".join(cells)}</div>'
 
