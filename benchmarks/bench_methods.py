@@ -15,6 +15,8 @@ at its defaults (RISE 8,000 masks, meaningful perturbation 300 iterations, extre
 maps written by the pipeline's own writer (`pipeline.schema`) as `tensor` and as `png`.
 
     python benchmarks/bench_methods.py --threads 1 --out benchmarks/results/bench_methods_cpu.json
+    python benchmarks/bench_methods.py --device cuda --cases resnet18 --images 32 --resnet-masks 8000 \
+        --resnet-iters 300 --skip-bytes --out benchmarks/results/bench_methods_gpu.json
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import make_model, median, smooth_images, start_run, write_json  # noqa: E402
+from _common import make_model, median, smooth_images, start_run, sync, write_json  # noqa: E402
 from torchray.attribution.grad_cam import grad_cam  # noqa: E402
 from torchray.attribution.gradient import gradient  # noqa: E402
 from torchray.attribution.guided_backprop import guided_backprop  # noqa: E402
@@ -73,14 +75,16 @@ def time_method(method: str, model, images, targets, params: dict, repeats: int)
         def baseline():
             for i, t in enumerate(targets):
                 torchray_call(method, model, images[i:i + 1].clone(), t, params)
-    ours.explain(images[:1], targets[:1])  # warm-up (allocator, Captum hooks)
+    ours.explain(images[:1], targets[:1])  # warm-up (allocator, Captum hooks, cuDNN plans)
     ratios, t_ours, t_base = [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
         ours.explain(images, targets)
+        sync(images.device)
         t_ours.append(time.perf_counter() - start)
         start = time.perf_counter()
         baseline()
+        sync(images.device)
         t_base.append(time.perf_counter() - start)
         ratios.append(t_base[-1] / t_ours[-1])
     b = len(targets)
@@ -90,14 +94,16 @@ def time_method(method: str, model, images, targets, params: dict, repeats: int)
 
 def speed(args) -> dict:
     cases = {}
+    device = torch.device(args.device)
     if "demo" in args.cases:
         model, x, t = demo_model_and_images(args.images, 64)
+        model, x = model.to(device), x.to(device)
         cases["demo"] = (model, x, t, {"grad_cam": {"layer": "features.11"}, "rise": {"num_masks": args.demo_masks},
                                       "meaningful_perturbation": {"mask_scale": 4, "mask_blur": 2.0, "null_blur": 5.0,
                                                                   "l1": 1e-3, "max_iter": args.demo_iters}})
     if "resnet18" in args.cases:
-        model = make_model("resnet18")
-        x = smooth_images(args.images, 224)
+        model = make_model("resnet18").to(device)
+        x = smooth_images(args.images, 224, device=device)
         with torch.no_grad():
             t = model(x).argmax(1).tolist()
         cases["resnet18"] = (model, x, t, {"grad_cam": {"layer": "layer4"}, "rise": {"num_masks": args.resnet_masks},
@@ -139,6 +145,7 @@ def main() -> None:
     p.add_argument("--bytes-images", type=int, default=4)
     p.add_argument("--extremal-iters", type=int, default=300)
     p.add_argument("--skip-bytes", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (speed only; the bytes are measured on the CPU)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args()

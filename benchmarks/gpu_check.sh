@@ -11,7 +11,8 @@
 #   repro        benchmarks/reproducibility.py --case demo --paths native,pytorch,cuda [REPRO_ARGS]
 #   bench-fp32   benchmarks/bench_core.py --gpu [BENCH_ARGS]   (ResNet-50 at 224, B = 8, 32, 64)
 #   bench-bf16   the same with --autocast bfloat16 --channels-last
-# JSON results go to benchmarks/results/{reproducibility_gpu,bench_core_gpu_fp32,bench_core_gpu_bf16}.json.
+#   methods      benchmarks/bench_methods.py --device cuda  (the comparison methods vs TorchRay's, ResNet-18)
+# JSON results go to benchmarks/results/{reproducibility_gpu,bench_core_gpu_fp32,bench_core_gpu_bf16,bench_methods_gpu}.json.
 #
 # A failing step does not stop the others (one broken step must not hide the other numbers); the
 # script ends with a summary and exits 1 when any step failed, 0 when all passed, 3 without CUDA.
@@ -117,6 +118,9 @@ step bench-fp32 100 "$PYTHON" benchmarks/bench_core.py --gpu $BENCH_ARGS --out "
 # shellcheck disable=SC2086
 step bench-bf16 80 "$PYTHON" benchmarks/bench_core.py --gpu --autocast bfloat16 --channels-last $BENCH_ARGS \
     --out "$RESULTS/bench_core_gpu_bf16.json"
+# The comparison methods against TorchRay's on the GPU (ResNet-18, 224², 32 images).
+step methods 90 "$PYTHON" benchmarks/bench_methods.py --device cuda --cases resnet18 --images 32 --repeats 2 \
+    --resnet-masks 2000 --resnet-iters 100 --skip-bytes --out "$RESULTS/bench_methods_gpu.json"
 
 summary
 ((${#failed[@]} == 0))

@@ -8,8 +8,10 @@ cluster started with ``ray start`` on this machine) or ``cluster.address``; othe
 private local Ray instance for the run (no dashboard, token auth off) and stops it at the end.
 
 Exit codes: 0 every shard done; 1 some shard failed after its retries (or was not run), or the
-job could not run (output unreachable or holding another config's results, no worker could
-start); 2 bad command line or config.
+job could not run (output unreachable, in use by another job or holding another config's
+results, the cluster cannot host the actors, no worker could start); 2 bad command line or
+config, including what is checked before Ray starts: the shard list, the model and its weights,
+the reward and the method.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from pipeline.driver import DriverError, run_job
+    from pipeline.preflight import preflight
     from pipeline.storage import OutputError
 
     t0 = time.monotonic()
@@ -88,9 +91,17 @@ def main(argv: list[str] | None = None) -> int:
         assets = ensure_demo_assets(root, num_threads=1)  # cached: a no-op after the first run
         print(f"demo assets: {len(assets.shards)} shards and a trained model in {assets.root}", flush=True)
 
+    # Every config error (model, reward, method, shard list) before Ray starts or anything is
+    # written: exit 2 with one line, and the corrected re-run is not refused as another config.
+    try:
+        checked = preflight(cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
     started = connect_ray(cfg)
     try:
-        summary = run_job(cfg, max_shards=args.max_shards)
+        summary = run_job(cfg, max_shards=args.max_shards, checked=checked)
     except (OutputError, DriverError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

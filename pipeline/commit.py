@@ -3,6 +3,7 @@ for resume; a config guard; the manifest.
 
 Layout under ``output_uri`` (any fsspec URL)::
 
+    _lease/<generation>.json which job may write here now (``pipeline.lease``)
     config.json              {"config_hash": ...}: which config made these outputs
     config.yaml              the resolved config, human-readable
     parts/<shard_id>.parquet one per input shard
@@ -12,6 +13,9 @@ Layout under ``output_uri`` (any fsspec URL)::
 Every object is written whole (``pipeline.storage.write_bytes``: one PUT on S3, temp file +
 rename locally), so a part is never seen truncated. The marker is written only after the part, so a marker always
 means a complete part, and re-running a shard overwrites the same part name (no duplicate rows).
+Under the job's lease every write first checks the lease is still held (a job that lost it
+commits nothing), and a part whose marker's config hash is not the job's is refused: one output
+folder, one config.
 
 The columns of a part are ``pipeline.schema``'s.
 """
@@ -26,9 +30,19 @@ from typing import Any
 import pyarrow as pa
 import yaml
 
+from pipeline.lease import LeaseToken
 from pipeline.schema import SCHEMA_VERSION, table_to_parquet_bytes
 from pipeline.shards import shard_id
-from pipeline.storage import OutputError, describe, join, json_bytes, read_json, url_to_fs, write_bytes
+from pipeline.storage import (
+    OutputError,
+    describe,
+    join,
+    json_bytes,
+    read_json,
+    redact_url,
+    url_to_fs,
+    write_bytes,
+)
 
 PARTS_DIR = "parts"
 DONE_DIR = "_done"
@@ -63,13 +77,23 @@ def commit_part(
     table: pa.Table,
     stats: Mapping[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
+    lease: LeaseToken | None = None,
 ) -> dict[str, Any]:
     """Commit one shard's part, then its done-marker; returns the marker.
 
     The marker holds ``stats`` (e.g. seconds, attempts, config_hash) plus ``shard``, ``part``,
     ``rows``, ``errors`` (rows with ``error`` set) and ``committed_at``. Re-committing a shard
-    replaces its part: a shard never has two copies of its rows.
+    replaces its part: a shard never has two copies of its rows. ``lease``: the job's lease;
+    the lease is checked before each write, and ``stats["config_hash"]`` must be the lease's
+    (what this worker loaded is what the job claimed the folder for).
     """
+    if lease is not None:
+        got = (stats or {}).get("config_hash")
+        if got != lease.config_hash:
+            raise OutputConflictError(
+                f"not committing {shard_url}: this worker's config hash {str(got)[:12]} is not the job's "
+                f"{lease.config_hash[:12]} (did the model checkpoint change while the job ran?)"
+            )
     data = table_to_parquet_bytes(table)
     part = part_uri(output_uri, shard_url)
     errors = 0
@@ -77,20 +101,24 @@ def commit_part(
         errors = table.num_rows - table.column("error").null_count
     marker = {
         **dict(stats or {}),
-        "shard": shard_url,
+        "shard": redact_url(shard_url),
         "part": f"{PARTS_DIR}/{shard_id(shard_url)}.parquet",
         "rows": table.num_rows,
         "errors": errors,
         "bytes": len(data),
         "committed_at": time.time(),
     }
+    if lease is not None:
+        lease.check(storage_options)
     write_bytes(part, data, storage_options)
+    if lease is not None:
+        lease.check(storage_options)
     write_bytes(done_uri(output_uri, shard_url), json_bytes(marker), storage_options)
     return marker
 
 
 def load_done(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """The finished shards: shard URL -> its marker's stats. Unreadable markers are ignored (that
+    """The finished shards: shard URL (``storage.redact_url``'s form) -> its marker's stats. Unreadable markers are ignored (that
     shard simply runs again)."""
     url = join(output_uri, DONE_DIR)
     try:
@@ -112,8 +140,26 @@ def load_done(output_uri: str, storage_options: dict[str, Any] | None = None) ->
     return done
 
 
+def resumable(
+    output_uri: str, config_hash: str, storage_options: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The done-markers a run of ``config_hash`` may skip (``load_done``). Every marker must carry
+    this config hash: a marker of another config means a mixed folder, refused with
+    OutputConflictError rather than resumed into."""
+    done = load_done(output_uri, storage_options)
+    foreign = {url: m for url, m in done.items() if m.get("config_hash") != config_hash}
+    if foreign:
+        url, marker = next(iter(sorted(foreign.items())))
+        raise OutputConflictError(
+            f"{output_uri} holds {len(foreign)} finished shards of another config (e.g. {url}: hash "
+            f"{str(marker.get('config_hash'))[:12]}, this job {config_hash[:12]}): use another output.uri, "
+            "or output.overwrite=true to delete them"
+        )
+    return done
+
+
 def _clear(output_uri: str, storage_options: dict[str, Any] | None) -> None:
-    for sub in (PARTS_DIR, DONE_DIR, MANIFEST_JSON):
+    for sub in (DONE_DIR, PARTS_DIR, MANIFEST_JSON, CONFIG_YAML, CONFIG_JSON):
         url = join(output_uri, sub)
         try:
             fs, path = url_to_fs(url, storage_options)
@@ -142,9 +188,11 @@ def check_output(
     overwrite: bool = False,
     storage_options: dict[str, Any] | None = None,
 ) -> None:
-    """Claim ``output_uri`` for a config before any part is written.
+    """Claim ``output_uri`` for a config before any part is written. Call it holding the
+    output's lease (``pipeline.lease``): the lease is what keeps a second job from claiming or
+    clearing the folder at the same time.
 
-    ``overwrite``: delete earlier parts, markers and manifest, then claim. Otherwise: the same
+    ``overwrite``: delete earlier markers, parts, manifest and config files, then claim. Otherwise: the same
     config hash resumes; a different hash (or results with no ``config.json``) raises
     OutputConflictError.
     """
@@ -173,6 +221,17 @@ def check_output(
     write_bytes(url, json_bytes({"config_hash": config_hash, "created_at": time.time()}), storage_options)
 
 
+def _redacted_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config with its shard URLs' secrets redacted (signed URLs)."""
+    config = dict(config)
+    section = config.get("input")
+    if isinstance(section, Mapping) and section.get("shards"):
+        shards = section["shards"]
+        redacted = redact_url(shards) if isinstance(shards, str) else [redact_url(str(u)) for u in shards]
+        config["input"] = {**section, "shards": redacted}
+    return config
+
+
 def write_manifest(
     output_uri: str,
     resolved_config: Mapping[str, Any],
@@ -180,18 +239,21 @@ def write_manifest(
     code_version: str,
     shard_stats: Mapping[str, Mapping[str, Any]],
     storage_options: dict[str, Any] | None = None,
+    lease: LeaseToken | None = None,
 ) -> dict[str, Any]:
     """Write ``manifest.json`` (and the resolved config as ``config.yaml``); returns the manifest.
 
     ``shard_stats``: shard URL -> {status: done|failed, attempts, rows, errors, seconds, error...};
-    a shard without ``status`` counts as done. The manifest adds each shard's part path and a
+    a shard without ``status`` counts as done. ``lease``: checked first (a job that lost the
+    output writes no manifest). The manifest adds each shard's part path and a
     summary of counts.
     """
     shards: dict[str, dict[str, Any]] = {}
     for url, stats in shard_stats.items():
         entry = {"status": "done", **dict(stats)}
         entry.setdefault("part", f"{PARTS_DIR}/{shard_id(url)}.parquet")
-        shards[url] = entry
+        shards[redact_url(url)] = entry
+    resolved_config = _redacted_config(resolved_config)
     statuses = [s["status"] for s in shards.values()]
     manifest = {
         "config_hash": config_hash,
@@ -208,6 +270,8 @@ def write_manifest(
         "config": dict(resolved_config),
         "shards": shards,
     }
+    if lease is not None:
+        lease.check(storage_options)
     write_bytes(join(output_uri, CONFIG_YAML), yaml.safe_dump(dict(resolved_config), sort_keys=False).encode(), storage_options)
     write_bytes(join(output_uri, MANIFEST_JSON), json_bytes(manifest), storage_options)
     return manifest

@@ -37,15 +37,20 @@ class InputConfig:
     ``shards``: a brace pattern (``data/shard-{000000..000099}.tar``), a glob, ``@list.txt`` (one
     URL per line), or a list of any of these; any fsspec URL (local path, ``s3://``...).
     ``label_key``: the member extension holding the class index (``cls`` -> ``<key>.cls``), also
-    looked up as a field of the sample's ``json``.
+    looked up as a field of the sample's ``json``. ``max_pixels``: the memory guard, per image:
+    an image larger than this, or one that preprocessing would resize to more than this, is an
+    error row (checked before the pixels are allocated; ``pipeline.images``).
     """
 
     shards: str | tuple[str, ...] = ()
     label_key: str = "cls"
+    max_pixels: int = 50_000_000
 
     def validate(self) -> None:
         if not self.shards:
             raise ConfigError("input.shards is required: a brace pattern, glob, @listfile or list of URLs")
+        if self.max_pixels < 1:
+            raise ConfigError(f"input.max_pixels must be >= 1, got {self.max_pixels}")
 
 
 AUTO = "auto"
@@ -177,16 +182,21 @@ class OutputConfig:
 
     ``overwrite``: start over, deleting the parts and markers of an earlier run (otherwise a run
     resumes, and refuses an output made with a different config). ``map_format``: ``tensor``
-    (uint8 fixed-shape tensor) or ``png`` (one grayscale PNG per map).
+    (uint8 fixed-shape tensor) or ``png`` (one grayscale PNG per map). ``lease_ttl_s``: how long
+    the job's hold on the folder lasts without renewal (``pipeline.lease``; renewed every quarter
+    of it): a job whose driver vanished on another machine frees the folder after this long.
     """
 
     uri: str = ""
     overwrite: bool = False
     map_format: Literal["tensor", "png"] = "tensor"
+    lease_ttl_s: float = 60.0
 
     def validate(self) -> None:
         if not self.uri:
             raise ConfigError("output.uri is required (a local folder or e.g. s3://bucket/prefix)")
+        if self.lease_ttl_s < 1:
+            raise ConfigError(f"output.lease_ttl_s must be >= 1, got {self.lease_ttl_s}")
 
 
 @dataclass(frozen=True)

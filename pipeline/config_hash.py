@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from pipeline.config import JobConfig
@@ -18,6 +19,7 @@ _HASH_EXCLUDED: tuple[str, ...] = (
     "worker",
     "output.uri",
     "output.overwrite",
+    "output.lease_ttl_s",
     "cluster",
     "storage",
     "extremal.max_masks_per_batch",
@@ -43,9 +45,21 @@ def _hashed_dict(cfg: JobConfig) -> dict[str, Any]:
     return data
 
 
-def config_hash(cfg: JobConfig) -> str:
+def config_hash(
+    cfg: JobConfig, weights_digest: str | None = None, evaluation: Mapping[str, Any] | None = None
+) -> str:
     """sha256 hex of the canonical JSON of the fields that change the output rows: the method and
     its parameters included; not the cluster, storage or output location, batching knobs, or
-    the list of shards."""
-    canonical = json.dumps(_hashed_dict(cfg), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    the list of shards. ``weights_digest``: what the model's weights are
+    (``pipeline.models.LoadedModel.weights_digest``: the checkpoint's content hash, the
+    torchvision weights file), so new weights behind the same checkpoint path are another config.
+    ``evaluation``: the settings of a job that evaluates the config's results (e.g.
+    deletion/insertion's step), hashed with it, so such an output resumes only with the same
+    settings; None (an attribution job) gives the config's own hash."""
+    data = _hashed_dict(cfg)
+    if weights_digest is not None:
+        data["weights_digest"] = weights_digest
+    if evaluation is not None:
+        data["evaluation"] = dict(evaluation)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -9,7 +9,8 @@ Scheduling is our own ``ray.wait`` loop (not ``ray.util.ActorPool``, which hides
 failed): at most ``max_in_flight_per_actor`` shards per actor (one computing, the next already
 reading ahead in the same actor, so an actor never idles between shards); a failed shard waits
 ``retry_backoff_s * 2**(attempt-1)`` and goes back in the queue, up to ``max_retries`` re-runs,
-then it is quarantined (status ``failed`` with the reason). An actor whose process died is
+then it is quarantined (status ``failed`` with the reason); a shard that does not exist is
+quarantined at once (``ShardReadError.permanent``: retrying cannot help). An actor whose process died is
 replaced by a new one; the shards it held are retried like any failure.
 
 The driver is generic over tasks: what an actor does to a shard is ``task_class``
@@ -27,6 +28,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -37,8 +39,10 @@ from pipeline import commit
 from pipeline.config import JobConfig, storage_options
 from pipeline.config_hash import config_hash
 from pipeline.config_load import config_to_dict
+from pipeline.lease import Lease, LeaseLostError, LeaseToken
+from pipeline.preflight import Checked, preflight
 from pipeline.progress import Progress
-from pipeline.shards import expand_shards
+from pipeline.storage import redact_url
 from pipeline.summary import JobSummary, ShardState
 from pipeline.tasks import AttributionTask
 from pipeline.worker import ShardWorker
@@ -101,6 +105,11 @@ def failure_reason(exc: BaseException) -> str:
     return _one_line(f"{type(exc).__name__}: {exc}")
 
 
+def _permanent(exc: BaseException) -> bool:
+    """A failure that no retry can fix (a missing shard): quarantined at once."""
+    return bool(getattr(getattr(exc, "cause", None), "permanent", False))
+
+
 def num_workers(cfg: JobConfig, resources: dict[str, float], shards: int) -> int:
     """How many actors: ``cluster.num_actors`` if set; else one per ``num_gpus_per_actor`` of the
     cluster's GPUs (GPU actors) or per ``num_cpus_per_actor`` of its CPUs (CPU actors); never more
@@ -120,7 +129,15 @@ def num_workers(cfg: JobConfig, resources: dict[str, float], shards: int) -> int
         n = math.floor(gpus / c.num_gpus_per_actor + 1e-9)
     else:
         n = math.floor(cpus / c.num_cpus_per_actor + 1e-9) if c.num_cpus_per_actor > 0 else 1
-    return max(1, min(n, shards))
+    n = max(1, min(n, shards))
+    # Actors that the whole cluster cannot host would wait for resources forever: say so now.
+    for what, per, have in (("GPU", c.num_gpus_per_actor, gpus), ("CPU", c.num_cpus_per_actor, cpus)):
+        if per > 0 and n * per > have + 1e-9:
+            raise DriverError(
+                f"cluster.num_actors={n} x cluster.num_{what.lower()}s_per_actor={per:g} needs {n * per:g} {what}s "
+                f"but the Ray cluster has {have:g}: lower cluster.num_actors (or null: as many as fit)"
+            )
+    return n
 
 
 @dataclass
@@ -132,7 +149,7 @@ class _Slot:
     generation: int = 0
 
 
-def _start_actor(cfg: JobConfig, worker_class: type, task_class: type) -> Any:
+def _start_actor(cfg: JobConfig, worker_class: type, task_class: type, lease: LeaseToken) -> Any:
     c = cfg.cluster
     remote = ray.remote(worker_class).options(
         num_cpus=c.num_cpus_per_actor,
@@ -143,7 +160,7 @@ def _start_actor(cfg: JobConfig, worker_class: type, task_class: type) -> Any:
         # current one computes (the worker's lock keeps compute one shard at a time).
         max_concurrency=c.max_in_flight_per_actor,
     )
-    return remote.remote(cfg, task_class)
+    return remote.remote(cfg, task_class, lease)
 
 
 def _kill(handle: Any) -> None:
@@ -168,6 +185,8 @@ def run_job(
     startup_timeout_s: float = 600.0,
     worker_class: type = ShardWorker,
     task_class: type = AttributionTask,
+    checked: Checked | None = None,
+    evaluation: Mapping[str, Any] | None = None,
 ) -> JobSummary:
     """Run (or resume) an attribution job on the connected Ray cluster; returns its summary.
 
@@ -177,21 +196,60 @@ def run_job(
     ``storage.OutputError`` when the output cannot be reached, ``DriverError`` when no worker can
     start. Shard failures are not exceptions: they are in the summary. ``worker_class``: the
     actor class (``ShardWorker`` or a subclass, e.g. the tests' worker that fails on purpose);
-    ``task_class``: what each actor does to a shard (``pipeline.tasks``).
+    ``task_class``: what each actor does to a shard (``pipeline.tasks``), any callable
+    ``(cfg, device) -> ShardTask`` (a ``functools.partial`` binding its settings). ``checked``: the
+    result of ``pipeline.preflight.preflight(cfg)`` if the caller ran it (else it runs here and
+    raises ``ConfigError``); ``lease.OutputBusyError`` when another job holds the output.
+    ``evaluation``: the settings of an evaluation task over ``cfg``'s results, hashed with ``cfg``
+    (the output guard; the task's done-markers must carry the same hash) and recorded in the
+    manifest's config under ``evaluation``.
     """
     if not ray.is_initialized():
         raise DriverError("Ray is not initialized: call ray.init() (jobs.attribute does) before run_job")
     stream = progress_stream if progress_stream is not None else sys.stdout
     start = time.monotonic()
     st = storage_options(cfg)
-    chash = config_hash(cfg)
+    checked = preflight(cfg) if checked is None else checked  # ConfigError before anything is written
+    chash = checked.config_hash if evaluation is None else config_hash(cfg, checked.weights_digest, evaluation)
     uri = cfg.output.uri
-    urls = expand_shards(cfg.input.shards, st)
-    commit.check_output(uri, chash, cfg.output.overwrite, st)
+    urls = list(checked.shards)
+    # One job per output folder: the lease is taken before the folder is claimed or cleared, held
+    # (renewed in the background) while shards run, and checked by every commit.
+    lease = Lease(uri, chash, cfg.output.lease_ttl_s, st)
+    lease.acquire()
+    try:
+        lease.start_renewing()
+        commit.check_output(uri, chash, cfg.output.overwrite, st)
+        done = commit.resumable(uri, chash, st)
+        resolved = config_to_dict(cfg) if evaluation is None else {**config_to_dict(cfg), "evaluation": dict(evaluation)}
+        summary = _run_claimed(cfg, resolved, lease, urls, done, max_shards, stream, tty, log_interval_s,
+                               startup_timeout_s, (worker_class, task_class), start)
+    finally:
+        lease.release()
+    return summary
 
+
+def _run_claimed(
+    cfg: JobConfig,
+    resolved: dict[str, Any],
+    lease: Lease,
+    urls: list[str],
+    done: dict[str, dict[str, Any]],
+    max_shards: int | None,
+    stream: TextIO,
+    tty: bool | None,
+    log_interval_s: float,
+    startup_timeout_s: float,
+    classes: tuple[type, type],
+    start: float,
+) -> JobSummary:
+    """The run, once the output is ours: resume from ``done``, dispatch the rest, write the manifest
+    (``resolved``: the config as the manifest records it)."""
+    uri, st, chash = cfg.output.uri, storage_options(cfg), lease.config_hash
     states = {u: ShardState(u) for u in urls}
-    for url, marker in commit.load_done(uri, st).items():
-        if url in states:
+    for url in urls:
+        marker = done.get(redact_url(url))  # markers hold the URL without a signed query string
+        if marker is not None:
             states[url] = ShardState(
                 url,
                 status="done",
@@ -211,12 +269,13 @@ def run_job(
     progress = Progress(len(urls), already, stream=stream, tty=tty, interval_s=log_interval_s)
     try:
         if todo:
-            _dispatch(cfg, todo, states, summary, progress, startup_timeout_s, (worker_class, task_class))
+            _dispatch(cfg, todo, states, summary, progress, startup_timeout_s, classes, lease)
     finally:
         progress.close()
         summary.seconds = time.monotonic() - start
         summary.manifest = commit.write_manifest(
-            uri, config_to_dict(cfg), chash, code_version(), {u: s.manifest_entry() for u, s in states.items()}, st
+            uri, resolved, chash, code_version(), {u: s.manifest_entry() for u, s in states.items()}, st,
+            lease.token,
         )
     return summary
 
@@ -229,19 +288,24 @@ def _dispatch(
     progress: Progress,
     startup_timeout_s: float,
     classes: tuple[type, type],
+    lease: Lease,
 ) -> None:
-    """The ``ray.wait`` loop: runs ``todo`` on a pool of actors, updating ``states`` in place."""
+    """The ``ray.wait`` loop: runs ``todo`` on a pool of actors, updating ``states`` in place.
+    Stops (LeaseLostError) if the job loses the output's lease."""
     c = cfg.cluster
     n = num_workers(cfg, ray.cluster_resources(), len(todo))
-    slots = [_Slot(_start_actor(cfg, *classes)) for _ in range(n)]
+    start_actor = functools.partial(_start_actor, cfg, *classes, lease.token)
+    slots = [_Slot(start_actor()) for _ in range(n)]
     summary.workers = n
     try:
-        _wait_ready(slots, startup_timeout_s)
+        _wait_ready(slots, startup_timeout_s, progress)
         queue: list[str] = list(todo)  # FIFO of shard URLs ready to run
         retry_heap: list[tuple[float, str]] = []  # (not before, url)
         in_flight: dict[Any, tuple[int, int, str]] = {}  # ref -> (slot, generation, url)
 
         while queue or retry_heap or in_flight:
+            if lease.lost:
+                raise LeaseLostError(lease.lost)
             now = time.monotonic()
             while retry_heap and retry_heap[0][0] <= now:
                 queue.append(heapq.heappop(retry_heap)[1])
@@ -262,9 +326,9 @@ def _dispatch(
                     if isinstance(exc, RayActorError) and slots[slot_i].generation == generation:
                         # The process is gone (or unreachable): a fresh actor takes its seat.
                         _kill(slots[slot_i].handle)
-                        slots[slot_i] = _Slot(_start_actor(cfg, *classes), generation + 1)
+                        slots[slot_i] = _Slot(start_actor(), generation + 1)
                         summary.replaced_workers += 1
-                    if state.attempts <= c.max_retries:
+                    if state.attempts <= c.max_retries and not _permanent(exc):
                         backoff = min(MAX_BACKOFF_S, c.retry_backoff_s * 2 ** (state.attempts - 1))
                         heapq.heappush(retry_heap, (time.monotonic() + backoff, url))
                         summary.retries += 1
@@ -307,18 +371,35 @@ def _fill(
         in_flight[ref] = (slot_i, slots[slot_i].generation, url)
 
 
-def _wait_ready(slots: list[_Slot], timeout_s: float) -> None:
-    """Block until every actor has loaded its model; a worker that cannot start (bad checkpoint,
-    no GPU for device=cuda) fails the whole job at once with its reason."""
-    refs = [s.handle.ready.remote() for s in slots]
+def _wait_ready(slots: list[_Slot], timeout_s: float, progress: Progress | None = None) -> None:
+    """Block until every actor has loaded its model, saying every ``progress.interval_s`` what
+    it waits for; a worker that cannot start (bad checkpoint, no GPU for device=cuda) fails the
+    whole job at once with its reason."""
+    pending = [s.handle.ready.remote() for s in slots]
+    deadline = time.monotonic() + timeout_s
+    interval = progress.interval_s if progress is not None else 10.0
     try:
-        ray.get(refs, timeout=timeout_s)
+        while pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GetTimeoutError()
+            ready, pending = ray.wait(pending, num_returns=len(pending), timeout=min(interval, left))
+            ray.get(ready)  # raises the reason of a worker that failed to start
+            if pending and progress is not None:
+                progress.note(
+                    f"waiting for {len(pending)} of {len(slots)} workers to start (loading the model, or waiting "
+                    f"for resources: available now {_resources(ray.available_resources())})"
+                )
     except GetTimeoutError:
         raise DriverError(
-            f"{len(slots)} workers did not start within {timeout_s:.0f} s; the cluster has "
-            f"{ray.cluster_resources()} (available now: {ray.available_resources()})"
+            f"{len(pending)} of {len(slots)} workers did not start within {timeout_s:.0f} s; the cluster has "
+            f"{_resources(ray.cluster_resources())} (available now: {_resources(ray.available_resources())})"
         ) from None
     except RayError as exc:
         reason = failure_reason(exc)
         prefix = "worker failed to start"
         raise DriverError(reason if reason.startswith(prefix) else f"{prefix}: {reason}") from None
+
+
+def _resources(res: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in sorted(res.items()) if k in ("CPU", "GPU"))

@@ -35,15 +35,17 @@ def build_explainer(cfg: JobConfig, model: torch.nn.Module) -> Explainer:
         raise ValueError(f"method {cfg.method.name!r}: {exc}") from None
 
 
-def method_columns(cfg: JobConfig) -> dict[str, Any]:
+def method_columns(cfg: JobConfig, explainer: Explainer | None = None) -> dict[str, Any]:
     """What every row of this job's method has in common: ``method`` and, where the method has
-    them, ``variant`` and ``areas`` (engine settings) and ``layer``."""
+    them, ``variant`` and ``areas`` (engine settings) and ``layer`` (as configured, or the one the
+    explainer chose by default, e.g. Grad-CAM's)."""
     out: dict[str, Any] = {"method": cfg.method.name}
     if cfg.method.uses_engine_settings:
         out["variant"] = cfg.extremal.variant
         out["areas"] = list(cfg.extremal.areas)
-    if "layer" in cfg.method.params:
-        out["layer"] = str(cfg.method.params["layer"])
+    layer = cfg.method.params.get("layer", getattr(explainer, "layer", None))
+    if layer is not None:
+        out["layer"] = str(layer)
     return out
 
 
@@ -75,4 +77,26 @@ def explain_rows(explainer: Explainer, images: torch.Tensor, targets: torch.Tens
         if "optimal_area_reached" in row:
             row["optimal_area_reached"] = bool(row["optimal_area_reached"])
         rows.append({**row, "maps": maps[j], "seconds": float(seconds[j])})
+    return rows
+
+
+def explain_in_chunks(
+    explainer: Explainer, images: torch.Tensor, targets: torch.Tensor, batch_size: int
+) -> list[dict[str, Any]]:
+    """``explain_rows`` over chunks of ``batch_size`` rows (images ``[N, C, H, W]``, targets
+    ``[N]``) -> N dicts. A CUDA out-of-memory error halves the chunk size and retries the chunk
+    (the rest of the call keeps the smaller size); only a chunk of one row that still does not fit
+    raises, failing the shard (which the driver retries)."""
+    rows: list[dict[str, Any]] = []
+    lo, bs = 0, max(1, batch_size)
+    while lo < images.shape[0]:
+        try:
+            rows.extend(explain_rows(explainer, images[lo : lo + bs], targets[lo : lo + bs]))
+            lo += bs
+        except torch.cuda.OutOfMemoryError:
+            if bs == 1:
+                raise
+            bs //= 2
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give the failed attempt's blocks back before retrying
     return rows

@@ -14,6 +14,7 @@ be mapped back onto the original image.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import io
 import os
@@ -83,11 +84,14 @@ class Preprocess:
 class LoadedModel:
     """``model``: eval mode, on the requested device, parameters frozen (requires_grad False: the
     attribution optimizes masks, never weights). ``preprocess``: PIL image -> (input, geometry).
-    ``name``: for outputs."""
+    ``name``: for outputs. ``weights_digest``: what the weights are, for the config hash
+    (``sha256:<hex>`` of the checkpoint's bytes as loaded; ``torchvision:<file>`` for pretrained
+    weights alone; None for a factory's own initialisation)."""
 
     model: nn.Module
     preprocess: Preprocess
     name: str
+    weights_digest: str | None = None
 
 
 def _first_line(err: BaseException) -> str:
@@ -165,14 +169,16 @@ def _resolve_factory(factory: str):
     return obj
 
 
-def _open_checkpoint(path: str) -> str | io.BytesIO:
-    """A local path, or a remote object's bytes, for ``torch.load``; ValueError if missing."""
+def _open_checkpoint(path: str) -> io.BytesIO:
+    """The checkpoint's bytes, read once (what is hashed is exactly what is loaded), for
+    ``torch.load``; ValueError if missing."""
     if "://" not in path or path.startswith("file://"):
         local = path[len("file://") :] if path.startswith("file://") else path
         local = os.path.expanduser(local)
         if not os.path.isfile(local):
             raise ValueError(f"checkpoint not found: {path}")
-        return local
+        with open(local, "rb") as f:
+            return io.BytesIO(f.read())
     import fsspec  # only needed for remote checkpoints
 
     fs, fs_path = fsspec.core.url_to_fs(path)
@@ -369,14 +375,17 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu", *, downlo
         name = arch if weights is None else f"{arch}.{weights.name}"
     else:
         net = _build_factory(model.factory, model.num_classes)
-        name = model.factory
+        name, weights = model.factory, None
 
+    digest = None if weights is None else f"torchvision:{os.path.basename(urlparse(weights.url).path)}"
     if model.checkpoint is not None:
         what = f"checkpoint {model.checkpoint}"
-        state = _extract_state_dict(_safe_torch_load(_open_checkpoint(str(model.checkpoint)), what), what)
+        data = _open_checkpoint(str(model.checkpoint))
+        digest = f"sha256:{hashlib.sha256(data.getbuffer()).hexdigest()}"
+        state = _extract_state_dict(_safe_torch_load(data, what), what)
         _load_state_dict(net, state, what, name)
         name = f"{name}@{Path(urlparse(str(model.checkpoint)).path).name}"
 
     net = net.to(device).eval()
     net.requires_grad_(False)
-    return LoadedModel(model=net, preprocess=preprocess, name=name)
+    return LoadedModel(model=net, preprocess=preprocess, name=name, weights_digest=digest)

@@ -113,6 +113,13 @@ class Progress:
         if self._bar is None and time.monotonic() - self._last_log >= self.interval_s:
             self._log()
 
+    def note(self, text: str) -> None:
+        """A one-off line (e.g. why the job is waiting), above the bar when there is one."""
+        if self._bar is not None:
+            self._bar.write(f"[{self.desc}] {text}", file=self.stream)
+        else:
+            print(f"[{self.desc}] {text}", file=self.stream, flush=True)
+
     def _log(self) -> None:
         self._last_log = time.monotonic()
         print(self.line(), file=self.stream, flush=True)

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from pipeline.geometry import Geometry
+from pipeline.images import MAX_PIXELS, check_resize, decode_image
 from pipeline.models import Preprocess
-from pipeline.shards import decode_image, iter_samples
+from pipeline.shards import iter_samples
 
 
 @dataclass
@@ -38,11 +39,16 @@ class Item:
 
 
 def read_items(
-    shard_url: str, preprocess: Preprocess, label_key: str = "cls", storage_options: dict[str, Any] | None = None
+    shard_url: str,
+    preprocess: Preprocess,
+    label_key: str = "cls",
+    storage_options: dict[str, Any] | None = None,
+    max_pixels: int = MAX_PIXELS,
 ) -> Iterator[Item]:
     """Stream a shard's samples as ``Item``s: decode + preprocess each image; a sample that
     cannot be used gets ``error`` instead of raising. A damaged shard raises ShardReadError
-    (after yielding the samples before the damage)."""
+    (after yielding the samples before the damage). ``max_pixels``: the memory guard, on the
+    decoded image and on the size preprocessing resizes it to (``pipeline.images``)."""
     for index, sample in enumerate(iter_samples(shard_url, storage_options, label_key)):
         item = Item(index=index, key=sample.key, label=sample.label, labels=sample.labels)
         if sample.error is not None or sample.image_bytes is None:
@@ -50,8 +56,9 @@ def read_items(
             yield item
             continue
         try:
-            image = decode_image(sample.image_bytes)
+            image = decode_image(sample.image_bytes, max_pixels)
             item.width, item.height = image.size
+            check_resize(Geometry.of(*image.size, preprocess.resize, preprocess.crop), max_pixels)
             item.x, item.geometry = preprocess(image)
         except Exception as exc:  # decode_image raises ValueError; preprocessing anything else
             item.error = " ".join(str(exc).split()) or type(exc).__name__

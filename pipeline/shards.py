@@ -5,12 +5,18 @@ dot of its basename (``dir/n01440764_10026.jpg`` -> key ``dir/n01440764_10026``,
 ``jpg``); a sample's members are adjacent. We stream the tar with the standard library, so nothing
 is ever extracted to disk and nothing is unpickled: ``.pyd``/``.pickle``/``.pth``/``.pkl`` members
 are skipped unread (a shard is untrusted input).
+
+Names: a member whose basename starts with a dot is skipped (hidden files, macOS ``._x``); a key
+may hold dots after its first character and ``/`` (path-like names are just keys: nothing is ever
+written under a key's name). A member name that is not UTF-8 gives its sample an error row whose
+key shows the bytes escaped (``bad\\xff``); the shard's other samples are unaffected. A key seen
+twice in a shard (two adjacent samples with the same key, detected by a repeated member, or the
+same key further on) gives the repeat an error row instead of merging the two samples.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -20,18 +26,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from braceexpand import braceexpand
-from PIL import Image
 
-from pipeline.storage import open_url, protocol, url_to_fs
+from pipeline.images import decode_image as decode_image  # re-exported: decoding lives there
+from pipeline.storage import open_url, protocol, redact_url, scrub, url_to_fs
 
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 # Members that would need unpickling (arbitrary code execution): never read.
 PICKLE_EXTENSIONS = ("pyd", "pickle", "pth", "pkl")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
 class ShardReadError(IOError):
-    """A shard could not be opened or read to its end (missing, unreachable, truncated, corrupt)."""
+    """A shard could not be opened or read to its end (missing, unreachable, truncated, corrupt).
+    ``permanent``: retrying cannot help (the shard does not exist, or is a folder)."""
+
+    permanent: bool = False
 
 
 @dataclass
@@ -122,6 +131,16 @@ def split_member_name(name: str) -> tuple[str, str]:
     return key, ext.lower()
 
 
+def _escaped_if_not_utf8(text: str) -> str | None:
+    """tarfile decodes names with ``surrogateescape``: a name that was not UTF-8 holds lone
+    surrogates, which Arrow cannot store. Returns it with the bad bytes escaped, or None."""
+    try:
+        text.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _parse_label(text: bytes | str, what: str) -> int:
     try:
         return int(str(text.decode() if isinstance(text, bytes) else text).strip())
@@ -129,15 +148,20 @@ def _parse_label(text: bytes | str, what: str) -> int:
         raise ValueError(f"{what} is not an integer class index: {text[:40]!r}") from None
 
 
-def _make_sample(key: str, members: dict[str, bytes], label_key: str) -> Sample:
+def _make_sample(
+    key: str, members: dict[str, bytes], label_key: str, problems: list[str] | None = None, present: set[str] | None = None
+) -> Sample:
+    """One sample from its members (extension -> bytes); ``problems`` found while grouping
+    (a non-UTF-8 name, a duplicate key) become its error with whatever else is wrong.
+    ``present``: every member extension of the sample, read or not (for the error message)."""
     sample = Sample(key=key)
-    problems: list[str] = []
+    problems = list(problems or [])
     for ext in IMAGE_EXTENSIONS:
         if ext in members:
             sample.image_bytes, sample.image_format = members[ext], ext
             break
     else:
-        have = ", ".join(sorted(members)) or "nothing"
+        have = ", ".join(sorted(present if present is not None else members)) or "nothing"
         problems.append(f"no image member ({'/'.join(IMAGE_EXTENSIONS)}); has {have}")
     if "json" in members:
         try:
@@ -203,6 +227,9 @@ def iter_samples(
             with tarfile.open(fileobj=raw, mode="r|*", tarinfo=_EndTrackingTarInfo) as tar:
                 key: str | None = None
                 members: dict[str, bytes] = {}
+                seen_exts: set[str] = set()  # every member extension of the current sample
+                seen_keys: set[str] = set()  # every key of the shard so far
+                problems: list[str] = []
                 for info in tar:
                     if not info.isfile():
                         continue
@@ -211,11 +238,22 @@ def iter_samples(
                     if base.startswith("."):  # hidden files, macOS '._x' metadata
                         continue
                     member_key, ext = split_member_name(name)
-                    if member_key != key:
+                    bad_name = _escaped_if_not_utf8(member_key)
+                    if bad_name is not None:
+                        member_key = bad_name
+                    ext = _escaped_if_not_utf8(ext) or ext  # only ever shown in a reason
+                    # A repeated extension means a new sample with the same key: never merge them.
+                    if member_key != key or ext in seen_exts:
                         if key is not None:
                             count += 1
-                            yield _make_sample(key, members, label_key)
-                        key, members = member_key, {}
+                            yield _make_sample(key, members, label_key, problems, seen_exts)
+                        key, members, seen_exts, problems = member_key, {}, set(), []
+                        if key in seen_keys:
+                            problems.append(f"duplicate key {key!r}: an earlier sample of this shard has it")
+                        if bad_name is not None:
+                            problems.append(f"member name is not UTF-8: {bad_name!r} (bytes shown escaped)")
+                        seen_keys.add(key)
+                    seen_exts.add(ext)
                     if ext in PICKLE_EXTENSIONS or ext.rpartition(".")[2] in PICKLE_EXTENSIONS:
                         continue
                     if ext in wanted:
@@ -225,25 +263,17 @@ def iter_samples(
                     raise tarfile.ReadError("truncated tar: no end-of-archive block")
                 if key is not None:
                     count += 1
-                    yield _make_sample(key, members, label_key)
+                    yield _make_sample(key, members, label_key, problems, seen_exts)
     except ShardReadError:
         raise
     except Exception as exc:  # tarfile/zlib/OS/botocore errors alike: one clear failure
-        detail = " ".join(str(exc).split()) or type(exc).__name__
-        raise ShardReadError(
-            f"cannot read shard {url} after {count} samples: {type(exc).__name__}: {detail}"
-        ) from exc
-
-
-def decode_image(data: bytes) -> Image.Image:
-    """Decode image bytes to an RGB PIL image, fully (``load()``), so truncated or corrupt data
-    fails here with ``ValueError("cannot decode image: ...")`` rather than later."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
-    except Exception as exc:  # PIL raises OSError, SyntaxError, DecompressionBombError, ...
-        raise ValueError(f"cannot decode image: {type(exc).__name__}: {exc}") from exc
+        detail = scrub(" ".join(str(exc).split()) or type(exc).__name__, url)
+        error = ShardReadError(
+            f"cannot read shard {redact_url(url)} after {count} samples: {type(exc).__name__}: {detail}"
+        )
+        # Set on the instance: it travels with the exception through Ray (pickled __dict__).
+        error.permanent = count == 0 and isinstance(exc, (FileNotFoundError, IsADirectoryError))
+        raise error from None  # the cause's text may hold a signed URL's query string
 
 
 # ------------------------------------------------------------------------------------------------
@@ -275,7 +305,9 @@ def sanitize_key(key: str, max_len: int = 100) -> str:
 def shard_id(url: str) -> str:
     """A readable, unique, file-name-safe id for a shard URL: the file name without ``.tar``
     (``.tar.gz``, ``.tgz``) plus a hash of the full URL (``demo-000001-3fa2b1c9d0``), so shards
-    with the same name in different folders or buckets do not collide."""
+    with the same name in different folders or buckets do not collide. A signed URL's query
+    string is not part of it (``storage.redact_url``)."""
+    url = redact_url(url)
     base = url.rstrip("/").rpartition("/")[2].split("?", 1)[0]
     for suffix in (".tar.gz", ".tgz", ".tar"):
         if base.lower().endswith(suffix):

@@ -4,7 +4,7 @@ The job's storage options are s3fs keyword arguments, so they are passed only to
 An object is written with one call, never streamed: on S3 an exception inside
 ``with fs.open(path, "wb")`` still commits a truncated object, so a part is serialised in memory
 and uploaded with one PUT; locally it is written to a temp file and renamed. Readers therefore
-see a whole object or none.
+see a whole object or none, and never a temporary one (local temp files are hidden names).
 """
 
 from __future__ import annotations
@@ -45,6 +45,37 @@ def open_url(url: str, mode: str = "rb", storage_options: dict[str, Any] | None 
     return fsspec.open(url, mode, **_options_for(url, storage_options))
 
 
+def redact_url(url: str) -> str:
+    """``url`` safe to write anywhere (Parquet, manifest, logs): an http(s) query string (a signed
+    URL's is a credential) becomes ``?REDACTED``, a ``user:password@`` becomes ``REDACTED@``.
+    Other URLs are returned unchanged. Also the shard's identity (``shards.shard_id``): a shard
+    signed again later is the same shard."""
+    if "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    netloc, slash, path = rest.partition("/")
+    if "@" in netloc:
+        netloc = "REDACTED@" + netloc.rpartition("@")[2]
+    path = f"{slash}{path}"
+    if scheme.lower() in ("http", "https"):
+        path, query, _ = path.partition("?")
+        path = path.partition("#")[0] + ("?REDACTED" if query else "")
+    return f"{scheme}://{netloc}{path}"
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (e.g. an exception message) with ``url``'s secrets redacted as ``redact_url``
+    does, wherever the URL or its query string appears."""
+    safe = redact_url(url)
+    if safe == url:
+        return text
+    text = text.replace(url, safe)
+    query = url.partition("?")[2].partition("#")[0]
+    for secret in filter(None, (query, *query.split("&"))):
+        text = text.replace(secret, "REDACTED")
+    return text
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *parts])
 
@@ -64,7 +95,10 @@ def write_bytes(url: str, data: bytes, storage_options: dict[str, Any] | None) -
         fs, path = url_to_fs(url, storage_options)
         if is_local(fs):
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            # A hidden name in the same folder: readers of the folder (pyarrow, pandas, DuckDB's
+            # *.parquet) never list it, and the rename stays on one filesystem.
+            head, _, name = path.rpartition("/")
+            tmp = f"{head}/.{name}.tmp-{uuid.uuid4().hex[:8]}" if head else f".{name}.tmp-{uuid.uuid4().hex[:8]}"
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)

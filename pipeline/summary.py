@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.storage import redact_url
+
 
 @dataclass
 class ShardState:
@@ -91,8 +93,8 @@ class JobSummary:
         return self.images_this_run / self.seconds if self.seconds > 0 else 0.0
 
     def failures(self) -> dict[str, str]:
-        """Shard URL -> why it failed, for the quarantined shards."""
-        return {s.url: s.error or "unknown error" for s in self.failed}
+        """Shard URL (secrets redacted) -> why it failed, for the quarantined shards."""
+        return {redact_url(s.url): s.error or "unknown error" for s in self.failed}
 
     def report(self) -> str:
         """A few human-readable lines: counts, throughput, and every failed shard with its reason."""

@@ -71,7 +71,9 @@ def pick_targets(
             if label is None:
                 out.append([Target(None, "label", "sample has no label (no .cls member or json 'label')")])
             elif not 0 <= label < num_classes:
-                out.append([Target(int(label), "label",
+                # A label that does not fit the int32 `target` column is reported, not stored.
+                stored = int(label) if -(2**31) <= label < 2**31 else None
+                out.append([Target(stored, "label",
                                    f"label {label} is out of range for a model with {num_classes} classes")])
             else:
                 out.append([Target(int(label), "label")])

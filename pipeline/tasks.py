@@ -29,10 +29,12 @@ from extremal_core.rewards import class_scores
 from pipeline.commit import commit_part
 from pipeline.config import JobConfig, storage_options
 from pipeline.config_hash import config_hash
-from pipeline.method import build_explainer, explain_rows, maps_per_row, method_columns
+from pipeline.lease import LeaseToken
+from pipeline.method import build_explainer, explain_in_chunks, maps_per_row, method_columns
 from pipeline.models import LoadedModel, Preprocess, load_model
 from pipeline.readahead import Item, Prefetcher, read_items
 from pipeline.schema import rows_to_table
+from pipeline.storage import redact_url
 from pipeline.targets import Target, pick_targets
 
 
@@ -50,8 +52,10 @@ class ShardTask(Protocol):
         on_batch: Callable[[int], None] | None,
         extra_stats: dict[str, Any],
         compute_lock: threading.Lock,
+        lease: LeaseToken | None = None,
     ) -> dict[str, Any]:
-        """Process one shard, commit its part and return its done-marker."""
+        """Process one shard, commit its part and return its done-marker (checking ``lease``, the
+        job's hold on the output, before committing)."""
         ...
 
 
@@ -103,25 +107,25 @@ def explain_items(
                     out.append((item.index, rank, _error_row(item, base, t.error, t)))
                 else:
                     jobs.append((pos, rank, t))
-        bs = cfg.worker.batch_size
-        for lo in range(0, len(jobs), bs):
-            chunk = jobs[lo : lo + bs]
-            idx = torch.tensor([pos for pos, _, _ in chunk], device=device)
-            targets = torch.tensor([t.target for _, _, t in chunk], dtype=torch.long, device=device)
-            for (pos, rank, t), values in zip(chunk, explain_rows(explainer, x[idx], targets)):
-                item = group[pos]
-                row = {
-                    **base,
-                    "key": item.key,
-                    "target": t.target,
-                    "target_source": t.source,
-                    "width": item.width,
-                    "height": item.height,
-                    **values,
-                    **item.geometry.columns(),
-                    "error": None,
-                }
-                out.append((item.index, rank, row))
+        if not jobs:
+            continue
+        idx = torch.tensor([pos for pos, _, _ in jobs], device=device)
+        targets = torch.tensor([t.target for _, _, t in jobs], dtype=torch.long, device=device)
+        # Chunks of worker.batch_size rows, halved on a CUDA out-of-memory error.
+        for (pos, rank, t), values in zip(jobs, explain_in_chunks(explainer, x[idx], targets, cfg.worker.batch_size)):
+            item = group[pos]
+            row = {
+                **base,
+                "key": item.key,
+                "target": t.target,
+                "target_source": t.source,
+                "width": item.width,
+                "height": item.height,
+                **values,
+                **item.geometry.columns(),
+                "error": None,
+            }
+            out.append((item.index, rank, row))
     return out
 
 
@@ -152,6 +156,7 @@ def process_shard(
     on_batch: Callable[[int], None] | None = None,
     extra_stats: dict[str, Any] | None = None,
     compute_lock: threading.Lock | None = None,
+    lease: LeaseToken | None = None,
 ) -> dict[str, Any]:
     """Explain every sample of one shard and commit its part; returns the done-marker (small:
     ``shard``, ``rows``, ``errors``, ``images``, ``seconds``, ``attempts``, ``config_hash``...).
@@ -161,14 +166,15 @@ def process_shard(
     called with the number of images done after each batch (progress, fault injection).
     ``extra_stats``: more fields for the marker (where the shard ran). ``compute_lock``: held
     while this shard computes, so concurrent calls (an actor with several shards in flight) read
-    ahead but run the engine one shard at a time.
+    ahead but run the engine one shard at a time. ``lease``: the job's hold on the output, checked
+    before the part and the marker are written (``pipeline.commit.commit_part``).
     Raises ShardReadError when the shard cannot be read to its end; nothing is committed then.
     """
     start = time.perf_counter()
     device = torch.device(device)
     storage = storage_options(cfg) if storage is None else storage
     explainer = build_explainer(cfg, loaded.model) if explainer is None else explainer
-    base = {"shard": shard_url, "model": loaded.name, **method_columns(cfg)}
+    base = {"shard": redact_url(shard_url), "model": loaded.name, **method_columns(cfg, explainer)}
     rows: list[tuple[int, int, dict[str, Any]]] = []
     batch: list[Item] = []
     images = 0
@@ -181,7 +187,7 @@ def process_shard(
             if on_batch is not None:
                 on_batch(images)
 
-    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage)
+    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage, cfg.input.max_pixels)
     with Prefetcher(source, maxsize=cfg.worker.prefetch) as items:
         # Reading starts before the lock: while another shard computes, this one reads ahead.
         # The lock is held for the whole shard (not per batch) so shards finish one by one.
@@ -206,13 +212,13 @@ def process_shard(
         "images": images,
         "seconds": round(time.perf_counter() - start - waited, 3),  # busy time, not the wait
         "wait_seconds": round(waited, 3),
-        "config_hash": config_hash(cfg),
+        "config_hash": config_hash(cfg, loaded.weights_digest),
         "model": loaded.name,
         "device": str(device),
         "host": socket.gethostname(),
         **dict(extra_stats or {}),
     }
-    return commit_part(cfg.output.uri, shard_url, table, stats, storage)
+    return commit_part(cfg.output.uri, shard_url, table, stats, storage, lease)
 
 
 class AttributionTask:
@@ -235,8 +241,9 @@ class AttributionTask:
         on_batch: Callable[[int], None] | None = None,
         extra_stats: dict[str, Any] | None = None,
         compute_lock: threading.Lock | None = None,
+        lease: LeaseToken | None = None,
     ) -> dict[str, Any]:
         return process_shard(
             shard_url, self.cfg, self.loaded, explainer=self.explainer, device=self.device, attempt=attempt,
-            storage=storage, on_batch=on_batch, extra_stats=extra_stats, compute_lock=compute_lock,
+            storage=storage, on_batch=on_batch, extra_stats=extra_stats, compute_lock=compute_lock, lease=lease,
         )

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from pipeline.config import JobConfig, storage_options
+from pipeline.lease import LeaseToken
 from pipeline.tasks import AttributionTask, ShardTask
 
 
@@ -36,10 +37,12 @@ class ShardWorker:
     """One per GPU (or per CPU slot): builds its task once, then ``process`` runs it on one shard
     per call. The driver wraps it with ``ray.remote``; it is a plain class, so it also runs
     in-process. ``task_class``: what to do to a shard (``pipeline.tasks``), built as
-    ``task_class(cfg, device)``."""
+    ``task_class(cfg, device)``. ``lease``: the job's hold on the output (``pipeline.lease``),
+    handed to the task, which checks it before committing; None outside a driver's job."""
 
-    def __init__(self, cfg: JobConfig, task_class: type = AttributionTask) -> None:
+    def __init__(self, cfg: JobConfig, task_class: type = AttributionTask, lease: LeaseToken | None = None) -> None:
         self.cfg = cfg
+        self.lease = lease
         self.device = resolve_device(cfg.cluster.device)
         if self.device.type == "cpu":
             # Ray sets OMP_NUM_THREADS from the actor's CPUs; make torch agree (at least 1).
@@ -61,9 +64,11 @@ class ShardWorker:
         shard's done-marker."""
         # The accelerator Ray assigned (a logical GPU on a CPU-only machine still shows here).
         extra = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        # Only a job's worker passes the lease: a task written before leases still runs alone.
+        fence = {} if self.lease is None else {"lease": self.lease}
         return self.task.run(
             shard_url, attempt=attempt, storage=self.storage, on_batch=self.on_batch(shard_url, attempt),
-            extra_stats=extra, compute_lock=self._compute,
+            extra_stats=extra, compute_lock=self._compute, **fence,
         )
 
     def on_batch(self, shard_url: str, attempt: int) -> Callable[[int], None] | None:

@@ -71,3 +71,17 @@ def model_section(**fields) -> ModelConfig:
     pp = {k: fields.pop(k) for k in list(fields) if k in names}
     fields.setdefault("download_weights", False)
     return ModelConfig(**fields, preprocessing=PreprocessingConfig(**pp))
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """The tiny config's model, loaded as an actor loads it, with one torch thread (as an actor
+    with one CPU gets: on a busy 2-core machine two threads wait on each other)."""
+    import torch
+
+    from pipeline.models import load_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_model(tiny_config("unused.tar", "unused").model)
+    torch.set_num_threads(threads)

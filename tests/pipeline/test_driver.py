@@ -9,13 +9,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from pipeline.commit import done_uri
+from pipeline.config import ConfigError
 from pipeline.driver import DriverError, run_job
+from pipeline.lease import Lease, OutputBusyError
 from pipeline.results import read_results
 from pipeline.shards import iter_samples
 from pipeline.worker import ShardWorker
@@ -152,11 +155,26 @@ def test_unreachable_endpoint_fails_the_shards_with_a_clear_reason(tmp_path: Pat
         assert "ShardReadError" in reason and "127.0.0.1:9" in reason
 
 
+class NoStartWorker(ShardWorker):
+    """A worker whose constructor fails the way a node without the weights would."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        raise ValueError("checkpoint not found: /node/nope.pt")
+
+
 def test_a_worker_that_cannot_start_fails_the_job_with_its_reason(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", num_shards=1, per_shard=1)
-    cfg = tiny_config(shards, str(tmp_path / "out"), "cluster.num_actors=1", f"model.checkpoint={tmp_path}/nope.pt")
+    cfg = tiny_config(shards, str(tmp_path / "out"), "cluster.num_actors=1")
     with pytest.raises(DriverError, match=r"worker failed to start: ValueError: checkpoint not found: .*nope\.pt"):
+        _run(cfg, worker_class=NoStartWorker)
+
+
+def test_a_bad_checkpoint_is_a_config_error_before_anything_is_written(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards", num_shards=1, per_shard=1)
+    cfg = tiny_config(shards, str(tmp_path / "out"), "cluster.num_actors=1", f"model.checkpoint={tmp_path}/nope.pt")
+    with pytest.raises(ConfigError, match=r"^model\.checkpoint: checkpoint not found: .*nope\.pt"):
         _run(cfg)
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_cluster_must_have_the_gpus_asked_for(tmp_path: Path) -> None:
@@ -164,3 +182,64 @@ def test_the_cluster_must_have_the_gpus_asked_for(tmp_path: Path) -> None:
     cfg = tiny_config(shards, str(tmp_path / "out"), "cluster.num_gpus_per_actor=4")
     with pytest.raises(DriverError, match="num_gpus_per_actor=4 but the Ray cluster has 2 GPUs"):
         _run(cfg)
+
+
+def test_more_actors_than_the_cluster_can_host_fail_at_once(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards", num_shards=3, per_shard=1)
+    cfg = tiny_config(shards, str(tmp_path / "out"), "cluster.num_actors=3")  # 3 x 1 CPU, the cluster has 2
+    start = time.monotonic()
+    with pytest.raises(DriverError, match=r"num_actors=3 x cluster.num_cpus_per_actor=1 needs 3 CPUs but the Ray cluster has 2"):
+        _run(cfg)
+    assert time.monotonic() - start < 60
+
+
+def test_an_output_in_use_is_refused_even_with_overwrite(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards", num_shards=1, per_shard=2)
+    out = str(tmp_path / "out")
+    cfg = tiny_config(shards, out, "cluster.num_actors=1")
+    assert _run(cfg).ok
+    running = Lease(out, "another-job", 60)
+    running.acquire()  # another job is writing this folder now
+    for overrides in ((), ("output.overwrite=true", "extremal.max_iter=6")):
+        with pytest.raises(OutputBusyError, match="in use by another job"):
+            _run(tiny_config(shards, out, "cluster.num_actors=1", *overrides))
+    assert read_results(out).num_rows == 2  # nothing deleted, nothing added
+    running.release()
+    again = _run(cfg)
+    assert again.ok and all(s.resumed for s in again.done)
+
+
+def test_bad_shards_are_quarantined_in_the_manifest_and_missing_ones_not_retried(tmp_path: Path) -> None:
+    good = write_shards(tmp_path / "shards", num_shards=1, per_shard=2)[0]
+    empty, garbage = tmp_path / "shards" / "empty-000000.tar", tmp_path / "shards" / "garbage-000000.tar"
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"not a tar" * 100)
+    missing = str(tmp_path / "shards" / "missing-000000.tar")
+    out = str(tmp_path / "out")
+    cfg = tiny_config([good, str(empty), str(garbage), missing], out, "cluster.max_retries=1")
+    summary = _run(cfg)
+
+    assert summary.exit_code == 1 and [s.url for s in summary.done] == [good]
+    manifest = json.loads(Path(out, "manifest.json").read_text())
+    assert manifest["summary"] == {"shards": 4, "done": 1, "failed": 3, "rows": 2, "errors": 0}
+    for url, attempts in ((str(empty), 2), (str(garbage), 2), (missing, 1)):  # missing: never retried
+        entry = manifest["shards"][url]
+        assert entry["status"] == "failed" and entry["attempts"] == attempts and "cannot read shard" in entry["error"]
+    assert "FileNotFoundError" in manifest["shards"][missing]["error"]
+
+
+class SlowStartWorker(ShardWorker):
+    """A worker whose model takes a while to load."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        time.sleep(3)
+        super().__init__(*args, **kwargs)
+
+
+def test_waiting_for_workers_is_said_not_silent(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards", num_shards=1, per_shard=1)
+    stream = io.StringIO()
+    summary = run_job(tiny_config(shards, str(tmp_path / "out"), "cluster.num_actors=1"), worker_class=SlowStartWorker,
+                      progress_stream=stream, tty=False, log_interval_s=0.5)
+    assert summary.ok
+    assert "waiting for 1 of 1 workers to start" in stream.getvalue() and "available now CPU" in stream.getvalue()

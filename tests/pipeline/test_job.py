@@ -48,6 +48,34 @@ def test_bad_config_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Capture
     assert "unknown key 'method.radius'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.checkpoint={tmp}/missing.pt"], "error: model.checkpoint: checkpoint not found"),
+        (["model.checkpoint={tmp}/job.yaml"], "error: model.checkpoint: cannot read checkpoint"),
+        (["model.factory=demo.model:nope"], "error: model.factory: factory 'demo.model:nope'"),
+        (["model.factory=null", "model.arch=resnet5O"], "error: model.arch: unknown torchvision architecture"),
+        (["model.factory=null", "model.arch=resnet18", "model.weights=IMAGENET9K"], "error: model.weights: unknown weights"),
+        (["extremal.reward=nope"], "error: extremal.reward: unknown reward 'nope'"),
+        (["method.name=extremal_channels", "method.layer=nope"], "error: method.layer: method 'extremal_channels': layer 'nope'"),
+        (["input.shards={tmp}/nothing-*.tar"], "error: input.shards: no shards match"),
+    ],
+)
+def test_what_needs_the_model_is_checked_before_ray_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, overrides: list[str], expected: str
+) -> None:
+    """Model, weights, reward, method and shard list: exit 2 with one line naming the key,
+    before Ray starts and before the output folder exists (a corrected re-run is not refused)."""
+    path = _config_file(tmp_path)
+    argv = ["--config", path]
+    for o in overrides:
+        argv += ["--set", o.format(tmp=tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(expected) and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_config_mismatch_is_refused_unless_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     path = _config_file(tmp_path)
@@ -182,9 +210,53 @@ def test_every_registered_method_through_the_job(tmp_path: Path, method: str, ex
     table = pq.read_table(tmp_path / "out" / "parts")
     assert table.num_rows == 2 and table.column("error").null_count == 2
     assert set(table.column("method").to_pylist()) == {method}
+    if method == "grad_cam":  # the default layer the explainer chose is recorded
+        assert set(table.column("layer").to_pylist()) == {"features.11"}
     maps = table.column("maps").combine_chunks().to_numpy_ndarray()  # [N, M, h, w] uint8
     assert maps.shape == (2, num_maps, 32, 32) and maps.dtype.name == "uint8"
     (rows,) = duckdb.sql(
         f"SELECT count(*), min(map_max - map_min) FROM '{tmp_path / 'out' / 'parts'}/*.parquet' WHERE error IS NULL"
     ).fetchall()
     assert rows[0] == 2 and rows[1] > 0
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_driver_interrupted_with_sigint_releases_the_output_and_a_restart_resumes(tmp_path: Path) -> None:
+    """A real ``python -m jobs.attribute`` (its own private Ray) stopped with SIGINT after its first
+    shard: the lease is released on the way out, and the same command then finishes the job
+    (on the session's cluster), every key exactly once."""
+    from collections import Counter
+
+    from pipeline.lease import highest
+    from pipeline.shards import iter_samples
+    from tests.shard_factory import write_shards
+
+    shards = write_shards(tmp_path / "shards", num_shards=6, per_shard=2)
+    out = tmp_path / "out"
+    cfg = tiny_config(shards, str(out), "cluster.num_actors=1", "extremal.max_iter=60", "worker.batch_size=1")
+    path = tmp_path / "job.yaml"
+    path.write_text(dump_config_yaml(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.attribute", "--config", str(path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list((out / "_done").glob("*.json")) if (out / "_done").exists() else True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no shard finished in time"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group we started, nothing else
+            proc.wait()
+    assert proc.returncode != 0
+    gen, record = highest(str(out))
+    assert gen == 1 and record["released"]  # freed on the way out: no TTL to wait for
+
+    assert main(["--config", str(path)]) == 0
+    keys = read_results(str(out)).column("key").to_pylist()
+    assert Counter(keys) == Counter(s.key for url in shards for s in iter_samples(url))
+    assert highest(str(out))[0] == 2

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from pipeline.commit import done_uri, part_uri
-from pipeline.models import load_model
 from pipeline.readahead import Prefetcher
 from pipeline.results import maps_at_original_size, read_results
 from pipeline.shards import ShardReadError
@@ -23,16 +22,6 @@ from pipeline.tasks import process_shard
 from pipeline.worker import ShardWorker
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, member_offsets, truncate_file, write_shard
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    # One torch thread, as an actor with one CPU gets: on a busy 2-core machine two threads wait
-    # on each other and run several times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_model(tiny_config("unused.tar", "unused").model)
-    torch.set_num_threads(threads)
 
 
 def _mixed_shard(path: Path) -> tuple[str, list[str]]:
@@ -214,3 +203,34 @@ def test_worker_is_generic_over_tasks(tmp_path: Path) -> None:
     assert worker.process("a.tar", attempt=2)["attempts"] == 2
     worker.process("b.tar")
     assert worker.task.calls == ["a.tar", "b.tar"]
+
+
+class _OomAbove:
+    """The job's real explainer, with a CUDA out-of-memory error injected (on the CPU) for any
+    call of more than ``limit`` rows; records the batch sizes it was called with."""
+
+    def __init__(self, inner, limit: int) -> None:
+        self.inner, self.limit, self.sizes = inner, limit, []
+
+    def explain(self, images, targets):
+        self.sizes.append(images.shape[0])
+        if images.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return self.inner.explain(images, targets)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_cuda_out_of_memory_halves_the_micro_batch_instead_of_failing_the_shard(tmp_path: Path, tiny_model) -> None:
+    from pipeline.method import build_explainer
+
+    shard = write_shard(tmp_path / "oom-000000.tar", image_samples(0, 5))
+    cfg = tiny_config(shard, str(tmp_path / "out"), "method.name=center", "worker.batch_size=4")
+    explainer = _OomAbove(build_explainer(cfg, tiny_model.model), limit=1)
+    marker = process_shard(shard, cfg, tiny_model, explainer=explainer)
+    assert marker["rows"] == 5 and marker["errors"] == 0
+    assert explainer.sizes == [4, 2, 1, 1, 1, 1, 1]  # 4 fails, 2 fails, then one row at a time
+    never = _OomAbove(build_explainer(cfg, tiny_model.model), limit=0)
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # one row does not fit: the shard fails (and is retried)
+        process_shard(shard, cfg, tiny_model, explainer=never)

@@ -1,0 +1,88 @@
+"""``python -m jobs.sanity_check --config configs/<name>.yaml [--set key=value ...] [--out <uri>]
+[--mode cascading|independent|both] [--layers top,...,bottom] [--seed N]``
+
+The sanity checks (SPEC section 8, Adebayo et al. 2018) of the config's attribution method: the
+job itself (run or resumed), then one attribution job per randomized model (cascading: the top
+learnable layer, then one more at a time down to the input; independent: one layer at a time),
+each into its own folder under ``--out`` (default ``<output.uri>/sanity_check``), resumable; then
+the similarity of each stage's maps to the original maps (Spearman of |map| and of the signed
+map, SSIM, HOG Spearman), printed and written as ``sanity_check.csv`` / ``.parquet``.
+
+Exit codes: 0 every job done; 1 a shard failed or a job could not run; 2 bad command line or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from pipeline.config import ConfigError, storage_options
+from pipeline.config_load import load_config
+from pipeline.storage import join
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m jobs.sanity_check", description=__doc__.split("\n\n")[1])
+    p.add_argument("--config", required=True, help="the attribution job's YAML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, as for jobs.attribute; repeatable")
+    p.add_argument("--out", default=None, help="where the stages and the table go (default <output.uri>/sanity_check)")
+    p.add_argument("--mode", choices=("cascading", "independent", "both"), default="both")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated layer names, top first (default: every learnable layer of the model)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the re-initialisation (default 0)")
+    p.add_argument("--hog-cell", type=int, default=16, help="HOG cell size in pixels (default 16)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.hog_cell < 2:
+        print("error: --hog-cell must be >= 2", file=sys.stderr)
+        return 2
+    modes = ("cascading", "independent") if args.mode == "both" else (args.mode,)
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
+    out = args.out or join(cfg.output.uri, "sanity_check")
+
+    import ray
+
+    from jobs.attribute import connect_ray
+    from pipeline.driver import DriverError
+    from pipeline.evaluation.sanity_run import format_table, run_sanity_check, write_table
+    from pipeline.storage import OutputError
+
+    t0 = time.monotonic()
+    started = connect_ray(cfg)
+    try:
+        table, summaries = run_sanity_check(cfg, out, modes=modes, layers=layers, seed=args.seed, hog_cell=args.hog_cell)
+    except (OutputError, DriverError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # an unknown layer, a shard pattern that matches nothing
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if started:
+            ray.shutdown()
+    print(format_table(table))
+    try:
+        urls = write_table(out, table, storage_options(cfg))
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"tables: {', '.join(urls)}")
+    print(f"wall time: {time.monotonic() - t0:.1f} s")
+    failed = [s for s in summaries if not s.ok]
+    for s in failed:
+        print(f"error: {s.output_uri}: {len(s.failed)} failed, {len(s.pending)} unfinished shards", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Deletion / insertion summary: per method, the mean (and standard deviation) of the per-row
+AUCs over the scored rows of an evaluation output, read part by part (only the AUC columns);
+printed and written as CSV and Parquet (plain Arrow types)."""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline.results import part_urls
+from pipeline.schema import table_to_parquet_bytes
+from pipeline.storage import join, url_to_fs, write_bytes
+
+SUMMARY = "deletion_insertion"
+_METRICS = ("deletion_auc", "insertion_auc")
+
+
+@dataclass
+class MethodTally:
+    """Running sums of one method's rows: ``n`` scored rows, per metric sum and sum of squares."""
+
+    rows: int = 0
+    errors: int = 0
+    n: int = 0
+    sums: tuple[float, float] = (0.0, 0.0)
+    squares: tuple[float, float] = (0.0, 0.0)
+    steps: frozenset[int] = frozenset()  # pixels per step of the scored rows (one value per run)
+
+    def add(self, deletion: np.ndarray, insertion: np.ndarray) -> None:
+        """Scored rows' AUCs, float arrays ``[n]``."""
+        self.n += len(deletion)
+        self.sums = tuple(s + float(np.sum(v, dtype=np.float64)) for s, v in zip(self.sums, (deletion, insertion)))
+        self.squares = tuple(
+            s + float(np.sum(np.square(v, dtype=np.float64))) for s, v in zip(self.squares, (deletion, insertion))
+        )
+
+    def mean(self, i: int) -> float:
+        return self.sums[i] / self.n if self.n else math.nan
+
+    def std(self, i: int) -> float:
+        """Population standard deviation (0 for one row)."""
+        if not self.n:
+            return math.nan
+        return math.sqrt(max(0.0, self.squares[i] / self.n - self.mean(i) ** 2))
+
+
+def summarize(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, MethodTally]:
+    """method -> its tally, over every part under ``uri`` (an evaluation output). Raises
+    FileNotFoundError when there is no part."""
+    urls = part_urls(uri, storage_options)
+    if not urls:
+        raise FileNotFoundError(f"no Parquet parts under {uri.rstrip('/')}/parts")
+    tallies: dict[str, MethodTally] = {}
+    for url in urls:
+        fs, path = url_to_fs(url, storage_options)
+        with fs.open(path, "rb") as f:
+            for batch in pq.ParquetFile(f).iter_batches(columns=["method", "step", *_METRICS, "error"]):
+                cols = batch.to_pydict()
+                ok = np.array([e is None for e in cols["error"]], dtype=bool)
+                methods = np.array([m or "" for m in cols["method"]], dtype=object)
+                d = np.array([np.nan if v is None else v for v in cols["deletion_auc"]], dtype=np.float64)
+                ins = np.array([np.nan if v is None else v for v in cols["insertion_auc"]], dtype=np.float64)
+                for m in dict.fromkeys(methods):
+                    sel = methods == m
+                    t = tallies.setdefault(m, MethodTally())
+                    t.rows += int(sel.sum())
+                    t.errors += int((sel & ~ok).sum())
+                    t.add(d[sel & ok], ins[sel & ok])
+                    t.steps |= {int(v) for v, s in zip(cols["step"], sel & ok) if s and v is not None}
+    return tallies
+
+
+def summary_table(tallies: dict[str, MethodTally], substrate: str | None = None) -> pa.Table:
+    """``method, rows, errors, scored, deletion_auc, deletion_std, insertion_auc, insertion_std``
+    (lower deletion and higher insertion AUC are better), plus the rows' ``step`` (null when they
+    differ) and the deletion ``substrate``."""
+    rows = [{"method": m, "rows": t.rows, "errors": t.errors, "scored": t.n,
+             "deletion_auc": t.mean(0), "deletion_std": t.std(0), "insertion_auc": t.mean(1), "insertion_std": t.std(1),
+             "step": next(iter(t.steps)) if len(t.steps) == 1 else None, "deletion_substrate": substrate}
+            for m, t in sorted(tallies.items())]
+    f64 = pa.float64()
+    schema = pa.schema([("method", pa.string()), ("rows", pa.int64()), ("errors", pa.int64()), ("scored", pa.int64()),
+                        ("deletion_auc", f64), ("deletion_std", f64), ("insertion_auc", f64), ("insertion_std", f64),
+                        ("step", pa.int32()), ("deletion_substrate", pa.string())])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def format_summary(tallies: dict[str, MethodTally]) -> str:
+    lines = [f"{'method':<24} {'deletion':>9} {'insertion':>9} {'rows':>8} {'errors':>7}"]
+    for m, t in sorted(tallies.items()):
+        lines.append(f"{m:<24} {t.mean(0):9.4f} {t.mean(1):9.4f} {t.n:8d} {t.errors:7d}")
+    lines.append("AUC of the target's probability (deletion: lower is better; insertion: higher is better)")
+    return "\n".join(lines)
+
+
+def write_summary(out_uri: str, table: pa.Table, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """``<out>/deletion_insertion.csv`` and ``.parquet``; returns the URLs."""
+    buf = io.BytesIO()
+    pacsv.write_csv(table, buf)
+    urls = []
+    for ext, data in (("csv", buf.getvalue()), ("parquet", table_to_parquet_bytes(table))):
+        url = join(out_uri, f"{SUMMARY}.{ext}")
+        write_bytes(url, data, storage_options)
+        urls.append(url)
+    return urls
