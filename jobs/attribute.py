@@ -113,16 +113,24 @@ def main(argv: list[str] | None = None) -> int:
             ray.shutdown()
 
     print(summary.report())
+    index = None
     if root is not None and summary.done:
         # The demo's samples carry their object's box: score the maps by TorchRay's protocol
         # (15 px, extremal masks smoothed and summed, centre baseline), in process (Ray is down).
         from pipeline.evaluation.pointing_run import run_pointing_game
-        from pipeline.evaluation.pointing_table import format_summary
+        from pipeline.evaluation.pointing_table import format_summary, write_tables
+        from pipeline.report import build_report
+        from pipeline.storage import join
 
         game = run_pointing_game(cfg.output.uri, storage_options(cfg), use_ray=False)
         print("pointing game (TorchRay's protocol, python -m jobs.pointing_game):")
         print(format_summary(game))
+        # Beside the parts, where jobs.pointing_game puts them: the report below shows them.
+        write_tables(join(cfg.output.uri, "pointing_game"), game, storage_options(cfg))
+        index = build_report([cfg.output.uri], join(cfg.output.uri, "report"), storage_options=storage_options(cfg))
     print(f"wall time: {time.monotonic() - t0:.1f} s")
+    if index is not None:
+        print(f"report: {index}")  # the demo's last line: open it in a browser
     if not summary.ok:
         print(f"error: {len(summary.failed)} failed and {len(summary.pending)} unfinished of "
               f"{len(summary.shards)} shards", file=sys.stderr)

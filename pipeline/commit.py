@@ -22,7 +22,10 @@ The columns of a part are ``pipeline.schema``'s.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import os
+import subprocess
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -275,3 +278,22 @@ def write_manifest(
     write_bytes(join(output_uri, CONFIG_YAML), yaml.safe_dump(dict(resolved_config), sort_keys=False).encode(), storage_options)
     write_bytes(join(output_uri, MANIFEST_JSON), json_bytes(manifest), storage_options)
     return manifest
+
+
+def current_code_version() -> str:
+    """The git commit of this checkout (``-dirty`` with local changes), else the package version."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout holding pipeline/
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return f"git:{commit}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        return f"extremal-saliency {importlib.metadata.version('extremal-saliency')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"

@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import functools
 import heapq
-import importlib.metadata
 import math
-import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Mapping
@@ -61,25 +58,6 @@ class DriverError(RuntimeError):
 
 
 @functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """The git commit of this checkout (``-dirty`` with local changes), else the package version."""
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        return f"git:{commit}{'-dirty' if dirty else ''}"
-    except (OSError, subprocess.SubprocessError):
-        pass
-    try:
-        return f"extremal-saliency {importlib.metadata.version('extremal-saliency')}"
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:_REASON_CHARS]
 
@@ -274,7 +252,7 @@ def _run_claimed(
         progress.close()
         summary.seconds = time.monotonic() - start
         summary.manifest = commit.write_manifest(
-            uri, resolved, chash, code_version(), {u: s.manifest_entry() for u, s in states.items()}, st,
+            uri, resolved, chash, commit.current_code_version(), {u: s.manifest_entry() for u, s in states.items()}, st,
             lease.token,
         )
     return summary

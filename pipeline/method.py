@@ -19,7 +19,8 @@ from pipeline.config import JobConfig
 
 # Explanation values written as columns of the same name (SPEC section 2); the rest (e.g. the
 # variant's own `rewards`, `achieved_areas`, `history`) stay in memory.
-VALUE_COLUMNS = ("preserved", "scores", "phi0", "phi_min", "optimal_area", "optimal_area_reached", "channel_masks")
+VALUE_COLUMNS = ("preserved", "scores", "phi0", "phi_min", "optimal_area", "optimal_area_reached", "channel_masks",
+                 "inversion_original", "inversion_perturbed")
 
 
 def build_explainer(cfg: JobConfig, model: torch.nn.Module) -> Explainer:

@@ -3,7 +3,8 @@
 One row per (image, target), for every attribution method alike. The columns every method writes
 come first; the method-specific ones (extremal: ``variant``, ``areas``, ``preserved``, ``scores``,
 ``phi0``, ``phi_min``, ``optimal_area``, ``optimal_area_reached``; channel attribution: ``layer``,
-``channel_masks``) are nullable and null for the other methods.
+``channel_masks``, and from ``jobs.channels`` ``inversion_original`` / ``inversion_perturbed``)
+are nullable and null for the other methods.
 
 ``maps`` holds a row's M saliency maps at the model input resolution ``[M, map_height,
 map_width]`` as uint8; ``map_min`` / ``map_max`` (float32) restore the method's own values:
@@ -30,8 +31,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 # Bumped whenever a column changes name, type or meaning; recorded in manifest.json.
-# 1: extremal-only `masks` / `rewards`; 2: every method, `maps` with `map_min` / `map_max`.
-SCHEMA_VERSION = 2
+# 1: extremal-only `masks` / `rewards`; 2: every method, `maps` with `map_min` / `map_max`;
+# 3: the channel job's feature inversions `inversion_original` / `inversion_perturbed` (PNG).
+SCHEMA_VERSION = 3
 MAP_FORMATS = ("tensor", "png")
 
 _F32, _I32 = pa.float32(), pa.int32()
@@ -48,8 +50,11 @@ _TAIL = [
     ("variant", pa.string()), ("areas", pa.list_(_F32)), ("preserved", pa.list_(_F32)),
     ("scores", pa.list_(_F32)), ("phi0", _F32), ("phi_min", _F32), ("optimal_area", _F32),
     ("optimal_area_reached", pa.bool_()),
-    # channel attribution (null for other methods): the layer and the channel masks [A, K]
+    # channel attribution (null for other methods): the layer and the channel masks [A, K]; the
+    # channel job (jobs.channels) adds the feature inversions of the original activations and of
+    # those perturbed by the optimal channel mask, as RGB PNGs at the model input size.
     ("layer", pa.string()), ("channel_masks", pa.list_(pa.list_(_F32))),
+    ("inversion_original", pa.binary()), ("inversion_perturbed", pa.binary()),
     ("error", pa.string()), ("seconds", _F32),
 ]
 
@@ -119,6 +124,18 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def rgb_png(image: Any) -> bytes:
+    """A float image ``[3, H, W]`` in [0, 1] (clipped) -> RGB PNG bytes; bytes pass through."""
+    if isinstance(image, (bytes, bytearray)):
+        return bytes(image)
+    arr = np.clip(np.nan_to_num(np.asarray(image, np.float32)), 0.0, 1.0)
+    if arr.ndim != 3 or arr.shape[0] != 3:
+        raise ValueError(f"an RGB image must be [3, H, W], got shape {arr.shape}")
+    buf = io.BytesIO()
+    Image.fromarray((arr.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8), mode="RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _maps_column(rows: Sequence[dict[str, Any]], stored: list[np.ndarray | None], typ: pa.DataType) -> pa.Array:
     if pa.types.is_list(typ) and pa.types.is_binary(typ.value_type):
         return pa.array([None if m is None else [_png(a) for a in m] for m in stored], type=typ)
@@ -148,6 +165,8 @@ def _plain_values(values: list[Any], typ: pa.DataType) -> list[Any]:
         return [None if v is None else int(v) for v in values]
     if pa.types.is_boolean(typ):
         return [None if v is None else bool(v) for v in values]
+    if pa.types.is_binary(typ):  # the feature inversions: float [3, H, W] images become PNGs
+        return [None if v is None else rgb_png(v) for v in values]
     return values
 
 

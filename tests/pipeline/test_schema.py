@@ -25,7 +25,7 @@ from pipeline.schema import part_schema, quantize_maps, restore_maps, rows_to_ta
 COMMON = ["key", "shard", "method", "model", "target", "target_source", "width", "height", "maps", "map_min",
           "map_max", "map_height", "map_width", "resized_width", "resized_height", "crop_top", "crop_left"]
 EXTREMAL = ["variant", "areas", "preserved", "scores", "phi0", "phi_min", "optimal_area", "optimal_area_reached"]
-CHANNELS = ["layer", "channel_masks"]
+CHANNELS = ["layer", "channel_masks", "inversion_original", "inversion_perturbed"]
 AREAS = [0.05, 0.1, 0.2]
 
 

@@ -1,0 +1,93 @@
+"""What the report reads beside an output besides its parts: the manifest (config, code version,
+shards) and any evaluation tables (the pointing game's ``pointing_game*.csv|parquet``)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from pipeline.commit import MANIFEST_JSON
+from pipeline.evaluation.pointing_table import PER_CLASS, SUMMARY
+from pipeline.report import html as h
+from pipeline.report.scan import RunScan
+from pipeline.storage import join, read_json, url_to_fs
+
+# Where jobs.pointing_game writes by default, and the output folder itself (a --out beside it).
+POINTING_DIRS = ("pointing_game", "")
+MAX_SHARDS_LISTED = 20
+
+
+def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    return read_json(join(uri, MANIFEST_JSON), storage_options)
+
+
+def read_table_beside(uri: str, name: str, storage_options: dict[str, Any] | None = None) -> tuple[str, pa.Table] | None:
+    """The first ``<uri>/[pointing_game/]<name>.parquet|csv`` that exists: (its URL, the table)."""
+    for folder in POINTING_DIRS:
+        for ext in ("parquet", "csv"):
+            url = join(uri, *(p for p in (folder, f"{name}.{ext}") if p))
+            fs, path = url_to_fs(url, storage_options)
+            try:
+                data = fs.cat_file(path)
+            except (FileNotFoundError, IsADirectoryError):
+                continue
+            reader = pq.read_table if ext == "parquet" else pacsv.read_csv
+            return url, reader(io.BytesIO(data))
+    return None
+
+
+def pointing_section(uri: str, storage_options: dict[str, Any] | None = None) -> str | None:
+    """The pointing-game tables found beside ``uri`` as HTML (None when there are none)."""
+    found = read_table_beside(uri, SUMMARY, storage_options)
+    if found is None:
+        return None
+    url, summary = found
+    cols = [c for c in ("method", "subset", "accuracy", "hits", "misses", "pairs", "classes") if c in summary.column_names]
+    rows = [[h.fmt(r[c], 4) if c == "accuracy" else r[c] for c in cols] for r in summary.select(cols).to_pylist()]
+    parts = [h.table([c if c != "accuracy" else "accuracy %" for c in cols], rows),
+             h.note(f"from {url}; 'center' is the centre baseline on the same pairs")]
+    per_class = read_table_beside(uri, PER_CLASS, storage_options)
+    if per_class is not None:
+        t = per_class[1]
+        shown = t.slice(0, 200).to_pylist()
+        parts.append("<details><summary>per class</summary>" + h.table(
+            t.column_names, [[h.fmt(r[c], 4) for c in t.column_names] for r in shown]) + "</details>")
+    return "".join(parts)
+
+
+def run_facts(scan: RunScan, manifest: dict[str, Any] | None) -> str:
+    """Run facts of one output: counts, config hash, code version, schema, shards (the failed ones
+    with their reasons), error rows with reasons, and the resolved config."""
+    parts = [h.table(["fact", "value"], [
+        ("output", scan.uri), ("method", ", ".join(f"{m} ({n} rows)" for m, n in scan.methods.items()) or "-"),
+        ("parts", len(scan.parts)), ("rows", scan.rows), ("error rows", scan.errors),
+        ("classes", len([c for c, s in scan.classes.items() if s.rows])),
+        ("areas", ", ".join(h.fmt(a) for a in scan.areas) if scan.areas else "-"),
+    ] + ([] if manifest is None else [
+        ("config hash", manifest.get("config_hash", "-")), ("code version", manifest.get("code_version", "-")),
+        ("schema version", manifest.get("schema_version", "-")),
+        ("shards", ", ".join(f"{k}: {v}" for k, v in (manifest.get("summary") or {}).items())),
+    ]))]
+    if manifest is None:
+        parts.append(h.note("no manifest.json beside the parts"))
+    else:
+        shards = manifest.get("shards") or {}
+        failed = [(u, s.get("attempts"), s.get("error", "")) for u, s in shards.items() if s.get("status") == "failed"]
+        if failed:
+            parts.append("<h3>failed shards</h3>" + h.table(["shard", "attempts", "reason"], failed[:200]))
+        listed = list(shards.items())[:MAX_SHARDS_LISTED]
+        parts.append("<details><summary>shards" + (f" (first {len(listed)} of {len(shards)})" if len(shards) > len(listed)
+                                                   else "") + "</summary>" + h.table(
+            ["shard", "status", "rows", "errors", "attempts", "seconds"],
+            [(u, s.get("status"), s.get("rows"), s.get("errors"), s.get("attempts"), s.get("seconds")) for u, s in listed],
+        ) + "</details>")
+        parts.append(h.details("resolved config", manifest.get("config", {})))
+    if scan.errors:
+        parts.append("<h3>error rows</h3>" + h.table(["reason", "rows"], scan.error_reasons.most_common(20)))
+        parts.append(h.table(["key", "shard", "error"], scan.error_rows)
+                     + h.note(f"{len(scan.error_rows)} of {scan.errors} error rows listed"))
+    return "".join(parts)
