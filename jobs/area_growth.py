@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.config import ConfigError, storage_options
-from pipeline.config_load import load_config
+from pipeline.config import ConfigError
+from pipeline.config_load import results_location
 from pipeline.storage import OutputError, join
 
 
@@ -35,17 +35,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    storage = None
-    results = args.results
-    if args.config is not None:
-        try:
-            cfg = load_config(args.config, args.overrides)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        results, storage = cfg.output.uri, storage_options(cfg)
-    elif args.overrides:
-        print("error: --set needs --config", file=sys.stderr)
+    try:
+        results, storage = results_location(args.results, args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
 
     from pipeline.evaluation.area_growth import area_growth, format_summary, write_tables

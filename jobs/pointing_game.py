@@ -17,8 +17,8 @@ import argparse
 import os
 import sys
 
-from pipeline.config import ConfigError, storage_options
-from pipeline.config_load import load_config
+from pipeline.config import ConfigError
+from pipeline.config_load import results_location
 from pipeline.storage import join
 
 
@@ -56,17 +56,10 @@ def _connect_ray() -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    storage: dict | None = None
-    results = args.results
-    if args.config is not None:
-        try:
-            cfg = load_config(args.config, args.overrides)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        results, storage = cfg.output.uri, storage_options(cfg)
-    elif args.overrides:
-        print("error: --set needs --config", file=sys.stderr)
+    try:
+        results, storage = results_location(args.results, args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.tolerance <= 0 or (args.smooth is not None and args.smooth < 0) or args.max_in_flight < 1:
         print("error: --tolerance and --max-in-flight must be positive, --smooth >= 0", file=sys.stderr)

@@ -16,7 +16,7 @@ import yaml
 from extremal_core.methods import get_method
 from extremal_core.methods.registry import parameter_names
 from extremal_core.settings import ExtremalSettings
-from pipeline.config import ConfigError, JobConfig, MethodConfig
+from pipeline.config import ConfigError, JobConfig, MethodConfig, storage_options
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 
@@ -208,6 +208,22 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
     for override in overrides:
         apply_override(data, override)
     return config_from_dict(data)
+
+
+def results_location(
+    results: str | None, config: str | None, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[str, dict[str, Any] | None]:
+    """Where an evaluation reads a job's results: ``results`` as given (storage options from the
+    environment), or the ``output.uri`` and storage of the job's ``config`` (with ``--set``
+    overrides, which need a config). Returns (uri, storage options or None); ConfigError otherwise."""
+    if config is not None:
+        cfg = load_config(config, overrides)
+        return cfg.output.uri, storage_options(cfg)
+    if overrides:
+        raise ConfigError("--set needs --config")
+    if not results:
+        raise ConfigError("give --results <output uri> or --config <job yaml>")
+    return results, None
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

@@ -11,7 +11,6 @@ reaches 1; the largest area, not reached, otherwise).
 
 from __future__ import annotations
 
-import io
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -20,12 +19,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pipeline.evaluation.table_files import write_table_files
 from pipeline.results import part_urls
-from pipeline.schema import table_to_parquet_bytes
-from pipeline.storage import join, url_to_fs, write_bytes
+from pipeline.storage import url_to_fs
 
 ALL = None  # the class key of the all-classes rows (null in the tables)
 _COLUMNS = ["target", "areas", "scores", "optimal_area", "optimal_area_reached", "error"]
@@ -190,12 +188,4 @@ def format_summary(result: AreaGrowth, max_classes: int = 20) -> str:
 
 def write_tables(out_uri: str, result: AreaGrowth, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Each table as ``<out>/<name>.csv`` and ``.parquet``; returns the URLs."""
-    urls = []
-    for name, table in tables(result).items():
-        buf = io.BytesIO()
-        pacsv.write_csv(table, buf)
-        for ext, data in (("csv", buf.getvalue()), ("parquet", table_to_parquet_bytes(table))):
-            url = join(out_uri, f"{name}.{ext}")
-            write_bytes(url, data, storage_options)
-            urls.append(url)
-    return urls
+    return write_table_files(out_uri, tables(result), storage_options)

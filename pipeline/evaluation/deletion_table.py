@@ -4,19 +4,17 @@ printed and written as CSV and Parquet (plain Arrow types)."""
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from pipeline.evaluation.table_files import write_table_files
 from pipeline.results import part_urls
-from pipeline.schema import table_to_parquet_bytes
-from pipeline.storage import join, url_to_fs, write_bytes
+from pipeline.storage import url_to_fs
 
 SUMMARY = "deletion_insertion"
 _METRICS = ("deletion_auc", "insertion_auc")
@@ -102,11 +100,4 @@ def format_summary(tallies: dict[str, MethodTally]) -> str:
 
 def write_summary(out_uri: str, table: pa.Table, storage_options: dict[str, Any] | None = None) -> list[str]:
     """``<out>/deletion_insertion.csv`` and ``.parquet``; returns the URLs."""
-    buf = io.BytesIO()
-    pacsv.write_csv(table, buf)
-    urls = []
-    for ext, data in (("csv", buf.getvalue()), ("parquet", table_to_parquet_bytes(table))):
-        url = join(out_uri, f"{SUMMARY}.{ext}")
-        write_bytes(url, data, storage_options)
-        urls.append(url)
-    return urls
+    return write_table_files(out_uri, {SUMMARY: table}, storage_options)

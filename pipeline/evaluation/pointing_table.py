@@ -4,15 +4,12 @@ as CSV and Parquet (plain Arrow types: pandas, DuckDB read them)."""
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from pipeline.evaluation.pointing_run import SUBSETS, PartResult
-from pipeline.schema import table_to_parquet_bytes
-from pipeline.storage import join, write_bytes
+from pipeline.evaluation.table_files import write_table_files
 
 SUMMARY = "pointing_game"
 PER_CLASS = "pointing_game_classes"
@@ -63,12 +60,4 @@ def format_summary(result: PartResult) -> str:
 
 def write_tables(out_uri: str, result: PartResult, storage_options: dict[str, Any] | None = None) -> list[str]:
     """Write both tables as ``<out>/pointing_game[_classes].csv|parquet``; returns the URLs."""
-    urls = []
-    for name, table in ((SUMMARY, summary_table(result)), (PER_CLASS, class_table(result))):
-        buf = io.BytesIO()
-        pacsv.write_csv(table, buf)
-        for ext, data in (("csv", buf.getvalue()), ("parquet", table_to_parquet_bytes(table))):
-            url = join(out_uri, f"{name}.{ext}")
-            write_bytes(url, data, storage_options)
-            urls.append(url)
-    return urls
+    return write_table_files(out_uri, {SUMMARY: summary_table(result), PER_CLASS: class_table(result)}, storage_options)

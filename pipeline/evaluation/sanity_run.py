@@ -10,24 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import io
 import math
 from collections.abc import Sequence
 from typing import Any, TextIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.commit import PARTS_DIR
 from pipeline.config import JobConfig, storage_options
 from pipeline.evaluation.randomization import MODES, RandomizedAttributionTask, Stage, learnable_layers, stages
 from pipeline.evaluation.similarity import METRICS, map_similarity
+from pipeline.evaluation.table_files import write_table_files
 from pipeline.models import load_model
 from pipeline.results import part_urls, row_maps
-from pipeline.schema import table_to_parquet_bytes
-from pipeline.storage import join, url_to_fs, write_bytes
+from pipeline.storage import join, url_to_fs
 
 SUMMARY = "sanity_check"
 _COLUMNS = ["key", "target", "maps", "map_min", "map_max", "map_height", "map_width", "error"]
@@ -131,11 +129,4 @@ def format_table(table: pa.Table) -> str:
 
 def write_table(out_uri: str, table: pa.Table, storage: dict[str, Any] | None = None) -> list[str]:
     """``<out>/sanity_check.csv`` and ``.parquet``; returns the URLs."""
-    buf = io.BytesIO()
-    pacsv.write_csv(table, buf)
-    urls = []
-    for ext, data in (("csv", buf.getvalue()), ("parquet", table_to_parquet_bytes(table))):
-        url = join(out_uri, f"{SUMMARY}.{ext}")
-        write_bytes(url, data, storage)
-        urls.append(url)
-    return urls
+    return write_table_files(out_uri, {SUMMARY: table}, storage)
