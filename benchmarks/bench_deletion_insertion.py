@@ -1,7 +1,9 @@
 """Deletion + insertion: images/s of the batched evaluation (`causal_curves`: every (image, step)
 pair of a batch in a few large forward passes) against RISE's loop (`CausalMetric.single_run`:
 one image, one forward pass per step, transcribed as in the tests), on the same model, images,
-saliency maps and step; the curves of the two are checked equal. The two alternate in each repeat
+saliency maps and step; the curves of the two are checked equal. Ours runs as the pipeline's task
+does, on the engine's private copy of the model (BatchNorm folded, channels-last); RISE's loop on
+the model as given. The two alternate in each repeat
 and the median of the per-repeat ratios is printed.
 
 Cases: `small` (the benchmarks' SmallCNN, random weights, --small-size px) and torchvision
@@ -25,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import make_model, median, smooth_images, start_run, sync, write_json  # noqa: E402
 
+from extremal_core.network import engine_model  # noqa: E402
+from extremal_core.settings import ExtremalSettings  # noqa: E402
 from pipeline.evaluation.deletion_insertion import blur, causal_curves  # noqa: E402
 
 
@@ -48,8 +52,9 @@ def rise_loop(model, image: torch.Tensor, saliency: torch.Tensor, target: int, m
     return scores
 
 
-def run_case(name: str, size: int, n: int, repeats: int, forward_batch: int, device: str) -> dict:
+def run_case(name: str, size: int, n: int, repeats: int, forward_batch: int | None, device: str) -> dict:
     model = make_model(name).to(device)
+    ours = engine_model(model, ExtremalSettings())  # as the pipeline's task runs it
     images = smooth_images(n, size, device=device)
     g = torch.Generator().manual_seed(0)
     saliency = torch.rand(n, size, size, generator=g).to(device)
@@ -61,7 +66,7 @@ def run_case(name: str, size: int, n: int, repeats: int, forward_batch: int, dev
     for rep in range(repeats + 1):
         sync(device)
         t0 = time.perf_counter()
-        curves = [causal_curves(model, images, saliency, targets, m, step=step, forward_batch=forward_batch).curves
+        curves = [causal_curves(ours, images, saliency, targets, m, step=step, forward_batch=forward_batch).curves
                   for m in ("deletion", "insertion")]
         sync(device)
         t1 = time.perf_counter()
@@ -92,7 +97,7 @@ def main() -> None:
     p.add_argument("--small-size", type=int, default=64)
     p.add_argument("--images", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--forward-batch", type=int, default=256)
+    p.add_argument("--forward-batch", type=int, default=None, help="default: causal_curves' (32 on a CPU, 256 on CUDA)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None)

@@ -37,7 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="pixels per step (default: the input's width, one row)")
     p.add_argument("--deletion-substrate", choices=("zeros", "blur"), default="zeros",
                    help="what deleted pixels become (default zeros, in normalised input space)")
-    p.add_argument("--forward-batch", type=int, default=256, help="perturbed images per forward pass (default 256)")
+    p.add_argument("--forward-batch", type=int, default=None,
+                   help="perturbed images per forward pass (default 32 on a CPU, 256 on CUDA)")
     p.add_argument("--max-shards", type=int, default=None, metavar="N", help="at most N shards in this run")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier evaluation under --out first")
     return p

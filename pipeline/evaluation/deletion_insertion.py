@@ -31,6 +31,8 @@ SUBSTRATES = ("zeros", "blur")
 DEFAULT_SUBSTRATE = {"deletion": "zeros", "insertion": "blur"}
 BLUR_SIZE = 11  # RISE: gkern(11, 5)
 BLUR_NSIG = 5.0
+_CPU_FORWARD_BATCH = 32  # measured: 32 perturbed images per pass ran 1.5-2x faster than 256 on a CPU
+_CUDA_FORWARD_BATCH = 256
 
 
 @dataclass
@@ -108,7 +110,7 @@ def causal_curves(
     *,
     step: int | None = None,
     substrate: str | torch.Tensor | None = None,
-    forward_batch: int = 256,
+    forward_batch: int | None = None,
 ) -> CausalCurves:
     """Deletion or insertion curves of B images.
 
@@ -116,7 +118,8 @@ def causal_curves(
     more salient), ``targets`` ``[B]``; ``mode`` ``deletion`` / ``insertion``; ``step`` pixels per
     step (default ``W``: one row's worth, 224 at 224²); ``substrate`` default ``zeros`` for
     deletion, ``blur`` for insertion. ``forward_batch``: perturbed images per forward pass (the
-    B x (n_steps + 1) inputs go through in chunks of it). The model runs as given (eval mode is
+    B x (n_steps + 1) inputs go through in chunks of it; default 32 on a CPU, where larger chunks
+    fall out of the caches, 256 on CUDA). The model runs as given (eval mode is
     the caller's); its output is logits ``[N, C]`` (or ``[N, C, h, w]``, averaged).
     """
     if mode not in MODES:
@@ -132,6 +135,8 @@ def causal_curves(
     base = substrate_of(images, DEFAULT_SUBSTRATE[mode] if substrate is None else substrate)
     start, finish = (images, base) if mode == "deletion" else (base, images)
     rank = saliency_rank(saliency.to(images.device))  # [B, HW]
+    if forward_batch is None:
+        forward_batch = _CUDA_FORWARD_BATCH if images.device.type == "cuda" else _CPU_FORWARD_BATCH
     targets = torch.as_tensor(targets, device=images.device).long().reshape(b)
 
     # Every (image, step) pair, image-major; chunked so memory stays forward_batch images.

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from demo import build_demo_model
+from extremal_core.network import engine_model
+from extremal_core.settings import ExtremalSettings
 from jobs.attribute import main as attribute
 from jobs.deletion_insertion import main
 from pipeline.config_load import dump_config_yaml, load_config
@@ -60,6 +62,7 @@ def test_deletion_insertion_job(attribution: tuple[str, str], capsys: pytest.Cap
     # The same numbers straight from the pieces: images decoded with the job's preprocessing, each
     # row's maps summed, one call of causal_curves per row.
     loaded = load_model(load_config(config).model)
+    model = engine_model(loaded.model, ExtremalSettings())  # the task's copy of the model
     images = {}
     for shard in {r["shard"] for r in attr}:
         images.update({it.key: it.x for it in read_items(shard, loaded.preprocess) if it.error is None})
@@ -70,8 +73,8 @@ def test_deletion_insertion_job(attribution: tuple[str, str], capsys: pytest.Cap
         x = images[row["key"]][None]
         sal = torch.from_numpy(row_maps(row).sum(axis=0))[None]
         tgt = torch.tensor([row["target"]])
-        d = causal_curves(loaded.model, x, sal, tgt, "deletion", step=64)
-        ins = causal_curves(loaded.model, x, sal, tgt, "insertion", step=64)
+        d = causal_curves(model, x, sal, tgt, "deletion", step=64)
+        ins = causal_curves(model, x, sal, tgt, "insertion", step=64)
         got = by_key.loc[row["key"]]
         np.testing.assert_allclose(np.asarray(got["deletion_curve"]), d.curves[0].numpy(), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(np.asarray(got["insertion_curve"]), ins.curves[0].numpy(), rtol=1e-4, atol=1e-6)
