@@ -27,7 +27,10 @@ class ExtremalSettings:
     compiled C (`cpu_kernels.py`; same values to float rounding, 2-4x faster) when a C compiler
     is present. `tie_tolerance`: mask values this close
     to the area threshold count as tied and share the reference's mean (`area.py`), which makes
-    the masks the same on every machine.
+    the masks the same on every machine. `stop_tolerance` (None: off, the paper's fixed
+    schedule): every `stop_window` iterations, a mask whose parameters moved less than this
+    (largest absolute change over the window) is frozen and leaves the network batch
+    (`optimize.py`; measured in `benchmarks/bench_schedule.py`).
     """
 
     areas: tuple[float, ...] = (0.1,)
@@ -55,6 +58,8 @@ class ExtremalSettings:
     fuse_batchnorm: bool = True
     pool_before_relu: bool = True
     native_cpu_kernels: bool = True
+    stop_tolerance: float | None = None
+    stop_window: int = 20
 
     def __post_init__(self) -> None:
         areas = self.areas
@@ -75,7 +80,7 @@ class ExtremalSettings:
             )
         if self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast must be one of {AUTOCAST_DTYPES}, got {self.autocast!r}")
-        for name in ("max_iter", "num_levels", "step"):
+        for name in ("max_iter", "num_levels", "step", "stop_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -86,6 +91,11 @@ class ExtremalSettings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not self.tie_tolerance >= 0:
             raise ValueError(f"tie_tolerance must be >= 0, got {self.tie_tolerance!r}")
+        if self.stop_tolerance is not None:
+            if not self.stop_tolerance >= 0:
+                raise ValueError(f"stop_tolerance must be >= 0 or None, got {self.stop_tolerance!r}")
+            if self.keep_history:
+                raise ValueError("keep_history needs every mask at every iteration: not with stop_tolerance")
         if self.max_masks_per_batch is not None and self.max_masks_per_batch < 1:
             raise ValueError(f"max_masks_per_batch must be >= 1, got {self.max_masks_per_batch}")
 
