@@ -168,10 +168,12 @@ def _optimize_with_stop(
     The same iteration and the same SGD step (momentum with dampening, written out here so that
     a subset of the masks can be stepped: with nothing frozen it gives the fixed schedule's
     masks), on the masks still active. At every multiple of `stop_window` iterations a mask whose
-    parameters moved less than `stop_tolerance` (largest absolute change since the last check) is
-    frozen: it keeps the mask of its last iteration and no longer goes through the network. The
-    test is per mask and on a fixed grid of iterations, so a mask's outcome does not depend on
-    what else shares the batch.
+    parameters moved less than `stop_tolerance` (largest absolute change since the last check)
+    leaves the network batch. With `stop_finish="freeze"` it keeps the mask of its last
+    iteration; with `"area"` it goes on to `max_iter` with the area term alone (λ still growing,
+    no network pass: mask generation and a sort per iteration), which sharpens it to its area as
+    the fixed schedule's last iterations do. The test is per mask and on a fixed grid of
+    iterations, so a mask's outcome does not depend on what else shares the batch.
     """
     h, w = pyramid.shape[-2:]
     k = b * a
@@ -183,34 +185,43 @@ def _optimize_with_stop(
     final_masks = torch.zeros(k, h, w, device=pyramid.device)
     final_area = torch.zeros(k, device=pyramid.device)
     iterations = torch.zeros(k, dtype=torch.long)
-    active = torch.arange(k, device=pyramid.device)
+    stepped = torch.arange(k, device=pyramid.device)  # masks that still take steps
+    in_network = torch.ones(k, dtype=torch.bool, device=pyramid.device)  # ... of which with the reward
     weight = settings.lambda0
     for t in range(settings.max_iter):
-        p = params[active].requires_grad_(True)
+        p = params[stepped].requires_grad_(True)
         masks, full = generator.generate(p)
-        x = variant_inputs(mask_pyramid[active], masks.view(-1, 1, h, w), settings.variant, settings.native_cpu_kernels)
-        if settings.jitter and t % 2 == 0:
-            x = torch.flip(x, dims=(3,))
-        gain = variant_reward(model_scores(model, x, settings), mask_targets[active], reward, settings.variant)
-        penalty = weight * area_loss(full, mask_areas[active], settings.tie_tolerance)
+        net = in_network[stepped]
+        ids = stepped[net]
+        gain = torch.zeros(len(stepped), device=pyramid.device)
+        if len(ids):
+            x = variant_inputs(mask_pyramid[ids], masks[net].view(-1, 1, h, w), settings.variant,
+                               settings.native_cpu_kernels)
+            if settings.jitter and t % 2 == 0:
+                x = torch.flip(x, dims=(3,))
+            net_gain = variant_reward(model_scores(model, x, settings), mask_targets[ids], reward, settings.variant)
+            gain = net_gain if len(ids) == len(stepped) else gain.index_put((net.nonzero()[:, 0],), net_gain)
+        penalty = weight * area_loss(full, mask_areas[stepped], settings.tie_tolerance)
         (penalty - gain).sum().backward()
         with torch.no_grad():
             grad = p.grad
             if t == 0:  # torch.optim.SGD's first step: the velocity is the gradient, undampened
                 v = grad.clone()
             else:
-                v = velocity[active].mul_(momentum).add_(grad, alpha=1 - dampening)
-            velocity[active] = v
-            params[active] = p.detach().add_(v, alpha=-lr).clamp_(0.0, 1.0)
-            final_masks[active] = masks.detach().view(-1, h, w)
-            final_area[active] = mask_area(full.detach())
-            iterations[active.cpu()] += 1
+                v = velocity[stepped].mul_(momentum).add_(grad, alpha=1 - dampening)
+            velocity[stepped] = v
+            params[stepped] = p.detach().add_(v, alpha=-lr).clamp_(0.0, 1.0)
+            final_masks[stepped] = masks.detach().view(-1, h, w)
+            final_area[stepped] = mask_area(full.detach())
+            iterations[ids.cpu()] += 1
             weight *= settings.lambda_growth
-            if (t + 1) % settings.stop_window == 0 and t + 1 < settings.max_iter:
-                moved = (params[active] - anchor[active]).flatten(1).abs().amax(dim=1)
-                anchor[active] = params[active]
-                active = active[moved >= settings.stop_tolerance]
-                if active.numel() == 0:
+            if (t + 1) % settings.stop_window == 0 and t + 1 < settings.max_iter and len(ids):
+                moved = (params[ids] - anchor[ids]).flatten(1).abs().amax(dim=1)
+                anchor[ids] = params[ids]
+                in_network[ids[moved < settings.stop_tolerance]] = False
+                if settings.stop_finish == "freeze":
+                    stepped = stepped[in_network[stepped]]
+                if len(stepped) == 0:
                     break
     return MaskBatch(
         masks=final_masks.view(b, a, h, w),

@@ -10,6 +10,7 @@ from .area import DEFAULT_TIE_TOLERANCE
 VARIANTS = ("preserve", "delete", "dual")
 PERTURBATIONS = ("blur", "fade")
 AUTOCAST_DTYPES = (None, "bfloat16", "float16")
+STOP_FINISHES = ("freeze", "area")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,8 @@ class ExtremalSettings:
     the masks the same on every machine. `stop_tolerance` (None: off, the paper's fixed
     schedule): every `stop_window` iterations, a mask whose parameters moved less than this
     (largest absolute change over the window) is frozen and leaves the network batch
-    (`optimize.py`; measured in `benchmarks/bench_schedule.py`).
+    (`stop_finish="freeze"`: it keeps its mask; `"area"`: it goes on with the area term alone;
+    `optimize.py`; measured in `benchmarks/bench_schedule.py`).
     """
 
     areas: tuple[float, ...] = (0.1,)
@@ -60,6 +62,7 @@ class ExtremalSettings:
     native_cpu_kernels: bool = True
     stop_tolerance: float | None = None
     stop_window: int = 20
+    stop_finish: str = "freeze"
 
     def __post_init__(self) -> None:
         areas = self.areas
@@ -94,6 +97,8 @@ class ExtremalSettings:
         if self.stop_tolerance is not None:
             if not self.stop_tolerance >= 0:
                 raise ValueError(f"stop_tolerance must be >= 0 or None, got {self.stop_tolerance!r}")
+            if self.stop_finish not in STOP_FINISHES:
+                raise ValueError(f"stop_finish must be one of {STOP_FINISHES}, got {self.stop_finish!r}")
             if self.keep_history:
                 raise ValueError("keep_history needs every mask at every iteration: not with stop_tolerance")
         if self.max_masks_per_batch is not None and self.max_masks_per_batch < 1:

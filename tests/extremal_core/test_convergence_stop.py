@@ -29,9 +29,10 @@ def test_nothing_stopped_gives_the_fixed_schedule(tiny_cnn, native_kernels):
     assert torch.allclose(fixed.scores, stop.scores, atol=1e-5)
 
 
-def test_stopping_is_per_mask_and_batch_invariant(tiny_cnn):
+@pytest.mark.parametrize("finish", ["freeze", "area"])
+def test_stopping_is_per_mask_and_batch_invariant(tiny_cnn, finish):
     x, t = images(6, 32), torch.arange(6) % 5
-    kw = dict(KW, max_iter=120, stop_tolerance=0.02, stop_window=10)
+    kw = dict(KW, max_iter=120, stop_tolerance=0.02, stop_window=10, stop_finish=finish)
     batch = extremal_perturbation(tiny_cnn, x, t, **kw)
     assert batch.iterations.min() < 120, batch.iterations  # some masks stopped early
     assert ((batch.iterations % 10 == 0) | (batch.iterations == 120)).all()
@@ -43,7 +44,10 @@ def test_stopping_is_per_mask_and_batch_invariant(tiny_cnn):
     assert torch.equal(again.masks, batch.masks) and torch.equal(again.iterations, batch.iterations)
 
 
-@pytest.mark.parametrize("bad", [dict(stop_tolerance=-1.0), dict(stop_window=0), dict(stop_tolerance=0.01, keep_history=True)])
+@pytest.mark.parametrize("bad", [
+    dict(stop_tolerance=-1.0), dict(stop_window=0), dict(stop_tolerance=0.01, keep_history=True),
+    dict(stop_tolerance=0.01, stop_finish="never"),
+])
 def test_bad_stop_settings(bad):
     with pytest.raises(ValueError):
         ExtremalSettings(**bad)
