@@ -122,6 +122,7 @@ def optimize_masks(
     The model must already be in eval mode with its parameters frozen (the public API does it).
     `pyramid` `[B, L, C, H, W]`: the images' perturbation pyramid, when the caller has it.
     """
+    settings = settings.scheduled()
     b, _, h, w = images.shape
     areas = settings.areas
     a = len(areas)
