@@ -233,6 +233,8 @@ def header() -> str:
 
 def print_tables(payload: dict) -> None:
     """The study table of a (merged) results JSON, rows in the order of `option_table`."""
+    if payload.get("note"):
+        print("note:", payload["note"])
     for run in payload["runs"]:
         print("environment:", run["environment"], "| options:", ",".join(run["options"]), "| models:", ",".join(run["models"]))
     order = list(option_table())
