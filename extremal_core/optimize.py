@@ -27,6 +27,7 @@ class MaskBatch:
     masks: torch.Tensor  # [B, A, H, W] in [0, 1]
     achieved_areas: torch.Tensor  # [B, A]: mean of each mask with its margin, what R_a constrains
     history: torch.Tensor | None  # [B, A, 2, T]: reward and area penalty per iteration
+    iterations: torch.Tensor | None = None  # [B, A] (CPU): the iterations each mask went through the network
 
 
 # On a CPU a network call on a few small images keeps its activations in cache: at 64² (48 KiB
@@ -121,6 +122,7 @@ def optimize_masks(
     The model must already be in eval mode with its parameters frozen (the public API does it).
     `pyramid` `[B, L, C, H, W]`: the images' perturbation pyramid, when the caller has it.
     """
+    settings = settings.scheduled()
     b, _, h, w = images.shape
     areas = settings.areas
     a = len(areas)
@@ -132,6 +134,8 @@ def optimize_masks(
     mask_areas = torch.tensor(areas, device=images.device).repeat(b)  # [B·A], image-major
     mask_targets = targets.repeat_interleave(a)
 
+    if settings.stop_tolerance is not None:
+        return _optimize_with_stop(model, pyramid, mask_targets, mask_areas, reward, settings, generator, b, a)
     params = torch.ones(b * a, *generator.geometry.param_shape, device=images.device, requires_grad=True)
     stepper = MaskStepper(params, settings)
     for t in range(settings.max_iter):
@@ -145,4 +149,84 @@ def optimize_masks(
         masks=masks.detach().view(b, a, h, w),
         achieved_areas=mask_area(full.detach()).view(b, a),
         history=stepper.history_tensor(b, a),
+        iterations=torch.full((b, a), settings.max_iter, dtype=torch.long),
+    )
+
+
+def _optimize_with_stop(
+    model: torch.nn.Module,
+    pyramid: torch.Tensor,
+    mask_targets: torch.Tensor,
+    mask_areas: torch.Tensor,
+    reward: Reward,
+    settings: ExtremalSettings,
+    generator: SmoothMaskGenerator,
+    b: int,
+    a: int,
+) -> MaskBatch:
+    """`optimize_masks` with a per-mask convergence stop (`settings.stop_tolerance`).
+
+    The same iteration and the same SGD step (momentum with dampening, written out here so that
+    a subset of the masks can be stepped: with nothing frozen it gives the fixed schedule's
+    masks), on the masks still active. At every multiple of `stop_window` iterations a mask whose
+    parameters moved less than `stop_tolerance` (largest absolute change since the last check)
+    leaves the network batch. With `stop_finish="freeze"` it keeps the mask of its last
+    iteration; with `"area"` it goes on to `max_iter` with the area term alone (λ still growing,
+    no network pass: mask generation and a sort per iteration), which sharpens it to its area as
+    the fixed schedule's last iterations do. The test is per mask and on a fixed grid of
+    iterations, so a mask's outcome does not depend on what else shares the batch.
+    """
+    h, w = pyramid.shape[-2:]
+    k = b * a
+    lr, momentum, dampening = settings.learning_rate, settings.momentum, settings.dampening
+    params = torch.ones(k, *generator.geometry.param_shape, device=pyramid.device)
+    velocity = torch.zeros_like(params)
+    anchor = params.clone()
+    mask_pyramid = pyramid.repeat_interleave(a, dim=0)  # [K, L, C, H, W]: each mask's image
+    final_masks = torch.zeros(k, h, w, device=pyramid.device)
+    final_area = torch.zeros(k, device=pyramid.device)
+    iterations = torch.zeros(k, dtype=torch.long)
+    stepped = torch.arange(k, device=pyramid.device)  # masks that still take steps
+    in_network = torch.ones(k, dtype=torch.bool, device=pyramid.device)  # ... of which with the reward
+    weight = settings.lambda0
+    for t in range(settings.max_iter):
+        p = params[stepped].requires_grad_(True)
+        masks, full = generator.generate(p)
+        net = in_network[stepped]
+        ids = stepped[net]
+        gain = torch.zeros(len(stepped), device=pyramid.device)
+        if len(ids):
+            x = variant_inputs(mask_pyramid[ids], masks[net].view(-1, 1, h, w), settings.variant,
+                               settings.native_cpu_kernels)
+            if settings.jitter and t % 2 == 0:
+                x = torch.flip(x, dims=(3,))
+            net_gain = variant_reward(model_scores(model, x, settings), mask_targets[ids], reward, settings.variant)
+            gain = net_gain if len(ids) == len(stepped) else gain.index_put((net.nonzero()[:, 0],), net_gain)
+        penalty = weight * area_loss(full, mask_areas[stepped], settings.tie_tolerance)
+        (penalty - gain).sum().backward()
+        with torch.no_grad():
+            grad = p.grad
+            if t == 0:  # torch.optim.SGD's first step: the velocity is the gradient, undampened
+                v = grad.clone()
+            else:
+                v = velocity[stepped].mul_(momentum).add_(grad, alpha=1 - dampening)
+            velocity[stepped] = v
+            params[stepped] = p.detach().add_(v, alpha=-lr).clamp_(0.0, 1.0)
+            final_masks[stepped] = masks.detach().view(-1, h, w)
+            final_area[stepped] = mask_area(full.detach())
+            iterations[ids.cpu()] += 1
+            weight *= settings.lambda_growth
+            if (t + 1) % settings.stop_window == 0 and t + 1 < settings.max_iter and len(ids):
+                moved = (params[ids] - anchor[ids]).flatten(1).abs().amax(dim=1)
+                anchor[ids] = params[ids]
+                in_network[ids[moved < settings.stop_tolerance]] = False
+                if settings.stop_finish == "freeze":
+                    stepped = stepped[in_network[stepped]]
+                if len(stepped) == 0:
+                    break
+    return MaskBatch(
+        masks=final_masks.view(b, a, h, w),
+        achieved_areas=final_area.view(b, a),
+        history=None,
+        iterations=iterations.view(b, a),
     )

@@ -10,6 +10,9 @@ from .area import DEFAULT_TIE_TOLERANCE
 VARIANTS = ("preserve", "delete", "dual")
 PERTURBATIONS = ("blur", "fade")
 AUTOCAST_DTYPES = (None, "bfloat16", "float16")
+STOP_FINISHES = ("freeze", "area")
+SCHEDULES = ("paper", "fast")
+FAST_SCHEDULE_FACTOR = 3  # schedule="fast": max_iter // 3 iterations
 
 
 @dataclass(frozen=True)
@@ -27,13 +30,22 @@ class ExtremalSettings:
     compiled C (`cpu_kernels.py`; same values to float rounding, 2-4x faster) when a C compiler
     is present. `tie_tolerance`: mask values this close
     to the area threshold count as tied and share the reference's mean (`area.py`), which makes
-    the masks the same on every machine.
+    the masks the same on every machine. `schedule="fast"`: the same λ range (from `lambda0` to
+    `lambda0·lambda_growth^max_iter`, the same final sharpness) in `max_iter // 3` iterations,
+    λ growing `lambda_growth^(max_iter / (max_iter // 3))` per iteration, the same learning rate:
+    3x fewer network passes; measured against the paper schedule in
+    `benchmarks/bench_schedule.py` (extremal perturbation only). `stop_tolerance` (None: off, the paper's fixed
+    schedule): every `stop_window` iterations, a mask whose parameters moved less than this
+    (largest absolute change over the window) is frozen and leaves the network batch
+    (`stop_finish="freeze"`: it keeps its mask; `"area"`: it goes on with the area term alone;
+    `optimize.py`; measured in `benchmarks/bench_schedule.py`).
     """
 
     areas: tuple[float, ...] = (0.1,)
     variant: str = "preserve"
     reward: str = "simple"
     perturbation: str = "blur"
+    schedule: str = "paper"
     max_iter: int = 800
     num_levels: int = 8
     max_blur: float = 20.0
@@ -55,6 +67,9 @@ class ExtremalSettings:
     fuse_batchnorm: bool = True
     pool_before_relu: bool = True
     native_cpu_kernels: bool = True
+    stop_tolerance: float | None = None
+    stop_window: int = 20
+    stop_finish: str = "freeze"
 
     def __post_init__(self) -> None:
         areas = self.areas
@@ -69,13 +84,15 @@ class ExtremalSettings:
             raise ValueError(f"areas must lie strictly between 0 and 1, got {bad}")
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; valid variants: {', '.join(VARIANTS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid schedules: {', '.join(SCHEDULES)}")
         if self.perturbation not in PERTURBATIONS:
             raise ValueError(
                 f"unknown perturbation {self.perturbation!r}; valid perturbations: {', '.join(PERTURBATIONS)}"
             )
         if self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast must be one of {AUTOCAST_DTYPES}, got {self.autocast!r}")
-        for name in ("max_iter", "num_levels", "step"):
+        for name in ("max_iter", "num_levels", "step", "stop_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -86,8 +103,23 @@ class ExtremalSettings:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
         if not self.tie_tolerance >= 0:
             raise ValueError(f"tie_tolerance must be >= 0, got {self.tie_tolerance!r}")
+        if self.stop_tolerance is not None:
+            if not self.stop_tolerance >= 0:
+                raise ValueError(f"stop_tolerance must be >= 0 or None, got {self.stop_tolerance!r}")
+            if self.stop_finish not in STOP_FINISHES:
+                raise ValueError(f"stop_finish must be one of {STOP_FINISHES}, got {self.stop_finish!r}")
+            if self.keep_history:
+                raise ValueError("keep_history needs every mask at every iteration: not with stop_tolerance")
         if self.max_masks_per_batch is not None and self.max_masks_per_batch < 1:
             raise ValueError(f"max_masks_per_batch must be >= 1, got {self.max_masks_per_batch}")
+
+    def scheduled(self) -> ExtremalSettings:
+        """The settings the optimizer runs: `schedule="fast"` resolved into `max_iter` and
+        `lambda_growth` (3x fewer iterations over the same λ range), "paper" as they are."""
+        if self.schedule == "paper":
+            return self
+        iters = max(1, self.max_iter // FAST_SCHEDULE_FACTOR)
+        return replace(self, schedule="paper", max_iter=iters, lambda_growth=self.lambda_growth ** (self.max_iter / iters))
 
     def with_overrides(self, **overrides: Any) -> ExtremalSettings:
         """A copy with some fields changed; unknown names raise a TypeError listing the valid ones."""

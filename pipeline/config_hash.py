@@ -32,10 +32,24 @@ _HASH_EXCLUDED: tuple[str, ...] = (
 )
 
 
+# Engine settings added after outputs were written, left out of the hash at their defaults (the
+# masks those outputs hold) so that such outputs keep their hash: name -> default.
+_HASHED_UNLESS_DEFAULT: dict[str, Any] = {
+    "schedule": "paper",
+    "stop_tolerance": None,
+    "stop_window": 20,
+    "stop_finish": "freeze",
+}
+
+
 def _hashed_dict(cfg: JobConfig) -> dict[str, Any]:
     data = config_to_dict(cfg)
     if not cfg.method.uses_engine_settings:
         data.pop("extremal")  # settings the method never reads do not change its rows
+    extremal = data.get("extremal", {})
+    for name, default in _HASHED_UNLESS_DEFAULT.items():
+        if name in extremal and extremal[name] == default:
+            extremal.pop(name)
     for dotted in _HASH_EXCLUDED:
         *parents, last = dotted.split(".")
         node = data

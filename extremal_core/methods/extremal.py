@@ -40,7 +40,8 @@ class ExtremalResult:
     preserved `[B, A]` = Φ_c(m_a ⊗ x); scores `[B, A]` = v_a (<= 1.25); phi0, phi_min `[B]`;
     optimal_area `[B]` (a*, CPU) with optimal_area_reached `[B]` (CPU); history `[B, A, 2, T]`
     (reward, area penalty per iteration, CPU) when asked for; seconds `[B]` (CPU): optimization
-    time attributed to each image.
+    time attributed to each image; iterations `[B, A]` (CPU): the iterations each mask went
+    through the network (`max_iter` unless `stop_tolerance` froze it earlier).
     """
 
     areas: tuple[float, ...]
@@ -56,6 +57,7 @@ class ExtremalResult:
     optimal_area_reached: torch.Tensor
     seconds: torch.Tensor
     history: torch.Tensor | None = None
+    iterations: torch.Tensor | None = None
 
 
 def as_explanation(result: ExtremalResult) -> Explanation:
@@ -183,4 +185,5 @@ def explain_batch(
         "phi0": reward(clean, targets),
         "phi_min": phi_min,
         "history": found.history,
+        "iterations": found.iterations,
     }

@@ -10,7 +10,7 @@ import yaml
 
 from extremal_core.settings import ExtremalSettings
 from pipeline.config import ConfigError, JobConfig, storage_options
-from pipeline.config_hash import config_hash
+from pipeline.config_hash import _hashed_dict, config_hash
 from pipeline.config_load import config_from_dict, config_to_dict, dump_config_yaml, load_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -185,6 +185,8 @@ def test_config_hash_tracks_only_what_changes_outputs() -> None:
         "extremal.areas=[0.05]",
         "extremal.max_iter=10",
         "extremal.tie_tolerance=0",  # another rule for ties gives other masks
+        "extremal.schedule=fast",
+        "extremal.stop_tolerance=0.01",
         "model.arch=vgg16",
         "model.preprocessing.crop=192",
         "targets.mode=label",
@@ -195,6 +197,9 @@ def test_config_hash_tracks_only_what_changes_outputs() -> None:
     ]
     for override in different:
         assert config_hash(load_config(None, [*MINIMAL, override])) != base, override
+    # settings added later are hashed only away from their defaults: older outputs keep their hash
+    hashed = _hashed_dict(load_config(None, MINIMAL))["extremal"]
+    assert not {"schedule", "stop_tolerance", "stop_window", "stop_finish"} & set(hashed)
 
 
 def test_storage_options_hold_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:

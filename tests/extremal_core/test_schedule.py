@@ -1,0 +1,55 @@
+"""`schedule="fast"`: the paper's λ range in a third of the iterations (benchmarks/bench_schedule.py
+measures it against the paper schedule). Correctness only: deterministic, batch-invariant, the
+area bound met."""
+
+import pytest
+import torch
+
+from extremal_core import ExtremalSettings, channel_perturbation, extremal_perturbation
+
+KW = dict(areas=[0.05, 0.1, 0.2], step=4, sigma=10.0)
+
+
+def images(n=2, size=32):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def test_paper_schedule_is_the_default():
+    s = ExtremalSettings()
+    assert s.schedule == "paper" and s.scheduled() is s
+    assert (s.max_iter, s.lambda_growth, s.learning_rate) == (800, 1.0035, 0.01)
+
+
+def test_fast_schedule_covers_the_same_lambda_range_in_a_third_of_the_iterations():
+    s = ExtremalSettings(schedule="fast").scheduled()
+    assert s.max_iter == 266 and s.learning_rate == 0.01 and s.schedule == "paper"
+    assert s.lambda_growth**266 == pytest.approx(1.0035**800, rel=1e-9)
+    assert ExtremalSettings(schedule="fast", max_iter=300).scheduled().max_iter == 100
+    with pytest.raises(ValueError, match="valid schedules: paper, fast"):
+        ExtremalSettings(schedule="quick")
+
+
+def test_fast_schedule_is_deterministic_and_batch_invariant(tiny_cnn, native_kernels):
+    x, t = images(6, 32), torch.arange(6) % 5
+    kw = dict(KW, schedule="fast", max_iter=90, native_cpu_kernels=native_kernels)
+    batch = extremal_perturbation(tiny_cnn, x, t, **kw)
+    assert (batch.iterations == 30).all()
+    again = extremal_perturbation(tiny_cnn, x, t, **kw)
+    assert torch.equal(again.masks, batch.masks) and torch.equal(again.scores, batch.scores)
+    for i in (0, 5):
+        alone = extremal_perturbation(tiny_cnn, x[i : i + 1], t[i : i + 1], **kw)
+        assert (batch.masks[i] - alone.masks[0]).abs().max() <= 1e-4
+        assert torch.allclose(batch.rewards[i], alone.rewards[0], atol=1e-4)
+
+
+def test_fast_schedule_meets_the_area_bound(demo_images):
+    model, x, labels, _ = demo_images
+    areas = [0.05, 0.1, 0.2, 0.4]
+    r = extremal_perturbation(model, x[:2], labels[:2], areas=areas, schedule="fast", step=4, sigma=10.0)
+    assert (r.iterations == 266).all()
+    assert (r.achieved_areas - torch.tensor(areas)).abs().max() <= 0.02, r.achieved_areas
+
+
+def test_channel_perturbation_refuses_the_fast_schedule(tiny_cnn):
+    with pytest.raises(ValueError, match="extremal perturbation only"):
+        channel_perturbation(tiny_cnn, images(), [0, 1], areas=[0.5], layer="3", max_iter=3, schedule="fast")
