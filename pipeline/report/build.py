@@ -19,6 +19,7 @@ from pipeline.report import figures
 from pipeline.report import html as h
 from pipeline.report import images as im
 from pipeline.report.facts import pointing_section, read_manifest, run_facts
+from pipeline.report.sanity import sanity_section
 from pipeline.report.scan import RunScan, locate_rows, read_rows, scan_output
 from pipeline.storage import join, write_bytes
 
@@ -190,6 +191,9 @@ def build_report(
     found_tables = [f"<h3>{h.esc(s.method)}</h3>{body}" for s, body in pointing if body]
     add("pointing", "Pointing game", "".join(found_tables) or h.note(
         "no pointing_game.csv|parquet beside the outputs (python -m jobs.pointing_game writes them)"))
+    sanity = sanity_section(primary.uri, rows, originals, w.put, THUMB, storage_options)
+    if sanity is not None:
+        add("sanity", "Sanity checks (model parameter randomization)", sanity)
     channel_rows = [r for r in rows if r.get("channel_masks") is not None]
     if channel_rows:
         add("channels", "Channel attribution", h.note(

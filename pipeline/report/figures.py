@@ -97,3 +97,25 @@ def mean_scores(areas: Sequence[float], per_class: dict[int, tuple[np.ndarray, n
         left.legend(fontsize=6, ncol=2)
     fig.tight_layout(pad=0.4)
     return _png(fig)
+
+
+def similarity_curves(stages: Sequence[dict], metrics: Sequence[str]) -> bytes:
+    """The sanity check's similarity per randomization stage (figures 10-13's curves): one panel
+    per mode, x = the stages top layer first (labelled by the layer each adds), one line per
+    metric. ``stages``: rows with ``mode``, ``stage``, ``layer`` and each metric."""
+    modes = sorted({s["mode"] for s in stages})
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.2 * len(modes), 3.0), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        rows = sorted((s for s in stages if s["mode"] == mode), key=lambda s: s["stage"])
+        x = np.arange(len(rows))
+        for m in metrics:
+            ax.plot(x, [r[m] for r in rows], marker="o", ms=3, label=m)
+        ax.axhline(0.0, color=GREY, lw=0.6)
+        ax.set_xticks(x, [r["layer"] for r in rows], rotation=45, ha="right", fontsize=6)
+        ax.set_ylim(-0.3, 1.05)
+        ax.set_title(f"{mode} randomization", fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0][0].set_ylabel("similarity to the trained model", fontsize=7)
+    axes[0][-1].legend(fontsize=6, loc="upper right")
+    fig.tight_layout()
+    return _png(fig)

@@ -17,8 +17,10 @@ from demo import build_demo_model
 from jobs.sanity_check import main
 from pipeline.config_load import dump_config_yaml
 from pipeline.evaluation.randomization import learnable_layers, randomize, stages
+from pipeline.report.build import build_report
 from pipeline.results import read_results
 from tests.pipeline.conftest import tiny_config
+from tests.report.chromium import check_page, chromium_binary
 
 
 def test_randomize_keeps_batchnorm_statistics_and_is_seeded(demo_model_and_data) -> None:
@@ -87,3 +89,13 @@ def test_sanity_check_job(demo_model_and_data, tmp_path: Path, capsys: pytest.Ca
     pd.testing.assert_frame_equal(again, table)
     assert main(["--config", str(path), "--layers", "nope"]) == 2
     assert "no learnable layer named nope" in capsys.readouterr().err
+
+    # The report of the trained model's output shows the table, the curves and the stages' grid.
+    index = Path(build_report([str(tmp_path / "attr")], str(tmp_path / "report"), per_class=1))
+    text = index.read_text()
+    assert 'id="sanity"' in text and "sanity_curves.png" in text and "+ features.0" in text
+    assert text.count("with the layers down to") == 3 * min(4, text.count("trained model&#x27;s map of"))
+    if chromium_binary() is not None:
+        from tests.report.test_report_browser import _assert_page_is_whole
+
+        _assert_page_is_whole(index, check_page(index, tmp_path / "report.png"))
