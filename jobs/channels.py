@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from pipeline.channels import METHOD, ChannelTask, inversion_settings
+    from pipeline.channels import METHOD, ChannelTask, inversion_evaluation, inversion_settings
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"inversion: {settings}", flush=True)
     started = connect_ray(cfg)
     try:
-        summary = run_job(cfg, max_shards=args.max_shards, task_class=functools.partial(ChannelTask, inversion=settings))
+        summary = run_job(cfg, max_shards=args.max_shards, task_class=functools.partial(ChannelTask, inversion=settings),
+                          evaluation=inversion_evaluation(settings))
     except (OutputError, DriverError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

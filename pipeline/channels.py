@@ -12,7 +12,7 @@ perturbed of each image from the same seeded start).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ import torch
 from extremal_core.inversion import InversionSettings, channel_inversions
 from extremal_core.methods import Explainer, Explanation
 from pipeline.config import JobConfig
+from pipeline.config_hash import config_hash
 from pipeline.tasks import AttributionTask
 
 METHOD = "extremal_channels"
@@ -39,6 +40,11 @@ def inversion_settings(pairs: Sequence[str]) -> InversionSettings:
         except ValueError:
             raise ValueError(f"inversion setting {key} must be a number, got {text!r}") from None
     return replace(InversionSettings(), **values)
+
+
+def inversion_evaluation(settings: InversionSettings) -> dict[str, Any]:
+    """What ``run_job(..., evaluation=)`` hashes with the config for a channel job."""
+    return {"inversion": asdict(settings)}
 
 
 class InvertingExplainer:
@@ -84,4 +90,7 @@ class ChannelTask(AttributionTask):
             raise ValueError(f"the channel job runs method.name: {METHOD}, not {cfg.method.name!r}")
         super().__init__(cfg, device)
         pre = self.loaded.preprocess
-        self.explainer = InvertingExplainer(self.explainer, pre.mean, pre.std, inversion or InversionSettings())
+        inversion = inversion or InversionSettings()
+        self.explainer = InvertingExplainer(self.explainer, pre.mean, pre.std, inversion)
+        # The inversion settings change the rows: they are hashed with the config (run_job's evaluation).
+        self.marker_hash = config_hash(cfg, self.loaded.weights_digest, inversion_evaluation(inversion))

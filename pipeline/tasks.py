@@ -223,7 +223,11 @@ def process_shard(
 
 class AttributionTask:
     """The attribution job's task: loads the model on ``device`` and prepares the job's method
-    once (the method's private model copy and batch bounds), then ``run`` = ``process_shard``."""
+    once (the method's private model copy and batch bounds), then ``run`` = ``process_shard``.
+    ``marker_hash``: set by a subclass whose output is guarded by another hash than the config's
+    (``run_job(..., evaluation=...)``: the config plus the subclass's own settings)."""
+
+    marker_hash: str | None = None
 
     def __init__(self, cfg: JobConfig, device: torch.device) -> None:
         self.cfg = cfg
@@ -243,6 +247,8 @@ class AttributionTask:
         compute_lock: threading.Lock | None = None,
         lease: LeaseToken | None = None,
     ) -> dict[str, Any]:
+        if self.marker_hash is not None:
+            extra_stats = {**dict(extra_stats or {}), "config_hash": self.marker_hash}
         return process_shard(
             shard_url, self.cfg, self.loaded, explainer=self.explainer, device=self.device, attempt=attempt,
             storage=storage, on_batch=on_batch, extra_stats=extra_stats, compute_lock=compute_lock, lease=lease,

@@ -98,7 +98,4 @@ class RandomizedAttributionTask(AttributionTask):
         self.explainer = build_explainer(cfg, self.loaded.model)
         self.name = self.loaded.name
         # The done-markers name the hash that guards the stage's folder (config + stage), not the job's.
-        self._hash = config_hash(cfg, loaded.weights_digest, evaluation)
-
-    def run(self, shard_url: str, *, extra_stats: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
-        return super().run(shard_url, extra_stats={**dict(extra_stats or {}), "config_hash": self._hash}, **kwargs)
+        self.marker_hash = config_hash(cfg, loaded.weights_digest, evaluation)

@@ -43,6 +43,14 @@ def test_channel_job_writes_masks_maps_and_inversions(demo_model_and_data, tmp_p
     assert page.count("inversion of the original") >= 2 and page.count("inversion of the perturbed activations") >= 2
     assert 'id="channels"' in page
 
+    # The inversion settings are part of what made the rows: other settings are another config.
+    again = ["--config", "configs/methods/demo_extremal_channels.yaml",
+             "--set", f"input.shards={assets.root}/shards/demo-{{000000..000001}}.tar",
+             "--set", f"model.checkpoint={assets.checkpoint}", "--set", f"output.uri={out}",
+             "--set", "extremal.max_iter=10", "--inversion", "init_scale=0.1"]
+    assert main([*again, "--inversion", "max_iter=31"]) == 1
+    assert main([*again, "--inversion", "max_iter=30"]) == 0  # the same settings resume
+
 
 def test_channel_job_refuses_another_method(tmp_path: Path, capsys) -> None:
     assert main(["--config", "configs/demo.yaml", "--set", f"output.uri={tmp_path}"]) == 2
