@@ -125,29 +125,7 @@ class SmallResNet(nn.Module):
 
 def train_resnet(images, labels, epochs: int = 4, seed: int = 0, batch_size: int = 32, lr: float = 4e-3) -> nn.Module:
     """The demo model's recipe (AdamW, one-cycle, random flips) for SmallResNet."""
-    x_all, y_all = to_model_input(images), torch.as_tensor(labels, dtype=torch.long)
-    n = len(y_all)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        model = SmallResNet(int(labels.max()) + 1)
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-        steps = epochs * ((n + batch_size - 1) // batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.25)
-        model.train()
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=gen)
-            for start in range(0, n, batch_size):
-                idx = order[start : start + batch_size]
-                x, y = x_all[idx], y_all[idx]
-                flip = torch.rand(len(idx), generator=gen) < 0.5
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-    return model.eval()
+    return train_demo_model(images, labels, epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, model_factory=SmallResNet)
 
 
 def build_model(name: str, train_images: int):

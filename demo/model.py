@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -66,9 +68,10 @@ def train_demo_model(
     lr: float = 4e-3,
     num_classes: int | None = None,
     num_threads: int | None = None,
+    model_factory: Callable[[int], nn.Module] | None = None,
 ) -> nn.Module:
-    """Train ``build_demo_model`` on uint8 [N, H, W, 3] images and int [N] labels; returns it in
-    eval mode on the CPU.
+    """Train ``build_demo_model`` (or ``model_factory(num_classes)``, built under the seed) on
+    uint8 [N, H, W, 3] images and int [N] labels; returns it in eval mode on the CPU.
 
     AdamW with a one-cycle schedule and random horizontal flips. Deterministic given the inputs and
     the seed; the global torch RNG state is left untouched. With the defaults and 1,200 64x64
@@ -86,13 +89,14 @@ def train_demo_model(
     if num_threads is not None:
         torch.set_num_threads(num_threads)
     try:
-        return _train(x_all, y_all, num_classes, epochs, seed, batch_size, lr)
+        return _train(x_all, y_all, num_classes, epochs, seed, batch_size, lr, model_factory or build_demo_model)
     finally:
         torch.set_num_threads(threads_before)
 
 
 def _train(
-    x_all: torch.Tensor, y_all: torch.Tensor, num_classes: int, epochs: int, seed: int, batch_size: int, lr: float
+    x_all: torch.Tensor, y_all: torch.Tensor, num_classes: int, epochs: int, seed: int, batch_size: int, lr: float,
+    model_factory: Callable[[int], nn.Module],
 ) -> nn.Module:
     """The training loop of ``train_demo_model`` on normalised x [N, 3, H, W] and labels [N]."""
     n = len(y_all)
@@ -100,7 +104,7 @@ def _train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        model = build_demo_model(num_classes)
+        model = model_factory(num_classes)
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=lr, total_steps=max(1, epochs * steps_per_epoch), pct_start=0.25
