@@ -240,7 +240,9 @@ def test_driver_interrupted_with_sigint_releases_the_output_and_a_restart_resume
     from pipeline.shards import iter_samples
     from tests.shard_factory import write_shards
 
-    shards = write_shards(tmp_path / "shards", num_shards=6, per_shard=2)
+    # Enough shards that the job cannot finish between its first done-marker and the signal on a fast
+    # idle machine (with 6 it did: exit 0).
+    shards = write_shards(tmp_path / "shards", num_shards=20, per_shard=2)
     out = tmp_path / "out"
     cfg = tiny_config(shards, str(out), "cluster.num_actors=1", "extremal.max_iter=60", "worker.batch_size=1")
     path = tmp_path / "job.yaml"
