@@ -240,17 +240,18 @@ def test_driver_interrupted_with_sigint_releases_the_output_and_a_restart_resume
     from pipeline.shards import iter_samples
     from tests.shard_factory import write_shards
 
-    # Enough shards that the job cannot finish between its first done-marker and the signal on a fast
-    # idle machine (with 6 it did: exit 0).
-    shards = write_shards(tmp_path / "shards", num_shards=20, per_shard=2)
+    shards = write_shards(tmp_path / "shards", num_shards=12, per_shard=2)
     out = tmp_path / "out"
     cfg = tiny_config(shards, str(out), "cluster.num_actors=1", "extremal.max_iter=60", "worker.batch_size=1")
     path = tmp_path / "job.yaml"
     path.write_text(dump_config_yaml(cfg))
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
+    # A suite started in the background by a non-interactive shell inherits SIGINT ignored, and an
+    # exec keeps that: the job would never see the signal. It gets the default disposition back.
     proc = subprocess.Popen([sys.executable, "-m", "jobs.attribute", "--config", str(path)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not list((out / "_done").glob("*.json")) if (out / "_done").exists() else True:
