@@ -32,3 +32,22 @@ def test_no_pipeline_or_demo_module_over_400_lines():
     modules = [p for d in ("pipeline", "demo", "jobs") for p in (root / d).rglob("*.py")]
     sizes = {str(p.relative_to(root)): len(p.read_text().splitlines()) for p in modules}
     assert sizes and not {p: n for p, n in sizes.items() if n > 400}
+
+
+WORKER = """
+import sys
+import torch
+from extremal_core.methods import get_method
+import pipeline.worker, pipeline.driver
+get_method("extremal")(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)))
+before = sorted({m.split(".")[0] for m in sys.modules} & {"captum", "matplotlib"})
+get_method("gradient")(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)))
+print(before, "captum" in sys.modules)
+"""
+
+
+def test_a_worker_without_a_captum_method_does_not_import_captum():
+    # Captum's package import pulls in matplotlib (about a second of every worker's start).
+    done = subprocess.run([sys.executable, "-c", WORKER], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split() == ["[]", "True"], done.stdout

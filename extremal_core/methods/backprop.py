@@ -10,16 +10,23 @@ modules, so a model whose ReLUs are functions would silently give plain gradient
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from collections.abc import Sequence
+from types import ModuleType
 
 import torch
-from captum.attr import GuidedBackprop, LayerAttribution, LayerGradCam, Saliency
 
 from ..channels import find_layer
 from ..inputs import checked_call, frozen
 from .explanation import Explanation
 from .registry import register_method
+
+
+def captum_attr() -> ModuleType:
+    """``captum.attr``, imported on first use: the package pulls in matplotlib (about a second),
+    which every worker and job would otherwise pay even when the method is not Captum's."""
+    return importlib.import_module("captum.attr")
 
 
 class _CaptumMethod:
@@ -63,7 +70,7 @@ class GradientExplainer(_CaptumMethod):
 
     def __init__(self, model: torch.nn.Module):
         super().__init__(model)
-        self._captum = Saliency(model)
+        self._captum = captum_attr().Saliency(model)
 
     def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self._captum.attribute(images, target=targets, abs=True).amax(dim=1, keepdim=True)
@@ -80,7 +87,7 @@ class GuidedBackpropExplainer(_CaptumMethod):
         super().__init__(model)
         if not any(isinstance(m, torch.nn.ReLU) for m in model.modules()):
             raise ValueError("guided backprop changes the backward pass of nn.ReLU modules, and the model has none")
-        self._captum = GuidedBackprop(model)
+        self._captum = captum_attr().GuidedBackprop(model)
 
     def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self._captum.attribute(images, target=targets).abs().amax(dim=1, keepdim=True)
@@ -114,10 +121,10 @@ class GradCamExplainer(_CaptumMethod):
     def __init__(self, model: torch.nn.Module, *, layer: str | None = None):
         super().__init__(model)
         self.layer = layer if layer is not None else default_grad_cam_layer(model)
-        self._captum = LayerGradCam(model, find_layer(model, self.layer))
+        self._captum = captum_attr().LayerGradCam(model, find_layer(model, self.layer))
 
     def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         cam = self._captum.attribute(images, target=targets, relu_attributions=True)
         if cam.dim() != 4:
             raise ValueError(f"Grad-CAM needs a layer with a spatial output [B, K, h, w]; {self.layer!r} gives {list(cam.shape)}")
-        return LayerAttribution.interpolate(cam, tuple(images.shape[2:]), interpolate_mode="bilinear")
+        return captum_attr().LayerAttribution.interpolate(cam, tuple(images.shape[2:]), interpolate_mode="bilinear")
