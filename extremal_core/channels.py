@@ -71,8 +71,8 @@ def optimize_channels(
     """Channel masks of one micro-batch at `module` (a module of `model`, which must be frozen):
     images `[B, C, H, W]`, targets `[B]` -> the ChannelResult fields, batched (saliency None for a
     layer without spatial extent)."""
-    if settings.schedule != "paper" or settings.stop_tolerance is not None:
-        raise ValueError("schedule='fast' and stop_tolerance are measured for extremal perturbation only; "
+    if settings.schedule != "paper" or settings.stop_tolerance is not None or settings.warm_start is not None:
+        raise ValueError("schedule='fast', stop_tolerance and warm_start are measured for extremal perturbation only; "
                          "channel perturbation runs the paper schedule")
     b, _, h, w = images.shape
     a = len(settings.areas)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -136,21 +136,82 @@ def optimize_masks(
 
     if settings.stop_tolerance is not None:
         return _optimize_with_stop(model, pyramid, mask_targets, mask_areas, reward, settings, generator, b, a)
+    if settings.warm_start is not None and a > 1:
+        return _optimize_warm(model, pyramid, targets, reward, settings, generator)
     params = torch.ones(b * a, *generator.geometry.param_shape, device=images.device, requires_grad=True)
-    stepper = MaskStepper(params, settings)
-    for t in range(settings.max_iter):
-        masks, full = generator.generate(params)
-        x = variant_inputs(pyramid, masks.view(b, a, h, w), settings.variant, settings.native_cpu_kernels)
-        if settings.jitter and t % 2 == 0:
-            x = torch.flip(x, dims=(3,))
-        gain = variant_reward(model_scores(model, x, settings), mask_targets, reward, settings.variant)
-        stepper.step(gain, area_loss(full, mask_areas, settings.tie_tolerance))
+    masks, full, stepper = _descend(model, pyramid, params, mask_targets, mask_areas, reward, settings, generator,
+                                    settings.lambda0, settings.lambda_growth, settings.max_iter)
     return MaskBatch(
         masks=masks.detach().view(b, a, h, w),
         achieved_areas=mask_area(full.detach()).view(b, a),
         history=stepper.history_tensor(b, a),
         iterations=torch.full((b, a), settings.max_iter, dtype=torch.long),
     )
+
+
+def _descend(
+    model: torch.nn.Module,
+    pyramid: torch.Tensor,
+    params: torch.Tensor,
+    mask_targets: torch.Tensor,
+    mask_areas: torch.Tensor,
+    reward: Reward,
+    settings: ExtremalSettings,
+    generator: SmoothMaskGenerator,
+    lambda0: float,
+    lambda_growth: float,
+    iters: int,
+) -> tuple[torch.Tensor, torch.Tensor, MaskStepper]:
+    """`iters` SGD steps on `params` `[K, ...]` (K = B·G masks, image-major: G per image of
+    `pyramid` `[B, L, C, H, W]`) with λ from `lambda0` growing by `lambda_growth`; returns the last
+    iteration's masks `[K, H, W]`, full-resolution masks and the stepper."""
+    b, (h, w) = pyramid.shape[0], pyramid.shape[-2:]
+    stepper = MaskStepper(params, replace(settings, lambda0=lambda0, lambda_growth=lambda_growth))
+    for t in range(iters):
+        masks, full = generator.generate(params)
+        x = variant_inputs(pyramid, masks.view(b, -1, h, w), settings.variant, settings.native_cpu_kernels)
+        if settings.jitter and t % 2 == 0:
+            x = torch.flip(x, dims=(3,))
+        gain = variant_reward(model_scores(model, x, settings), mask_targets, reward, settings.variant)
+        stepper.step(gain, area_loss(full, mask_areas, settings.tie_tolerance))
+    return masks, full, stepper
+
+
+def _optimize_warm(
+    model: torch.nn.Module,
+    pyramid: torch.Tensor,
+    targets: torch.Tensor,
+    reward: Reward,
+    settings: ExtremalSettings,
+    generator: SmoothMaskGenerator,
+) -> MaskBatch:
+    """`optimize_masks` with `settings.warm_start`: one area at a time (`"up"`: smallest first),
+    the first over the whole schedule, each next one from the previous one's final parameters for
+    `warm_iter` iterations: the schedule's last ones (`warm_lambda="tail"`, λ from
+    `lambda0·lambda_growth^(max_iter - warm_iter)`) or its whole λ range compressed (`"range"`).
+    One mask per image per pass: B·(max_iter + (A - 1)·warm_iter) passes instead of B·A·max_iter."""
+    b, (h, w) = pyramid.shape[0], pyramid.shape[-2:]
+    areas, total, growth = settings.areas, settings.max_iter, settings.lambda_growth
+    order = sorted(range(len(areas)), key=lambda j: areas[j], reverse=settings.warm_start == "down")
+    warm = min(settings.warm_iter, total)
+    masks = torch.zeros(b, len(areas), h, w, device=pyramid.device)
+    achieved = torch.zeros(b, len(areas), device=pyramid.device)
+    iterations = torch.zeros(b, len(areas), dtype=torch.long)
+    params = torch.ones(b, *generator.geometry.param_shape, device=pyramid.device)
+    for n, j in enumerate(order):
+        if n == 0:
+            iters, lambda0, step = total, settings.lambda0, growth
+        elif settings.warm_lambda == "tail":
+            iters, lambda0, step = warm, settings.lambda0 * growth ** (total - warm), growth
+        else:
+            iters, lambda0, step = warm, settings.lambda0, growth ** (total / warm)
+        params = params.detach().clone().requires_grad_(True)
+        area = torch.full((b,), areas[j], device=pyramid.device)
+        last, full, _ = _descend(model, pyramid, params, targets, area, reward, settings, generator, lambda0, step, iters)
+        masks[:, j] = last.detach().view(b, h, w)
+        achieved[:, j] = mask_area(full.detach())
+        iterations[:, j] = iters
+    return MaskBatch(masks=masks, achieved_areas=achieved, history=None, iterations=iterations)
 
 
 def _optimize_with_stop(

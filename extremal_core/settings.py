@@ -11,6 +11,8 @@ VARIANTS = ("preserve", "delete", "dual")
 PERTURBATIONS = ("blur", "fade")
 AUTOCAST_DTYPES = (None, "bfloat16", "float16")
 STOP_FINISHES = ("freeze", "area")
+WARM_STARTS = (None, "up", "down")
+WARM_LAMBDAS = ("tail", "range")
 SCHEDULES = ("paper", "fast")
 FAST_SCHEDULE_FACTOR = 3  # schedule="fast": max_iter // 3 iterations
 
@@ -38,7 +40,12 @@ class ExtremalSettings:
     schedule): every `stop_window` iterations, a mask whose parameters moved less than this
     (largest absolute change over the window) is frozen and leaves the network batch
     (`stop_finish="freeze"`: it keeps its mask; `"area"`: it goes on with the area term alone;
-    `optimize.py`; measured in `benchmarks/bench_schedule.py`).
+    `optimize.py`; measured in `benchmarks/bench_schedule.py`). `warm_start` (None: off, every
+    area from the all-ones start at once): the areas one after another, smallest first (`"up"`)
+    or largest first (`"down"`); the first runs the whole schedule, each next one starts from the
+    previous area's final parameters for `warm_iter` iterations: the schedule's last ones (the
+    largest λ, `warm_lambda="tail"`) or its whole λ range compressed (`"range"`); measured in
+    `benchmarks/bench_schedule.py`.
     """
 
     areas: tuple[float, ...] = (0.1,)
@@ -70,6 +77,9 @@ class ExtremalSettings:
     stop_tolerance: float | None = None
     stop_window: int = 20
     stop_finish: str = "freeze"
+    warm_start: str | None = None
+    warm_iter: int = 100
+    warm_lambda: str = "tail"
 
     def __post_init__(self) -> None:
         areas = self.areas
@@ -92,7 +102,7 @@ class ExtremalSettings:
             )
         if self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast must be one of {AUTOCAST_DTYPES}, got {self.autocast!r}")
-        for name in ("max_iter", "num_levels", "step", "stop_window"):
+        for name in ("max_iter", "num_levels", "step", "stop_window", "warm_iter"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -110,6 +120,12 @@ class ExtremalSettings:
                 raise ValueError(f"stop_finish must be one of {STOP_FINISHES}, got {self.stop_finish!r}")
             if self.keep_history:
                 raise ValueError("keep_history needs every mask at every iteration: not with stop_tolerance")
+        if self.warm_start not in WARM_STARTS:
+            raise ValueError(f"warm_start must be one of {WARM_STARTS}, got {self.warm_start!r}")
+        if self.warm_lambda not in WARM_LAMBDAS:
+            raise ValueError(f"warm_lambda must be one of {WARM_LAMBDAS}, got {self.warm_lambda!r}")
+        if self.warm_start is not None and (self.stop_tolerance is not None or self.keep_history):
+            raise ValueError("warm_start runs the areas one after another: not with stop_tolerance or keep_history")
         if self.max_masks_per_batch is not None and self.max_masks_per_batch < 1:
             raise ValueError(f"max_masks_per_batch must be >= 1, got {self.max_masks_per_batch}")
 

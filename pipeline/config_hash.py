@@ -39,6 +39,9 @@ _HASHED_UNLESS_DEFAULT: dict[str, Any] = {
     "stop_tolerance": None,
     "stop_window": 20,
     "stop_finish": "freeze",
+    "warm_start": None,
+    "warm_iter": 100,
+    "warm_lambda": "tail",
 }
 
 
