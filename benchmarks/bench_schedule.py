@@ -81,7 +81,8 @@ def option_table() -> dict[str, dict]:
     for eps, finish in ((1e-2, "freeze"), (1e-2, "area"), (5e-3, "area")):
         opts[f"stop{eps:g}_{finish}"] = {"stop_tolerance": eps, "stop_window": 20, "stop_finish": finish}
     for direction, iters, warm, how in (("up", 267, 133, "tail"), ("down", 267, 133, "tail"), ("up", 267, 133, "range"),
-                                        ("down", 267, 133, "range"), ("up", 400, 200, "range"), ("up", 267, 67, "range")):
+                                        ("down", 267, 133, "range"), ("up", 400, 200, "range"), ("up", 267, 67, "range"),
+                                        ("down", 400, 200, "range"), ("down", 267, 266, "range")):
         opts[f"warm_{direction}_{how}_T{iters}_w{warm}"] = {
             **compressed(iters, 1.0), "warm_start": direction, "warm_iter": warm, "warm_lambda": how}
     return opts
