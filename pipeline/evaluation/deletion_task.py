@@ -221,18 +221,6 @@ class DeletionInsertionTask:
         self.loaded = dataclasses.replace(loaded, model=engine_model(loaded.model, ExtremalSettings()))
         self.name = self.loaded.name
 
-    def run(
-        self,
-        shard_url: str,
-        *,
-        attempt: int = 1,
-        storage: dict[str, Any] | None = None,
-        on_batch: Callable[[int], None] | None = None,
-        extra_stats: dict[str, Any] | None = None,
-        compute_lock: threading.Lock | None = None,
-        lease: LeaseToken | None = None,
-    ) -> dict[str, Any]:
-        return evaluate_shard(
-            shard_url, self.cfg, self.loaded, self.settings, device=self.device, attempt=attempt, storage=storage,
-            on_batch=on_batch, extra_stats=extra_stats, compute_lock=compute_lock, lease=lease,
-        )
+    def run(self, shard_url: str, **shard_options: Any) -> dict[str, Any]:
+        """``ShardTask.run``: its keyword arguments go to ``evaluate_shard`` as they are."""
+        return evaluate_shard(shard_url, self.cfg, self.loaded, self.settings, device=self.device, **shard_options)
