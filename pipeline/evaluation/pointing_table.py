@@ -13,6 +13,7 @@ from pipeline.evaluation.table_files import write_table_files
 
 SUMMARY = "pointing_game"
 PER_CLASS = "pointing_game_classes"
+COUNTS = "pointing_game_rows"  # what was not scored, and why (the report says it under an empty table)
 
 
 def _order(result: PartResult) -> list[tuple[str, str]]:
@@ -46,6 +47,12 @@ def class_table(result: PartResult) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def counts_table(result: PartResult) -> pa.Table:
+    """One row: ``rows, error_rows, unannotated, no_ground_truth`` (the rows not scored, by reason)."""
+    return pa.Table.from_pylist([{"rows": result.rows, "error_rows": result.errors, "unannotated": result.unannotated,
+                                  "no_ground_truth": result.no_ground_truth}])
+
+
 def format_summary(result: PartResult) -> str:
     """The summary as text: one line per method with All / Difficult %, as TorchRay's table reads."""
     lines = [f"{'method':<24} {'all %':>7} {'diff %':>7} {'pairs':>8}"]
@@ -59,5 +66,6 @@ def format_summary(result: PartResult) -> str:
 
 
 def write_tables(out_uri: str, result: PartResult, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Write both tables as ``<out>/pointing_game[_classes].csv|parquet``; returns the URLs."""
-    return write_table_files(out_uri, {SUMMARY: summary_table(result), PER_CLASS: class_table(result)}, storage_options)
+    """Write the tables as ``<out>/pointing_game[_classes|_rows].csv|parquet``; returns the URLs."""
+    tables = {SUMMARY: summary_table(result), PER_CLASS: class_table(result), COUNTS: counts_table(result)}
+    return write_table_files(out_uri, tables, storage_options)

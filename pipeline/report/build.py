@@ -47,6 +47,8 @@ def _class_name(c: int) -> str:
 
 def _summary_section(scan: RunScan, w: _Writer, prefix: str, max_classes: int) -> str:
     """a* histograms per class and mean v_a per area, from the extremal columns of every row."""
+    if scan.rows == scan.errors:
+        return h.note(f"{scan.method}: every row is an error row: no area-growth summary")
     if not scan.areas:
         return h.note(f"{scan.method}: no extremal columns (areas / scores / optimal_area): no area-growth summary")
     classes = [c for c, s in sorted(scan.classes.items()) if s.scored][:max_classes]
@@ -71,10 +73,10 @@ def _summary_section(scan: RunScan, w: _Writer, prefix: str, max_classes: int) -
         rows.append(("all", total, *(h.fmt(v) for v in means[-1][0])))
     return "".join([
         h.img(hist_png, f"Histograms of the optimal area a* per class{shown}, over {total} rows; bars per area "
-              f"{', '.join(h.fmt(a) for a in scan.areas)}"),
+              f"{', '.join(h.area(a) for a in scan.areas)}"),
         h.img(mean_png, f"Mean area-growth score v_a per area and share of rows with v_a >= 1, per class{shown} and "
               "overall; v saturates at 1.25"),
-        h.table(["class", "rows", *(f"mean v at {h.fmt(a)}" for a in scan.areas)], rows),
+        h.table(["class", "rows", *(f"mean v_a at {h.area(a)}" for a in scan.areas)], rows),
     ])
 
 
@@ -88,8 +90,8 @@ def _image_row(row: dict[str, Any], original, meta: dict[str, Any] | None, w: _W
     for i, png in enumerate(im.row_overlays(row, original)):
         if i < len(areas):
             v = f": v = {h.fmt(scores[i])}" if i < len(scores) else ""  # channel rows have no v_a
-            cap = f"area {h.fmt(areas[i])}{v}" + (" (a*)" if i == star else "")
-            alt = f"{row['method']} map at area {h.fmt(areas[i])} over {what}{v.replace(': v', ', v_a')}"
+            cap = f"area {h.area(areas[i])}{v}" + (" (a*)" if i == star else "")
+            alt = f"{row['method']} map at area {h.area(areas[i])} over {what}{v.replace(': v', ', v_a')}"
             alt += ", the optimal area a*" if i == star else ""
         else:
             cap, alt = f"map {i}", f"{row['method']} map {i} over {what}"
@@ -101,9 +103,9 @@ def _image_row(row: dict[str, Any], original, meta: dict[str, Any] | None, w: _W
             cells.append(h.img(w.put(f"{name}_{column}.png", png), f"feature {label} for {what}", label, width=THUMB))
     if areas and scores:
         bars = figures.area_growth_bars(areas, scores, row.get("optimal_area"))
-        star_text = f"a* = {h.fmt(row.get('optimal_area'))}" + ("" if row.get("optimal_area_reached") else ", not reached")
-        cells.append(h.img(w.put(f"{name}_bars.png", bars), f"area-growth bars v_a per area for {what}; {star_text}", star_text,
-                           width=THUMB * 4 // 3))
+        star_text = f"a* = {h.area(row.get('optimal_area'))}" + ("" if row.get("optimal_area_reached") else ", not reached")
+        # at the plot's own pixel size: scaled down, its tick labels were ~5 px
+        cells.append(h.img(w.put(f"{name}_bars.png", bars), f"area-growth bars v_a per area for {what}; {star_text}", star_text))
     if meta:
         example = im.pointing_example(row, original, meta)
         if example is not None:
@@ -111,7 +113,8 @@ def _image_row(row: dict[str, Any], original, meta: dict[str, Any] | None, w: _W
             verdict = "hit" if hit else "miss"
             cells.append(h.img(w.put(f"{name}_point.png", png), f"pointing game for {what}: {verdict} (ground truth outlined, "
                                "15 px circle around the map's maximum)", f"pointing: {verdict}", width=THUMB))
-    head = f"<h3>{h.esc(row['key'])} · class {h.esc(row['target'])} · phi0 {h.esc(h.fmt(row.get('phi0')))}</h3>"
+    phi0 = "" if row.get("phi0") is None else f" · clean score φ0 = {h.fmt(row['phi0'])}"
+    head = f"<h3>{h.esc(row['key'])} · class {h.esc(row['target'])}{h.esc(phi0)}</h3>"
     return f'<div class="row">{head}{"".join(cells)}</div>'
 
 
@@ -122,13 +125,13 @@ def _comparison(primary: list[dict[str, Any]], others: list[tuple[RunScan, dict]
     for n, row in enumerate(primary):
         original = originals.get(row["key"], (None, None))[0]
         what = f"{row['key']} (class {row['target']})"
-        cells = [h.img(f"img/p{n}_orig.png", f"original image {what}", width=THUMB)]
+        cells = [h.img(f"img/p{n}_orig.png", f"original image {what}", f"{row['key']} · class {row['target']}", width=THUMB)]
         columns = [(row["method"], row), *((s.method, found.get((row["key"], row["target"]))) for s, found in others)]
         for j, (method, r) in enumerate(columns):
             if r is None:
                 cells.append(f"<span class=\"note\">no {h.esc(method)} row</span>")
                 continue
-            label = f"{method} at a* = {h.fmt(r.get('optimal_area'))}" if im.star_index(r) is not None else method
+            label = f"{method} at a* = {h.area(r.get('optimal_area'))}" if im.star_index(r) is not None else method
             src = w.put(f"img/c{n}_{j}.png", im.comparison_png(r, original))
             cells.append(h.img(src, f"{label} map over {what}", label, width=THUMB))
         lines.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
@@ -172,9 +175,12 @@ def build_report(
         nav.append((anchor, label))
 
     methods = ", ".join(s.method for s in scans)
-    samples = [h.note("Bright (inferno colour map) = salient: for extremal rows the mask that keeps the region; the "
-                      "a* panel is framed; v is the area-growth score v_a (1 = the clean score, saturating at 1.25); "
-                      "pointing: the ground truth outlined, the map's maximum with its 15 px circle, green = hit")]
+    samples = [h.note("Bright (inferno colour map) = salient: for extremal rows the mask that keeps the region; areas "
+                      "are shares of the image; the a* panel (the smallest area whose mask keeps the clean score) is "
+                      "framed. φ0 (column phi0) is the model's score for the target on the clean image (the target's "
+                      "logit for reward 'simple'); v is the area-growth score v_a: the masked image's score from the "
+                      "fully blurred one's (phi_min, v = 0) to φ0 (v = 1), saturating at 1.25. Pointing: the ground "
+                      "truth outlined, the map's maximum with its 15 px circle, green = hit")]
     for c in classes:
         samples.append(f"<h3>{h.esc(_class_name(c))}</h3>")
         for n, row in enumerate(rows):

@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.commit import MANIFEST_JSON
-from pipeline.evaluation.pointing_table import PER_CLASS, SUMMARY
+from pipeline.evaluation.pointing_table import COUNTS, PER_CLASS, SUMMARY
 from pipeline.report import html as h
 from pipeline.report.scan import RunScan
 from pipeline.storage import join, read_json, url_to_fs
@@ -46,10 +46,18 @@ def pointing_section(uri: str, storage_options: dict[str, Any] | None = None) ->
     if found is None:
         return None
     url, summary = found
+    counts = read_table_beside(uri, COUNTS, storage_options)
+    unscored = _unscored(counts[1].to_pylist()[0] if counts is not None and counts[1].num_rows else None)
+    if summary.num_rows == 0:
+        return h.note(f"no (image, class) pair was scored: {unscored or 'python -m jobs.pointing_game prints why'} "
+                      f"(from {url})")
     cols = [c for c in ("method", "subset", "accuracy", "hits", "misses", "pairs", "classes") if c in summary.column_names]
     rows = [[h.fmt(r[c], 4) if c == "accuracy" else r[c] for c in cols] for r in summary.select(cols).to_pylist()]
-    parts = [h.table([c if c != "accuracy" else "accuracy %" for c in cols], rows),
-             h.note(f"from {url}; 'center' is the centre baseline on the same pairs")]
+    parts = [h.table([c if c != "accuracy" else "accuracy % (class mean)" for c in cols], rows),
+             h.note(f"from {url}. accuracy %: hits / (hits + misses) per class, then the mean over the classes "
+                    "(TorchRay's protocol), so it is not hits / pairs; a hit: a ground-truth pixel within 15 px of the "
+                    "map's maximum. 'center' is the centre baseline on the same pairs."
+                    + (f" Not scored: {unscored}." if unscored else ""))]
     per_class = read_table_beside(uri, PER_CLASS, storage_options)
     if per_class is not None:
         t = per_class[1]
@@ -59,6 +67,16 @@ def pointing_section(uri: str, storage_options: dict[str, Any] | None = None) ->
     return "".join(parts)
 
 
+def _unscored(counts: dict[str, Any] | None) -> str:
+    """The pointing game's rows not scored, by reason, as a phrase ('' when none or unknown)."""
+    if not counts:
+        return ""
+    reasons = [(counts.get("error_rows"), "error rows"), (counts.get("unannotated"), "rows without annotations"),
+               (counts.get("no_ground_truth"), "pairs without ground truth (or all difficult)")]
+    said = [f"{n} {what}" for n, what in reasons if n]
+    return f"of {counts.get('rows')} rows, " + ", ".join(said) if said else ""
+
+
 def run_facts(scan: RunScan, manifest: dict[str, Any] | None) -> str:
     """Run facts of one output: counts, config hash, code version, schema, shards (the failed ones
     with their reasons), error rows with reasons, and the resolved config."""
@@ -66,7 +84,8 @@ def run_facts(scan: RunScan, manifest: dict[str, Any] | None) -> str:
         ("output", scan.uri), ("method", ", ".join(f"{m} ({n} rows)" for m, n in scan.methods.items()) or "-"),
         ("parts", len(scan.parts)), ("rows", scan.rows), ("error rows", scan.errors),
         ("classes", len([c for c, s in scan.classes.items() if s.rows])),
-        ("areas", ", ".join(h.fmt(a) for a in scan.areas) if scan.areas else "-"),
+    ] + ([("rows without a target (error rows)", scan.untargeted)] if scan.untargeted else []) + [
+        ("areas", ", ".join(h.area(a) for a in scan.areas) if scan.areas else "-"),
     ] + ([] if manifest is None else [
         ("config hash", manifest.get("config_hash", "-")), ("code version", manifest.get("code_version", "-")),
         ("schema version", manifest.get("schema_version", "-")),

@@ -76,3 +76,10 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}g}"
     return str(value)
+
+
+def area(value: Any) -> str:
+    """An area (a fraction of the image) as the report writes every area: a percentage, ``5%``."""
+    if value is None:
+        return "-"
+    return f"{100 * float(value):.3g}%"

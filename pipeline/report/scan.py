@@ -57,15 +57,18 @@ class ClassStats:
 
 @dataclass
 class RunScan:
-    """What the pass found. ``sample``: class -> [(hash, key, target, Location)] sorted by hash;
-    ``error_rows``: the first ``max_error_rows`` error rows (key, shard, reason) in part order;
-    ``error_reasons``: reason -> count over every error row."""
+    """What the pass found. ``methods``: method -> rows (error rows included); ``classes``: the
+    non-null targets only (``untargeted`` counts the rows without one); ``sample``: class ->
+    [(hash, key, target, Location)] sorted by hash; ``error_rows``: the first ``max_error_rows``
+    error rows (key, shard, reason) in part order; ``error_reasons``: reason -> count over every
+    error row."""
 
     uri: str
     parts: list[str]
     methods: Counter = field(default_factory=Counter)
     rows: int = 0
     errors: int = 0
+    untargeted: int = 0
     areas: tuple[float, ...] | None = None
     classes: dict[int, ClassStats] = field(default_factory=lambda: defaultdict(ClassStats))
     sample: dict[int, list[tuple[int, str, int, Location]]] = field(default_factory=dict)
@@ -74,7 +77,7 @@ class RunScan:
 
     @property
     def method(self) -> str:
-        """The output's method (one per output folder), or ``?`` when it has no good row."""
+        """The output's method (one per output folder, named by every row), or ``?`` without rows."""
         return self.methods.most_common(1)[0][0] if self.methods else "?"
 
 
@@ -146,6 +149,8 @@ def scan_output(
             for rg in range(pf.num_row_groups):
                 table = pf.read_row_group(rg, columns=columns)
                 keys = table.column("key").to_pylist()
+                # A null target (an error row whose label did not fit int32) is no class: -1 only fills the array.
+                has_target = table.column("target").is_valid().to_numpy(zero_copy_only=False)
                 targets = table.column("target").fill_null(-1).to_numpy(zero_copy_only=False)
                 errors = table.column("error").to_pylist()
                 methods = table.column("method").to_pylist()
@@ -153,16 +158,20 @@ def scan_output(
                 good = np.array([e is None for e in errors], dtype=bool)
                 scan.rows += len(keys)
                 for i, err in enumerate(errors):
-                    stats = scan.classes[int(targets[i])]
-                    stats.rows += 1
+                    scan.methods[methods[i]] += 1  # every row names its method, error rows too
+                    stats = scan.classes[int(targets[i])] if has_target[i] else None
+                    if stats is None:
+                        scan.untargeted += 1
+                    else:
+                        stats.rows += 1
                     if err is not None:
-                        stats.errors += 1
+                        if stats is not None:
+                            stats.errors += 1
                         scan.errors += 1
                         scan.error_reasons[err.split(":", 1)[0][:200]] += 1
                         if len(scan.error_rows) < max_error_rows:
                             scan.error_rows.append((keys[i], shards[i] or "", err))
                         continue
-                    scan.methods[methods[i]] += 1
                     _keep(heaps[int(targets[i])], (row_hash(keys[i], targets[i]), keys[i], int(targets[i]),
                                                    Location(part, rg, i)), per_class)
                 _add_extremal(scan, table, targets, good)
