@@ -22,7 +22,7 @@ from typing import Any
 
 CHECK_JS = """(() => {
   const images = Array.from(document.images).map(i => ({src: i.getAttribute('src'), alt: i.getAttribute('alt'),
-      complete: i.complete, naturalWidth: i.naturalWidth}));
+      complete: i.complete, naturalWidth: i.naturalWidth, width: i.width}));
   const links = Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'));
   const ids = Array.from(document.querySelectorAll('[id]')).map(e => e.id);
   return JSON.stringify({images, links, ids, title: document.title, text: document.body.innerText.length});
@@ -39,7 +39,7 @@ def chromium_binary() -> str | None:
 
 @dataclass
 class PageCheck:
-    """What the page showed: ``images`` (src, alt, complete, naturalWidth), ``links`` (href),
+    """What the page showed: ``images`` (src, alt, complete, naturalWidth, width as shown), ``links`` (href),
     ``ids`` (element ids, for #anchors), ``errors`` (console errors, exceptions, failed loads)."""
 
     images: list[dict[str, Any]] = field(default_factory=list)

@@ -1,5 +1,6 @@
-"""Synthetic attribution outputs for the report's tests: parts with the real schema (SPEC section
-2), built column-wise with pyarrow so that 100,000 rows take a second, not a per-row loop."""
+"""Synthetic attribution outputs for the report's tests: parts with the real schema
+(docs/parquet.md), built column-wise with pyarrow so that 100,000 rows take a second, not a
+per-row loop."""
 
 from __future__ import annotations
 
@@ -39,11 +40,13 @@ def synthetic_rows(n: int, classes: int = 5, seed: int = 0, error_every: int = 5
             "maps": rng.integers(0, 256, (n, int(np.prod(MAP_SHAPE))), dtype=np.uint8)}
 
 
-def part_table(cols: dict[str, np.ndarray], rows: np.ndarray, shard: str) -> pa.Table:
-    """A part holding the rows ``rows`` (indices into ``cols``), every column of the schema."""
+def part_table(cols: dict[str, np.ndarray], rows: np.ndarray, shard: str, method: str = "extremal") -> pa.Table:
+    """A part holding the rows ``rows`` (indices into ``cols``), every column of the schema; an
+    optional ``cols["no_target"]`` bool array makes those (error) rows' targets null."""
     schema = part_schema("tensor", MAP_SHAPE)
     n = len(rows)
     err = cols["error"][rows]
+    no_target = cols.get("no_target", np.zeros(len(cols["key"]), bool))[rows]
     good = ~err
     maps_type = schema.field("maps").type
     storage = pa.FixedSizeListArray.from_arrays(pa.array(cols["maps"][rows].reshape(-1)), int(np.prod(MAP_SHAPE)),
@@ -56,8 +59,9 @@ def part_table(cols: dict[str, np.ndarray], rows: np.ndarray, shard: str) -> pa.
         return pa.array(v.astype(np.float32), mask=err)
 
     arrays = {
-        "key": pa.array(cols["key"][rows]), "shard": pa.array([shard] * n), "method": pa.array(["extremal"] * n),
-        "model": pa.array(["synthetic"] * n), "target": pa.array(cols["target"][rows].astype(np.int32)),
+        "key": pa.array(cols["key"][rows]), "shard": pa.array([shard] * n), "method": pa.array([method] * n),
+        "model": pa.array(["synthetic"] * n),
+        "target": pa.array(cols["target"][rows].astype(np.int32), mask=no_target),
         "target_source": pa.array(["label"] * n), "width": ints(MAP_SIDE), "height": ints(MAP_SIDE),
         "maps": pa.ExtensionArray.from_storage(maps_type, storage),
         "map_min": floats(np.zeros(n)), "map_max": floats(np.ones(n)), "map_height": ints(MAP_SIDE), "map_width": ints(MAP_SIDE),
@@ -73,11 +77,14 @@ def part_table(cols: dict[str, np.ndarray], rows: np.ndarray, shard: str) -> pa.
     return pa.Table.from_arrays([a if (a := arrays[f.name]).type == f.type else a.cast(f.type) for f in schema], schema=schema)
 
 
-def write_output(root: Path, cols: dict[str, np.ndarray], splits: list[np.ndarray], row_group_size: int = 500) -> Path:
+def write_output(
+    root: Path, cols: dict[str, np.ndarray], splits: list[np.ndarray], row_group_size: int = 500, method: str = "extremal"
+) -> Path:
     """Write one part per index array of ``splits`` under ``root/parts`` (shard URLs that do not
-    exist: the report draws on grey). Returns ``root``."""
+    exist: the report draws on grey), every row naming ``method``. Returns ``root``."""
     (root / "parts").mkdir(parents=True, exist_ok=True)
     for p, rows in enumerate(splits):
         shard = str(root / "shards" / f"missing-{p:06d}.tar")
-        pq.write_table(part_table(cols, rows, shard), root / "parts" / f"part-{p:06d}.parquet", row_group_size=row_group_size)
+        part = root / "parts" / f"part-{p:06d}.parquet"
+        pq.write_table(part_table(cols, rows, shard, method), part, row_group_size=row_group_size)
     return root

@@ -84,6 +84,10 @@ def test_a_report_of_two_methods_compares_them_per_image(demo_runs) -> None:
     columns = [i["src"] for i in check.images if i["src"].startswith("img/c")]
     assert sorted(columns) == sorted(f"img/c{n}_{j}.png" for n in range(8) for j in range(2))
     assert "no gradient row" not in text
+    # the plots are shown at their own pixel size (scaled down, their tick labels were ~5 px)
+    plots = [i for i in check.images if i["src"].endswith(("_bars.png", "astar_hist.png", "area_growth.png"))]
+    assert len(plots) == 8 + 2 and all(i["width"] == i["naturalWidth"] for i in plots), plots
+    assert "extremal (32 rows)" in text and "gradient (32 rows)" in text
 
 
 def test_the_check_sees_a_broken_image_and_a_console_error(demo_runs, tmp_path: Path) -> None:
