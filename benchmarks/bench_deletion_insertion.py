@@ -7,7 +7,7 @@ the model as given. The two alternate in each repeat
 and the median of the per-repeat ratios is printed.
 
 Cases: `small` (the benchmarks' SmallCNN, random weights, --small-size px) and torchvision
-`resnet18`/`resnet50` (random weights, 224 px, step 224 as the SPEC's protocol). On a CPU keep
+`resnet18`/`resnet50` (random weights, 224 px, step 224 as docs/evaluations.md's protocol). On a CPU keep
 them small (`--cases small`); on a GPU add `resnet50`.
 
     python benchmarks/bench_deletion_insertion.py --threads 1 --cases small \\

@@ -4,7 +4,7 @@
 Report: `tests/report/synthetic.py` writes extremal outputs with the real Parquet schema (parts of
 2,000 rows, 16x16 maps, 5 classes); each report is built in a fresh process (`build_report`, 4 rows
 drawn per class) whose peak resident memory above its imports is read from /proc/self/status.
-Inversion: `extremal_core.inversion.channel_inversions` (original and perturbed, SPEC section 9
+Inversion: `extremal_core.inversion.channel_inversions` (original and perturbed, docs/channels.md
 settings with --inversion-iters iterations) on the demo CNN at 64x64, B images in one call against
 one image per call.
 

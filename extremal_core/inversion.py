@@ -1,4 +1,4 @@
-"""Feature inversion (Mahendran & Vedaldi 2015; SPEC section 9): the image whose activations at
+"""Feature inversion (Mahendran & Vedaldi 2015; docs/channels.md): the image whose activations at
 a layer match given ones, and the supplement's pair for channel attribution (figures 16-18): the
 inversion of an image's activations and of those activations perturbed by a channel mask.
 
@@ -19,7 +19,7 @@ from .channels import find_layer
 
 @dataclass(frozen=True)
 class InversionSettings:
-    """SPEC section 9's defaults (Fong's PyTorch port): α = 6, β = 2, λ_α = λ_TV = 1e-5, 200
+    """The defaults of docs/channels.md (Fong's PyTorch port): α = 6, β = 2, λ_α = λ_TV = 1e-5, 200
     iterations of SGD, lr 100, momentum 0.9, lr × 0.1 every 100 iterations, init 1e-3·randn
     (``seed``: the same start on every machine, and for both images of a pair)."""
 

@@ -80,7 +80,7 @@ def variant_reward(scores: torch.Tensor, targets: torch.Tensor, reward: Reward, 
 
 
 class MaskStepper:
-    """The SPEC's optimizer for mask parameters in [0, 1]: SGD with momentum and dampening on
+    """The optimizer of docs/algorithm.md for mask parameters in [0, 1]: SGD with momentum and dampening on
     `penalty_weight·R - reward`, clamping after each step, λ growing geometrically."""
 
     def __init__(self, params: torch.Tensor, settings: ExtremalSettings):

@@ -1,4 +1,4 @@
-"""Every number of the algorithm in one validated dataclass (SPEC section 1 defaults)."""
+"""Every number of the algorithm in one validated dataclass (docs/algorithm.md, "Defaults")."""
 
 from __future__ import annotations
 

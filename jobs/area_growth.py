@@ -1,7 +1,7 @@
 """``python -m jobs.area_growth --results <attribution output uri> [--out <uri>]``
 (or ``--config configs/<name>.yaml [--set key=value ...]``: the job's ``output.uri`` and storage)
 
-Area growth (SPEC section 8) of an extremal job: per class, the distribution of a* over the
+Area growth (docs/evaluations.md, "Area growth") of an extremal job: per class, the distribution of a* over the
 areas, the share of rows reaching v >= 1 and the mean v_a per area, streamed over the Parquet
 parts (only the small columns). Prints the table and writes ``area_growth_classes``,
 ``area_growth_optimal_area`` and ``area_growth_scores`` as CSV and Parquet under ``--out``

@@ -1,7 +1,7 @@
 """``python -m jobs.attribute --config configs/<name>.yaml [--set key=value ...]``
 
 Runs (or resumes) an attribution job: extremal perturbations of every image of a WebDataset
-dataset, one Parquet part per shard under ``output.uri`` (SPEC sections 2 and 3).
+dataset, one Parquet part per shard under ``output.uri`` (docs/parquet.md, docs/cli.md).
 
 Ray: connects to ``RAY_ADDRESS`` (set by ``ray job submit``; ``RAY_ADDRESS=auto`` picks a
 cluster started with ``ray start`` on this machine) or ``cluster.address``; otherwise starts a

@@ -1,14 +1,14 @@
 """``python -m jobs.channels --config configs/methods/demo_extremal_channels.yaml [--set key=value ...]
 [--inversion key=value ...]``
 
-Channel attribution over a dataset (SPEC section 9): the registry's ``extremal_channels`` at
+Channel attribution over a dataset (docs/channels.md): the registry's ``extremal_channels`` at
 ``method.layer`` for the ``extremal.areas``, one Parquet row per (image, target) with the channel
 masks and channel-saliency maps, and per image the feature inversions of the original activations
 and of the activations perturbed by the optimal channel mask (``inversion_original`` /
 ``inversion_perturbed``, RGB PNG). Same shards, Ray actors, resume and exit codes as
 ``jobs.attribute``; ``python -m jobs.report --input <output.uri>`` shows the rows side by side.
 
-``--inversion``: ``extremal_core.inversion.InversionSettings`` fields (SPEC defaults: 200
+``--inversion``: ``extremal_core.inversion.InversionSettings`` fields (docs/channels.md defaults: 200
 iterations, lr 100, init 1e-3; steps kept within the black..white input range); the demo's small
 BatchNorm CNN uses ``init_scale=0.1`` unless given (from 1e-3 its first ReLUs are all dead).
 """

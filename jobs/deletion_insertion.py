@@ -1,7 +1,7 @@
 """``python -m jobs.deletion_insertion --results <attribution output uri> [--config <job yaml>]
 [--set key=value ...] [--out <uri>] [--step N] [--deletion-substrate zeros|blur]``
 
-Deletion and insertion (SPEC section 8, RISE's protocol) of an attribution job's maps: every
+Deletion and insertion (docs/evaluations.md, "Deletion and insertion": RISE's protocol) of an attribution job's maps: every
 shard the job finished is a task on the job's Ray actors (its model, preprocessing, device and
 cluster settings: ``--config``, by default the ``config.yaml`` the job wrote under its output),
 writing one Parquet part of per-row AUCs and curves per shard under ``--out`` (default

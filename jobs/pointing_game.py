@@ -1,7 +1,7 @@
 """``python -m jobs.pointing_game --results <attribution output uri> [--out <uri>]``
 (or ``--config configs/<name>.yaml [--set key=value ...]``: the job's ``output.uri`` and storage)
 
-The pointing game (SPEC section 4, TorchRay's protocol) of an attribution job's Parquet parts, any
+The pointing game (docs/pointing_game.md, TorchRay's protocol) of an attribution job's Parquet parts, any
 method, against the annotations in the shards the rows came from, with the ``center`` baseline on
 the same pairs: per-class accuracy averaged over classes, all pairs and EBP's difficult subset.
 Prints the table and writes it as CSV and Parquet under ``--out`` (default

@@ -1,7 +1,7 @@
 """``python -m jobs.sanity_check --config configs/<name>.yaml [--set key=value ...] [--out <uri>]
 [--mode cascading|independent|both] [--layers top,...,bottom] [--seed N]``
 
-The sanity checks (SPEC section 8, Adebayo et al. 2018) of the config's attribution method: the
+The sanity checks (docs/evaluations.md, "Sanity checks"; Adebayo et al. 2018) of the config's attribution method: the
 job itself (run or resumed), then one attribution job per randomized model (cascading: the top
 learnable layer, then one more at a time down to the input; independent: one layer at a time),
 each into its own folder under ``--out`` (default ``<output.uri>/sanity_check``), resumable; then

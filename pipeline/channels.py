@@ -1,4 +1,4 @@
-"""The channel job's work (``jobs.channels``, SPEC section 9): the registry's ``extremal_channels``
+"""The channel job's work (``jobs.channels``, docs/channels.md): the registry's ``extremal_channels``
 at a named layer, plus per image the feature inversions of the original activations and of the
 activations perturbed by the optimal channel mask, written as PNG columns beside the channel masks
 and the channel-saliency maps.
@@ -27,7 +27,7 @@ METHOD = "extremal_channels"
 
 
 def inversion_settings(pairs: Sequence[str]) -> InversionSettings:
-    """``["max_iter=50", "learning_rate=50"]`` -> InversionSettings (SPEC defaults otherwise).
+    """``["max_iter=50", "learning_rate=50"]`` -> InversionSettings (docs/channels.md defaults otherwise).
     Raises ValueError naming a bad key or value."""
     known = {f.name: f.type for f in fields(InversionSettings)}
     values: dict[str, Any] = {}

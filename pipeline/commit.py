@@ -1,4 +1,4 @@
-"""The output contract (SPEC section 2): one Parquet part per shard, committed once; done-markers
+"""The output contract (docs/parquet.md): one Parquet part per shard, committed once; done-markers
 for resume; a config guard; the manifest.
 
 Layout under ``output_uri`` (any fsspec URL)::

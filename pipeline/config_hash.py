@@ -13,7 +13,7 @@ from pipeline.config_load import config_to_dict
 
 # Fields that do not change any output row: a run that differs only in these may resume another's
 # output. Shards are excluded so a job can be extended with more shards; batching knobs and the
-# device only move floats within tolerance (SPEC section 1, "Batching").
+# device only move floats within tolerance (docs/algorithm.md, "Batching").
 _HASH_EXCLUDED: tuple[str, ...] = (
     "input.shards",
     "worker",

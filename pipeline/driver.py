@@ -1,6 +1,6 @@
 """The driver: hand shards to worker actors, retry, quarantine, resume, report.
 
-Data flows one way (SPEC section 6): the driver only sends shard URLs to actors and gets back each
+Data flows one way (docs/README.md, "Data flow"): the driver only sends shard URLs to actors and gets back each
 shard's small done-marker; images and masks never pass through it. Each shard's part is committed
 by the worker, so the driver's state can always be rebuilt from the output folder: a re-run skips
 every shard with a done-marker (resume) and a shard is never committed twice.

@@ -2,7 +2,7 @@
 
 ``Geometry.of(width, height, resize, crop)`` computes it with torchvision's arithmetic (the
 preprocessing uses it to resize and crop, the rows record it, the readers map maps back with it);
-``Geometry.columns()`` / ``Geometry.from_row()`` are its Parquet columns (SPEC section 2).
+``Geometry.columns()`` / ``Geometry.from_row()`` are its Parquet columns (docs/parquet.md).
 """
 
 from __future__ import annotations

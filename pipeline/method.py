@@ -17,7 +17,7 @@ from extremal_core.methods import Explainer, Explanation, make_explainer
 from extremal_core.settings import ExtremalSettings
 from pipeline.config import JobConfig
 
-# Explanation values written as columns of the same name (SPEC section 2); the rest (e.g. the
+# Explanation values written as columns of the same name (docs/parquet.md, "Columns per method"); the rest (e.g. the
 # variant's own `rewards`, `achieved_areas`, `history`) stay in memory.
 VALUE_COLUMNS = ("preserved", "scores", "phi0", "phi_min", "optimal_area", "optimal_area_reached", "channel_masks",
                  "inversion_original", "inversion_perturbed")

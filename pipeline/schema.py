@@ -1,4 +1,4 @@
-"""The Parquet contract of a part (SPEC section 2): the columns, their Arrow types, and rows -> table.
+"""The Parquet contract of a part (docs/parquet.md): the columns, their Arrow types, and rows -> table.
 
 One row per (image, target), for every attribution method alike. The columns every method writes
 come first; the method-specific ones (extremal: ``variant``, ``areas``, ``preserved``, ``scores``,
@@ -38,7 +38,7 @@ MAP_FORMATS = ("tensor", "png")
 
 _F32, _I32 = pa.float32(), pa.int32()
 
-# (name, type) of the scalar and list columns, in SPEC order; `maps` goes where its type is known.
+# (name, type) of the scalar and list columns, in docs/parquet.md's order; `maps` goes where its type is known.
 _HEAD = [
     ("key", pa.string()), ("shard", pa.string()), ("method", pa.string()), ("model", pa.string()),
     ("target", _I32), ("target_source", pa.string()), ("width", _I32), ("height", _I32),

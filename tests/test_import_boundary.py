@@ -1,4 +1,4 @@
-"""SPEC section 6: `extremal_core` is pure PyTorch; distribution and storage stay in `pipeline/`;
+"""docs/README.md, "Architecture": `extremal_core` is pure PyTorch; distribution and storage stay in `pipeline/`;
 one concept per module, none over 400 lines."""
 
 import subprocess

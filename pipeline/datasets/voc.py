@@ -3,7 +3,7 @@
 
 Class indices follow VOC's 20 class names in alphabetical order (TorchRay's and torchvision's
 order). Every object is kept, difficult ones too, with its flag: the pointing game takes the union
-of a class's boxes and skips a class whose boxes are all difficult (SPEC section 4).
+of a class's boxes and skips a class whose boxes are all difficult (docs/pointing_game.md, "Pairs").
 """
 
 from __future__ import annotations

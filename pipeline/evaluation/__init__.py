@@ -1,4 +1,4 @@
-"""Evaluations of attribution results (SPEC section 8): pure functions on arrays, run at scale
+"""Evaluations of attribution results (docs/evaluations.md): pure functions on arrays, run at scale
 over a job's Parquet parts.
 
 - ``pointing_game``: TorchRay's pointing-game protocol (point, hit, tally); ``ground_truth``:

@@ -1,4 +1,4 @@
-"""Area growth (SPEC section 8, supplement eq. 1) summarised per class from extremal rows: the
+"""Area growth (docs/evaluations.md, "Area growth"; supplement eq. 1) summarised per class from extremal rows: the
 distribution of a* over the job's areas, the share of rows that reach v >= 1
 (``optimal_area_reached``), the mean of a* over those, and the mean v_a per area.
 

@@ -1,4 +1,4 @@
-"""Deletion and insertion (SPEC section 8; RISE's ``CausalMetric``, Petsiuk et al. 2018), batched.
+"""Deletion and insertion (docs/evaluations.md, "Deletion and insertion"; RISE's ``CausalMetric``, Petsiuk et al. 2018), batched.
 
 A saliency map orders an image's pixels, most salient first. **Deletion** starts from the image
 and, ``step`` pixels at a time, replaces the next pixels by the substrate (zeros in the model's

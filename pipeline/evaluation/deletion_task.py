@@ -53,7 +53,7 @@ _READ = ["key", "method", "target", "maps", "map_min", "map_max", "map_height", 
 @dataclass(frozen=True)
 class DeletionSettings:
     """``results_uri``: the attribution job's output (its ``parts/``). ``step``: pixels per step
-    (None: the input's width, SPEC's one row). ``deletion_substrate``: ``zeros`` (SPEC) or
+    (None: the input's width, one row as in RISE). ``deletion_substrate``: ``zeros`` (RISE's) or
     ``blur``; insertion always starts from the blurred image. ``forward_batch``: perturbed images
     per forward pass."""
 

@@ -1,4 +1,4 @@
-"""The pointing game's "difficult" subset (SPEC section 4): EBP's flag files, one row per image
+"""The pointing game's "difficult" subset (docs/pointing_game.md, "The difficult subset"): EBP's flag files, one row per image
 (``<name>\\t0\\t1...``, one 0/1 column per class). Only flagged (image, class) pairs count; an image
 missing from the file counts in both subsets (TorchRay's behaviour).
 

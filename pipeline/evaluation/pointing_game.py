@@ -1,4 +1,4 @@
-"""The pointing game (SPEC section 4, TorchRay's ``torchray/benchmark/pointing_game.py`` protocol)
+"""The pointing game (docs/pointing_game.md; TorchRay's ``torchray/benchmark/pointing_game.py`` protocol)
 as pure functions on arrays, plus the hit/miss tally per class.
 
 - The point of a row: its maps placed back in the resized frame (``pipeline.geometry``: zeros

@@ -1,4 +1,4 @@
-"""Model parameter randomization for the sanity checks (SPEC section 8; Adebayo et al. 2018):
+"""Model parameter randomization for the sanity checks (docs/evaluations.md, "Sanity checks"; Adebayo et al. 2018):
 which layers are learnable, the stages of cascading (top layer first, one more each stage) and
 independent (one layer at a time) randomization, re-initialising a layer in place, and the
 attribution task that explains with the randomized model.

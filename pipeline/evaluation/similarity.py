@@ -1,4 +1,4 @@
-"""How alike two saliency maps are, as the sanity checks measure it (SPEC section 8; Adebayo et
+"""How alike two saliency maps are, as the sanity checks measure it (docs/evaluations.md, "Sanity checks"; Adebayo et
 al. 2018): Spearman rank correlation of the absolute maps normalised by (x - min)/(p99 - min)
 clipped to [0, 1], Spearman of the signed maps divided by |p99| clipped to [-1, 1], SSIM of the
 min-max normalised maps, and Spearman of their HOG features. Pure numpy on 2-D maps ``[H, W]``.

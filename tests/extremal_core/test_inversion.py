@@ -1,4 +1,4 @@
-"""Feature inversion (SPEC section 9) on the demo CNN: a known image is reconstructed from its
+"""Feature inversion (docs/channels.md) on the demo CNN: a known image is reconstructed from its
 activations (a measured error drop from the start), and the inversion of channel-masked
 activations differs from the original's where the mask removed activation."""
 
@@ -14,9 +14,9 @@ from extremal_core.inversion import InversionSettings, channel_inversions, inver
 from tests.fixtures_demo import DemoBundle
 
 LAYER = "features.5"  # the second conv block's ReLU: 16x16 activations of a 64x64 image
-# SPEC's start of 1e-3·randn leaves every ReLU of this small BatchNorm network dead at the
+# The default start of 1e-3·randn leaves every ReLU of this small BatchNorm network dead at the
 # first layer (zero gradient); a start at the images' scale / 10 does not. The other settings are
-# SPEC's; the steps are kept within the input values of black..white pixels (DEMO_MEAN/STD).
+# the defaults; the steps are kept within the input values of black..white pixels (DEMO_MEAN/STD).
 SETTINGS = InversionSettings(init_scale=0.1)
 BOUNDS = (torch.tensor(-np.array(DEMO_MEAN) / np.array(DEMO_STD), dtype=torch.float32).view(1, 3, 1, 1),
           torch.tensor((1 - np.array(DEMO_MEAN)) / np.array(DEMO_STD), dtype=torch.float32).view(1, 3, 1, 1))

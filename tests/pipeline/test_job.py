@@ -166,7 +166,7 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
 
 @pytest.mark.slow
 def test_demo_with_ray_job_submit(ray_head, demo_model_and_data, tmp_path: Path) -> None:
-    """SPEC section 3: the same job through ``ray job submit --working-dir .``, then the pointing
+    """docs/cli.md: the same job through ``ray job submit --working-dir .``, then the pointing
     game and deletion/insertion over its output. The demo assets come prebuilt from the session
     fixture (the job finds them cached) and the optimization is shortened; everything else is
     configs/demo.yaml."""

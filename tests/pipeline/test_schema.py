@@ -1,4 +1,4 @@
-"""pipeline.schema: the Parquet contract (SPEC section 2) for every method, maps stored as uint8 with
+"""pipeline.schema: the Parquet contract (docs/parquet.md) for every method, maps stored as uint8 with
 a per-row scale, and the parts read by pyarrow, pandas and DuckDB without this project."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pipeline.geometry import Geometry
 from pipeline.results import row_maps
 from pipeline.schema import part_schema, quantize_maps, restore_maps, rows_to_table
 
-# Every method writes these, in this order (SPEC section 2).
+# Every method writes these, in this order (docs/parquet.md).
 COMMON = ["key", "shard", "method", "model", "target", "target_source", "width", "height", "maps", "map_min",
           "map_max", "map_height", "map_width", "resized_width", "resized_height", "crop_top", "crop_left"]
 EXTREMAL = ["variant", "areas", "preserved", "scores", "phi0", "phi_min", "optimal_area", "optimal_area_reached"]
