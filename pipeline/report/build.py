@@ -48,7 +48,7 @@ def _class_name(c: int) -> str:
 def _summary_section(scan: RunScan, w: _Writer, prefix: str, max_classes: int) -> str:
     """a* histograms per class and mean v_a per area, from the extremal columns of every row."""
     if scan.rows == scan.errors:
-        return h.note(f"{scan.method}: every row is an error row: no area-growth summary")
+        return h.note(f"{scan.method}: no good rows ({scan.errors} error rows): no area-growth summary")
     if not scan.areas:
         return h.note(f"{scan.method}: no extremal columns (areas / scores / optimal_area): no area-growth summary")
     classes = [c for c, s in sorted(scan.classes.items()) if s.scored][:max_classes]

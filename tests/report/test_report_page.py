@@ -63,7 +63,8 @@ def test_an_errors_only_output_names_its_method_and_counts(tmp_path: Path) -> No
     facts = _facts(page)
     assert facts["method"] == "grad_cam (12 rows)" and facts["rows"] == facts["error rows"] == "12"
     assert facts["classes"] == "3"
-    assert "every row is an error row" in _section(page, "area-growth") and "no good rows" in _section(page, "images")
+    assert "grad_cam: no good rows (12 error rows)" in _section(page, "area-growth")
+    assert "no good rows" in _section(page, "images")
 
 
 def _pointing_result(pairs: bool) -> PartResult:
@@ -164,3 +165,41 @@ def test_the_share_axis_is_0_to_100_when_no_row_reaches_1_and_the_legend_is_in_c
     assert [t.get_text() for t in left.get_legend().get_texts()] == ["class 0", "class 1", "class 2", "all"]
     hist = _figures()["hist"]
     assert [ax.get_title() for ax in hist.axes if ax.get_title()] == [f"class {c}: 5 rows" for c in range(3)]
+
+
+@pytest.fixture(scope="module")
+def real_outputs(tmp_path_factory) -> dict[str, Path]:
+    """Real shards through the real task (no Ray): ``mixed`` (extremal: 8 good rows of 4 classes,
+    an error row whose label does not fit int32 and an undecodable image: both without a target),
+    ``errors`` (gradient: undecodable images only)."""
+    from pipeline.models import load_model
+    from pipeline.tasks import process_shard
+    from tests.pipeline.conftest import tiny_config
+    from tests.shard_factory import image_samples, write_shard
+
+    root = tmp_path_factory.mktemp("real")
+    bad = [{"__key__": f"bad_{i}", "jpg": b"not an image", "cls": i} for i in range(3)]
+    huge = {**image_samples(1, 1)[0], "__key__": "huge_label", "cls": 2**31}
+    mixed = write_shard(root / "mixed-000000.tar", [*image_samples(0, 8), huge, bad[0]])
+    errors = write_shard(root / "errors-000000.tar", bad)
+    cfg = tiny_config(mixed, str(root / "mixed"))
+    model = load_model(cfg.model)
+    process_shard(mixed, cfg, model)
+    process_shard(errors, tiny_config(errors, str(root / "errors"), "method.name=gradient"), model)
+    return {"mixed": root / "mixed", "errors": root / "errors", "root": root}
+
+
+def test_a_real_output_with_null_targets_counts_4_classes(real_outputs) -> None:
+    table = pq.read_table(real_outputs["mixed"] / "parts")
+    assert table.column("target").null_count == 2 and table.column("error").null_count == 8
+    facts = _facts(_report([real_outputs["mixed"]], real_outputs["root"] / "r_mixed"))
+    assert (facts["rows"], facts["error rows"], facts["classes"]) == ("10", "2", "4")
+    assert facts["method"] == "extremal (10 rows)" and facts["rows without a target (error rows)"] == "2"
+
+
+def test_a_real_errors_only_output_names_its_method(real_outputs) -> None:
+    page = _report([real_outputs["errors"]], real_outputs["root"] / "r_errors")
+    assert "<title>Saliency report: gradient</title>" in page
+    facts = _facts(page)
+    assert facts["method"] == "gradient (3 rows)" and facts["rows"] == facts["error rows"] == "3"
+    assert facts["classes"] == "0" and facts["rows without a target (error rows)"] == "3"
