@@ -100,7 +100,7 @@ def mean_scores_figure(
     """Mean v_a per area (left) and the share of rows with v_a >= 1 (right), one line per class in
     class order and all classes together (key -1) in black, last. ``per_class`` class -> (mean v_a
     ``[A]``, share ``[A]``)."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, 2.8), dpi=DPI)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(7.6, 3.1), dpi=DPI)
     x = np.arange(len(areas))
     for c in sorted(c for c in per_class if c != -1):
         mean, share = per_class[c]
@@ -120,9 +120,13 @@ def mean_scores_figure(
         ax.set_xticks(x, _area_labels(areas), fontsize=FONT)
         ax.tick_params(axis="y", labelsize=FONT)
         ax.set_title(title, fontsize=TITLE)
-    if len(per_class) <= 13:
-        left.legend(fontsize=FONT, ncol=2)
-    fig.tight_layout(pad=0.4)
+    handles, labels = left.get_legend_handles_labels()
+    if len(labels) <= 14:  # below the panels, in class order: inside them it covered the lines
+        rows = -(-len(labels) // 7)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=FONT, frameon=False)
+        fig.tight_layout(pad=0.4, rect=(0, 0.09 * rows, 1, 1))
+    else:
+        fig.tight_layout(pad=0.4)
     return fig
 
 

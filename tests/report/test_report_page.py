@@ -162,7 +162,7 @@ def test_the_share_axis_is_0_to_100_when_no_row_reaches_1_and_the_legend_is_in_c
     lo, hi = right.get_ylim()
     shown = [t for t in right.get_yticks() if lo <= t <= hi]
     assert min(shown) == 0 and max(shown) == 100 and lo <= 0 and hi >= 100
-    assert [t.get_text() for t in left.get_legend().get_texts()] == ["class 0", "class 1", "class 2", "all"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["class 0", "class 1", "class 2", "all"]
     hist = _figures()["hist"]
     assert [ax.get_title() for ax in hist.axes if ax.get_title()] == [f"class {c}: 5 rows" for c in range(3)]
 
