@@ -88,7 +88,7 @@ class ExtremalSettings:
     warm_start: str | None = None
     warm_iter: int = 100
     warm_lambda: str = "tail"
-    compile: str = "auto"
+    compile: str | bool = "auto"  # YAML reads a bare on / off as a boolean: normalised below
     tf32: bool | None = None
 
     def __post_init__(self) -> None:
