@@ -97,6 +97,7 @@ def parse_args(argv=None):
     g.add_argument("--channels-last", action="store_true", help="channels_last model and inputs (our engine)")
     g.add_argument("--max-masks-per-batch", type=int, default=None, help="override our micro-batching")
     g.add_argument("--peak-tflops", type=float, default=None, help="override the peak used for MFU")
+    g.add_argument("--no-torchray", action="store_true", help="our engine's numbers only")
     g.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="our engine's compile setting")
     g.add_argument("--tf32", default=None, choices=["on", "off"], help="our engine's tf32 setting (default: torch's)")
     return p.parse_args(argv)
@@ -270,6 +271,13 @@ def bench_gpu(args):
     print("rest = the measured time per iteration minus the two stages timed on their own (perturbation, sort, "
           "optimizer step, and the clean / fully-perturbed / final passes spread over the iterations).")
 
+    result = dict(
+        case="gpu", config=dict(model=args.gpu_model, size=size, iters=iters, batches=batches, autocast=args.autocast,
+                                channels_last=args.channels_last, compile=args.compile, areas=AREAS, backends=flags),
+        flops_forward=fwd, flops_forward_input_backward=both, peak_tflops=peak, peak_name=peak_name, rows=rows,
+    )
+    if args.no_torchray:
+        return result
     # Then TorchRay (fp32, its defaults) on a few images, and the masks compared on image 0.
     run_torchray(model, images[:1], targets[:1], AREAS, 2, 7, 21.0)
     tr_times, tr_outs = [], None
@@ -292,12 +300,7 @@ def bench_gpu(args):
                    corr_first_image=corr, reward_rel_diff_first_image=rel)
         print(f"{row['B']:>4} {row['ratio']:>14.2f} {' '.join(f'{c:.4f}' for c in corr):>24} "
               f"{' '.join(f'{x:.4f}' for x in rel):>26}")
-    return dict(
-        case="gpu", config=dict(model=args.gpu_model, size=size, iters=iters, batches=batches, autocast=args.autocast,
-                                channels_last=args.channels_last, compile=args.compile, areas=AREAS, backends=flags),
-        flops_forward=fwd, flops_forward_input_backward=both, peak_tflops=peak, peak_name=peak_name,
-        torchray_seconds_per_image_all=tr_times, rows=rows,
-    )
+    return dict(result, torchray_seconds_per_image_all=tr_times)
 
 
 def main(argv=None):

@@ -194,34 +194,41 @@ class IterationStep:
         self.model, self.pyramid, self.mask_targets, self.plan = model, pyramid, mask_targets, plan
         self.reward, self.settings, self.generator = reward, settings, generator
 
-    def __call__(self, params: torch.Tensor, flip: bool):
+    def __call__(self, params: torch.Tensor, flip: bool | torch.Tensor):
+        """`flip`: whether to mirror the inputs, or the column order `[W]` to read them in (the
+        compiled step's form: both jitter phases are then one graph)."""
         b, (h, w) = self.pyramid.shape[0], self.pyramid.shape[-2:]
         settings = self.settings
         masks, full = self.generator.generate(params)
         x = variant_inputs(self.pyramid, masks.view(b, -1, h, w), settings.variant, settings.native_cpu_kernels)
-        if flip:
+        if isinstance(flip, torch.Tensor):
+            x = x.index_select(3, flip)
+        elif flip:
             x = torch.flip(x, dims=(3,))
         gain = variant_reward(model_scores(self.model, x, settings), self.mask_targets, self.reward, settings.variant)
         return masks, full, gain, area_loss(full, self.plan, settings.tie_tolerance)
 
 
 def compiled_step(step: IterationStep):
-    """`step` through `torch.compile` (whole graph, static shapes: one graph per micro-batch shape
-    and jitter phase); the first call that fails to compile warns in one line and the eager step
-    takes over."""
+    """`step` through `torch.compile` (whole graph, static shapes: one graph per micro-batch shape,
+    the jitter's mirror image as a column order so both phases share it); the first call that
+    fails to compile warns in one line and the eager step takes over."""
     compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    w = step.pyramid.shape[-1]
+    columns = torch.arange(w, device=step.pyramid.device)
+    orders = {False: columns, True: columns.flip(0)}
 
     def call(params: torch.Tensor, flip: bool):
         nonlocal compiled
         try:
-            return compiled(params, flip)
+            return compiled(params, orders[bool(flip)])
         except Exception as exc:  # any compiler failure: the eager step computes the same
             if compiled is step:
                 raise
             first = (str(exc).strip().splitlines() or [""])[0][:200]
             warnings.warn(f"torch.compile failed, the iteration runs eagerly: {type(exc).__name__}: {first}", stacklevel=2)
             compiled = step
-            return step(params, flip)
+            return step(params, orders[bool(flip)])
 
     return call
 

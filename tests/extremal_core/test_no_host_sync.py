@@ -46,7 +46,8 @@ def test_the_iteration_compiles_as_one_graph(tiny_cnn) -> None:
     """`fullgraph=True` fails on any graph break (each would be a host sync on CUDA). The
     aot_eager backend traces forward and backward as inductor would, without its C++ build
     (minutes on a CI core); `compile="on"` runs the same step through inductor. Both jitter
-    phases, and the compiled step gives the eager step's losses and gradients."""
+    phases (as column orders: one graph), and the compiled step gives the eager step's losses
+    and updated parameters."""
     model = engine_model(tiny_cnn, SETTINGS)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([1, 3]).repeat_interleave(3)
@@ -55,11 +56,12 @@ def test_the_iteration_compiles_as_one_graph(tiny_cnn) -> None:
     step = IterationStep(model, build_pyramid(images), targets, plan, get_reward("simple"), SETTINGS, gen)
     compiled = torch.compile(step, fullgraph=True, dynamic=False, backend="aot_eager")
     start = torch.rand(6, *gen.geometry.param_shape, generator=torch.Generator().manual_seed(1))
-    for flip in (True, False):
+    columns = torch.arange(32)
+    for flip, order in ((True, columns.flip(0)), (False, columns)):  # the compiled form: one graph, two orders
         results = []
-        for fn in (step, compiled):
+        for fn, arg in ((step, flip), (compiled, order)):
             params = start.clone().requires_grad_(True)
-            _, _, gain, area_term = fn(params, flip)
+            _, _, gain, area_term = fn(params, arg)
             MaskStepper(params, SETTINGS).step(gain, area_term)
             results.append((gain.detach(), area_term.detach(), params.detach()))
         for eager, graph in zip(*results):
