@@ -80,15 +80,16 @@ def generator_bytes(size: int, masks: int, fused: bool) -> float:
     params = torch.rand(masks, *gen.geometry.param_shape, generator=torch.Generator().manual_seed(0))
     grad = torch.rand(masks, size, size, generator=torch.Generator().manual_seed(1))
 
-    def once():
-        p = params.clone().requires_grad_(True)
+    def once(p):
         m, _ = gen.generate(p)
         m.backward(grad)
 
-    once()  # compiles (fused) and fills the caches of tables
+    once(params.clone().requires_grad_(True))  # compiles (fused) and fills the caches of tables
+    p = params.clone().requires_grad_(True)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        once()
-    allocated = sum(max(0, e.cpu_memory_usage) for e in prof.events() if e.cpu_memory_usage)
+        once(p)
+    # Each allocation once: by the op that made it (an event's total would count its children's too).
+    allocated = sum(e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0)
     return allocated / masks
 
 

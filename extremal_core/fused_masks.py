@@ -56,7 +56,9 @@ def _weights(table: torch.Tensor, win: int, s: int, idx: dict[str, torch.Tensor]
 
 
 def fused_forward(params, table, idx, padding: int, win: int, s: int, coldness: float):
-    """params `[K, Hp, Wp]` -> (unclamped mask `[K, Hf, Wf]`, normaliser `[K, Hf, Wf]`)."""
+    """params `[K, Hp, Wp]` -> (mask `[K, Hf, Wf]`, normaliser `[K, Hf, Wf]`). The mask is clamped
+    to [0, 1] in the same pass: a convex combination of values in [0, 1], it leaves the interval
+    by rounding only, and the backward treats the clamp as the identity (`masks.clamp_rounding`)."""
     pp = F.pad(params, (padding,) * 4)
     o = torch.arange(win, device=params.device)
     rows = idx["cell_y"][:, None, None, None] + o[None, None, :, None]  # [Hf, 1, win, 1]
@@ -64,7 +66,7 @@ def fused_forward(params, table, idx, padding: int, win: int, s: int, coldness: 
     cf = coldness * pp[:, rows, cols] * _weights(table, win, s, idx)  # [K, Hf, Wf, win, win]
     e = torch.exp(cf)  # parameters lie in [0, 1]: c·f <= c, no overflow, no max pass
     norm = e.sum(dim=(3, 4))
-    return (cf * e).sum(dim=(3, 4)) / norm / coldness, norm
+    return ((cf * e).sum(dim=(3, 4)) / norm / coldness).clamp(0.0, 1.0), norm
 
 
 def fused_backward(params, table, idx, out, norm, grad_out, padding: int, win: int, s: int, coldness: float):
@@ -96,7 +98,7 @@ def _compiled(name: str):
 
 
 class FusedSmoothMax(torch.autograd.Function):
-    """Parameters `[K, Hp, Wp]` -> the unclamped full mask `[K, Hf, Wf]` by `fused_forward`,
+    """Parameters `[K, Hp, Wp]` -> the full mask `[K, Hf, Wf]` by `fused_forward`,
     compiled (each pass one fused kernel) unless `compiled=False` or already inside a compiled
     graph (which captures the plain functions)."""
 

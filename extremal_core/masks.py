@@ -254,8 +254,7 @@ class SmoothMaskGenerator:
             )
         table = self.table(params)
         if self.fused and not math.isinf(self.coldness):
-            full = FusedSmoothMax.apply(params, table, self.indices(params), g, float(self.coldness), True)
-            return self._crop(clamp_rounding(full))
+            return self._crop(FusedSmoothMax.apply(params, table, self.indices(params), g, float(self.coldness), True))
         if math.isinf(self.coldness):
             phases = (self.neighbours(params).unsqueeze(2) * table[None, :, :, None]).amax(dim=1)
         elif self.native and cpu_kernels.supports(params):
