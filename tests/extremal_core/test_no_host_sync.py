@@ -66,3 +66,14 @@ def test_the_iteration_compiles_as_one_graph(tiny_cnn) -> None:
             results.append((gain.detach(), area_term.detach(), params.detach()))
         for eager, graph in zip(*results):
             torch.testing.assert_close(graph, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_compile_setting() -> None:
+    """auto = on for CUDA only (CPUs and CI keep the eager code and its C loops); YAML's bare
+    on / off arrive as booleans."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not ExtremalSettings().compiles(cpu) and ExtremalSettings().compiles(cuda)
+    assert ExtremalSettings(compile="on").compiles(cpu) and not ExtremalSettings(compile="off").compiles(cuda)
+    assert ExtremalSettings(compile=False).compile == "off" and ExtremalSettings(compile=True).compile == "on"
+    with pytest.raises(ValueError, match="compile must be one of"):
+        ExtremalSettings(compile="sometimes")
