@@ -38,6 +38,7 @@ ITERS=${GPU_CHECK_ITERS:-100}
 BATCHES=${GPU_CHECK_BATCHES:-32,64}
 TR_IMAGES=${GPU_CHECK_TR_IMAGES:-2}
 ENGINE_CAP=140
+REPRO_CAP=80
 ENGINE=(--gpu --gpu-model resnet50 --gpu-size 224 --gpu-iters "$ITERS" --gpu-batches "$BATCHES" --split-reps 3)
 REPRO=(--case demo --paths native,pytorch,cuda --no-torchray --no-noise --images 8 --iters 100)
 if ((DRY)); then  # the same steps on the CPU, at sizes that run in seconds
@@ -47,6 +48,7 @@ if ((DRY)); then  # the same steps on the CPU, at sizes that run in seconds
     REPRO=(--case demo --paths native,pytorch --no-torchray --images 2 --iters 5)
     TR_IMAGES=1
     ENGINE_CAP=300  # bf16 convolutions are slow on CPUs without bf16 units
+    REPRO_CAP=300   # the first run trains the demo CNN
     TOTAL_S=${GPU_CHECK_TOTAL_S:-900}
 fi
 # Shared or small CPU hosts: spinning OpenMP threads would slow the CPU reference runs many-fold.
@@ -125,7 +127,7 @@ step engine-bf16 "$ENGINE_CAP" "$PYTHON" benchmarks/bench_core.py "${ENGINE[@]}"
     --no-torchray --out "$RESULTS/bench_core_gpu_bf16.json"
 step engine-fp32 "$ENGINE_CAP" "$PYTHON" benchmarks/bench_core.py "${ENGINE[@]}" --channels-last --tr-images "$TR_IMAGES" \
     --out "$RESULTS/bench_core_gpu_fp32.json"
-step repro 80 "$PYTHON" benchmarks/reproducibility.py "${REPRO[@]}" --out "$RESULTS/reproducibility_gpu.json"
+step repro "$REPRO_CAP" "$PYTHON" benchmarks/reproducibility.py "${REPRO[@]}" --out "$RESULTS/reproducibility_gpu.json"
 if ((DRY)); then
     step pytest 60 "$PYTHON" -m pytest -q -m gpu tests/gpu --co
 else
