@@ -193,6 +193,11 @@ class IterationStep:
     def __init__(self, model, pyramid, mask_targets, plan, reward, settings, generator):
         self.model, self.pyramid, self.mask_targets, self.plan = model, pyramid, mask_targets, plan
         self.reward, self.settings, self.generator = reward, settings, generator
+        # The generator's per-device tables exist before the first call, so a compiled graph
+        # finds them as constants (filling them inside would change its guards: a recompile).
+        generator.table(pyramid)
+        if generator.fused:
+            generator.indices(pyramid)
 
     def __call__(self, params: torch.Tensor, flip: bool | torch.Tensor):
         """`flip`: whether to mirror the inputs, or the column order `[W]` to read them in (the

@@ -50,7 +50,8 @@ class ExtremalSettings:
     largest λ, `warm_lambda="tail"`) or its whole λ range compressed (`"range"`); measured in
     `benchmarks/bench_schedule.py`. `compile`: `"auto"` (on for CUDA, off elsewhere), `"on"` or
     `"off"`: the iteration's forward through `torch.compile` (one graph per micro-batch shape,
-    `fullgraph`; the smooth max by the fused map of `fused_masks.py`; same masks to float
+    `fullgraph`, per explainer: its network copy is what a graph is specialised to; the smooth max
+    by the fused map of `fused_masks.py`; same masks to float
     rounding), falling back to the eager code with a one-line warning when compilation fails.
     `tf32` (None: torch's flags as they are): TF32 matmuls and convolutions on CUDA, set
     explicitly; `cudnn.benchmark` is turned on for CUDA runs.
