@@ -24,8 +24,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from extremal_core import extremal_perturbation  # noqa: E402
-from extremal_core.area import area_loss  # noqa: E402
+from extremal_core.area import area_loss, area_plan  # noqa: E402
 from extremal_core.masks import SmoothMaskGenerator  # noqa: E402
+from extremal_core.network import engine_model  # noqa: E402
 from extremal_core.optimize import model_scores  # noqa: E402
 from extremal_core.perturbation import build_pyramid, perturb  # noqa: E402
 from extremal_core.settings import ExtremalSettings  # noqa: E402
@@ -183,11 +184,13 @@ def split_ours(model, images, targets, areas, step, sigma, reps=5, settings_extr
     b, _, h, w = images.shape
     a = len(areas)
     settings = ExtremalSettings(areas=tuple(areas), step=step, sigma=sigma, **(settings_extra or {}))
-    gen = SmoothMaskGenerator(h, w, step, sigma, settings.smooth_max_coldness)
+    fused = settings.compiles(dev)  # the engine's generator: the compiled fused map where compile is on
+    gen = SmoothMaskGenerator(h, w, step, sigma, settings.smooth_max_coldness, fused=fused)
+    model = engine_model(model, settings)  # the network the engine runs (rewrites, layout, weights cast once)
     pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
     params = torch.full((b * a, *gen.geometry.param_shape), 0.7, device=dev)
     params = (params + 0.3 * torch.rand_like(params)).clamp(0, 1).requires_grad_(True)
-    mask_areas = torch.tensor(areas, device=dev).repeat(b)
+    mask_areas = area_plan(torch.tensor(areas).repeat(b).tolist(), gen.geometry.num_entries, dev)
     tgt = torch.as_tensor(targets, device=dev).repeat_interleave(a)
     opt = torch.optim.SGD([params], lr=0.01, momentum=0.9, dampening=0.9)
     for p in model.parameters():
@@ -197,7 +200,8 @@ def split_ours(model, images, targets, areas, step, sigma, reps=5, settings_extr
         d0, (masks, full) = _clock(dev, lambda: gen.generate(params))
         m_leaf = masks.detach().requires_grad_(True)
         f_leaf = full.detach().requires_grad_(True)
-        d1, x = _clock(dev, lambda: perturb(pyramid, m_leaf.view(b, a, h, w)).reshape(-1, 3, h, w))
+        native = settings.native_cpu_kernels and not fused
+        d1, x = _clock(dev, lambda: perturb(pyramid, m_leaf.view(b, a, h, w), native).reshape(-1, 3, h, w))
         x_leaf = x.detach().requires_grad_(True)
         d2, gain = _clock(dev, lambda: model_scores(model, torch.flip(x_leaf, dims=(3,)), settings).gather(1, tgt[:, None]))
         d3, pen = _clock(dev, lambda: 300.0 * area_loss(f_leaf, mask_areas))

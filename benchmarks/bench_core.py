@@ -53,9 +53,14 @@ from _common import (  # noqa: E402
     split_ours,
     split_torchray,
     start_run,
+    sync,
     top1_targets,
     write_json,
 )
+
+from extremal_core import make_explainer  # noqa: E402
+from extremal_core.network import configure_backends  # noqa: E402
+from extremal_core.settings import ExtremalSettings  # noqa: E402
 
 AREAS = (0.05, 0.1, 0.2)
 
@@ -94,8 +99,9 @@ def parse_args(argv=None):
     g.add_argument("--channels-last", action="store_true", help="channels_last model and inputs (our engine)")
     g.add_argument("--max-masks-per-batch", type=int, default=None, help="override our micro-batching")
     g.add_argument("--peak-tflops", type=float, default=None, help="override the peak used for MFU")
-    g.add_argument("--no-maskgen-compare", action="store_true",
-                   help="skip timing the torch.compile'd smooth max (benchmarks/fused_maskgen.py) against the eager one")
+    g.add_argument("--no-torchray", action="store_true", help="our engine's numbers only")
+    g.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="our engine's compile setting")
+    g.add_argument("--tf32", default=None, choices=["on", "off"], help="our engine's tf32 setting (default: torch's)")
     return p.parse_args(argv)
 
 
@@ -201,6 +207,7 @@ def count_flops(model, size, device, channels_last=False):
 
 
 def bench_gpu(args):
+    """Our engine first (images/s, MFU, the per-iteration split), then TorchRay on a few images."""
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--gpu needs CUDA (or pass --device cpu for a smoke test)")
@@ -208,106 +215,103 @@ def bench_gpu(args):
     size, iters = args.gpu_size, args.gpu_iters
     n_tr = args.tr_images or 1
     model = make_model(args.gpu_model, seed=args.seed).to(dev)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     images = smooth_images(max(batches), size, seed=args.seed, device=dev)
     targets = top1_targets(model, images)
-    extra = dict(autocast=args.autocast, channels_last=args.channels_last)
+    extra = dict(autocast=args.autocast, channels_last=args.channels_last, compile=args.compile)
+    if args.tf32 is not None:
+        extra["tf32"] = args.tf32 == "on"
     extra_split = dict(extra)
     if args.max_masks_per_batch:
         extra["max_masks_per_batch"] = args.max_masks_per_batch
     a = len(AREAS)
+    flags = configure_backends(ExtremalSettings(**{k: v for k, v in extra_split.items()}), dev)
 
     fwd, both = count_flops(model, size, dev, args.channels_last)
     if args.peak_tflops:
         peak, peak_name = args.peak_tflops, "user"
     elif args.autocast:
         peak, peak_name = PEAK_TFLOPS[args.autocast], args.autocast
-    elif dev.type == "cuda" and torch.backends.cudnn.allow_tf32:
+    elif dev.type == "cuda" and flags["tf32_cudnn"]:
         peak, peak_name = PEAK_TFLOPS["tf32"], "tf32 (cudnn.allow_tf32, convolutions)"
     else:
         peak, peak_name = PEAK_TFLOPS["fp32"], "fp32"
     print(f"\n=== GPU: {args.gpu_model} {size}x{size}, step 7, sigma 21, areas {AREAS}, {iters} iterations, "
-          f"B = {batches}, autocast={args.autocast}, channels_last={args.channels_last}, device={dev} "
-          f"({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}) ===")
+          f"B = {batches}, autocast={args.autocast}, channels_last={args.channels_last}, compile={args.compile}, "
+          f"device={dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}), backends {flags} ===")
     print(f"FLOPs per mask: forward {fwd / 1e9:.2f} GFLOP, forward+input-backward {both / 1e9:.2f} GFLOP "
           f"({both / fwd:.2f}x forward; FlopCounterMode, frozen weights so no weight gradients; the '3x forward' "
           f"training rule would overstate it). MFU = {both / 1e9:.2f} GFLOP x masks x iterations / wall time / "
           f"peak; model FLOPs only (mask generation, perturbation, sort and the 3 extra forward passes not counted). "
           f"Peak {peak:.0f} TFLOP/s dense ({peak_name}, H100 SXM figures).")
 
-    # warm-up
-    run_ours(model, images[:1], targets[:1], AREAS, 2, 7, 21.0, **extra)
-    run_torchray(model, images[:1], targets[:1], AREAS, 2, 7, 21.0)
+    # Ours first: a short warm-up per B (compiles that batch's shapes), then the timed runs.
+    rows, ours_first = [], {}
+    print(f"\n{'B':>4} {'ours s':>8} {'img/s':>8} {'MFU %':>6} {'TFLOP/s':>8}  ms/iteration (mask gen / network / rest)",
+          flush=True)
+    for b in batches:
+        # One explainer per B (its network copy is what compiled graphs are specialised to); a
+        # 2-iteration run first compiles this B's graphs and runs the memory probe.
+        explainer = make_explainer("extremal", model, areas=list(AREAS), max_iter=iters, step=7, sigma=21.0, **extra)
+        timed = explainer.settings
+        explainer.settings = timed.with_overrides(max_iter=2)
+        explainer.run(images[:b], targets[:b])
+        explainer.settings = timed
+        times = []
+        for _ in range(args.gpu_repeats):
+            sync(dev)
+            start = time.perf_counter()
+            res = explainer.run(images[:b], targets[:b])
+            sync(dev)
+            times.append(time.perf_counter() - start)
+        ours_first[b] = (res.masks[0].float().cpu(), res.rewards[0].float().cpu())
+        o = median(times)
+        tflops = both * b * a * iters / o / 1e12
+        row = dict(B=b, iters=iters, ours_seconds=o, ours_images_per_s=b / o, mfu=tflops / peak,
+                   achieved_tflops=tflops, ours_seconds_all=times)
+        per_iter = o / iters
+        split = ""
+        if not args.no_split:
+            sp = split_ours(model, images[:b], targets[:b], AREAS, 7, 21.0, reps=args.split_reps, settings_extra=extra_split)
+            gen_s, net_s = sp["mask_gen"], sp["network"]
+            row.update(split=sp, ms_mask_generation=1e3 * gen_s, ms_network=1e3 * net_s,
+                       ms_rest=1e3 * (per_iter - gen_s - net_s))
+            split = f"{1e3 * gen_s:.1f} / {1e3 * net_s:.1f} / {1e3 * (per_iter - gen_s - net_s):.1f}"
+        rows.append(row)
+        print(f"{b:>4} {o:>8.2f} {b / o:>8.3f} {100 * row['mfu']:>6.2f} {tflops:>8.1f}  {1e3 * per_iter:.1f} ms = {split}",
+              flush=True)
+    print("rest = the measured time per iteration minus the two stages timed on their own (perturbation, sort, "
+          "optimizer step, and the clean / fully-perturbed / final passes spread over the iterations).")
 
+    result = dict(
+        case="gpu", config=dict(model=args.gpu_model, size=size, iters=iters, batches=batches, autocast=args.autocast,
+                                channels_last=args.channels_last, compile=args.compile, areas=AREAS, backends=flags),
+        flops_forward=fwd, flops_forward_input_backward=both, peak_tflops=peak, peak_name=peak_name, rows=rows,
+    )
+    if args.no_torchray:
+        return result
+    # Then TorchRay (fp32, its defaults) on a few images, and the masks compared on image 0.
+    run_torchray(model, images[:1], targets[:1], AREAS, 2, 7, 21.0)
     tr_times, tr_outs = [], None
-    rows = []
-    ours_times = {b: [] for b in batches}
-    ours_first = {}
-    for r in range(args.gpu_repeats):
+    for _ in range(args.gpu_repeats):
         s, outs = run_torchray(model, images[:n_tr], targets[:n_tr], AREAS, iters, 7, 21.0)
         tr_times.append(s / n_tr)
         tr_outs = tr_outs or outs
-        for b in batches:
-            s, res = run_ours(model, images[:b], targets[:b], AREAS, iters, 7, 21.0, **extra)
-            ours_times[b].append(s)
-            ours_first[b] = (res.masks[0].float().cpu(), res.rewards[0].float().cpu())
-            print(f"repeat {r + 1}: TorchRay {tr_times[-1]:.2f} s/image, ours B={b} {s:.2f} s", flush=True)
     tr_med = median(tr_times)
+    print(f"\nTorchRay: {1 / tr_med:.3f} images/s ({n_tr} image(s) x {args.gpu_repeats} repeat(s), fp32)", flush=True)
     tr_mask = tr_outs[0][0].cpu()
     # TorchRay's hist[:, 0, -1] is the reward at its last iteration, of the flipped image when that
     # iteration index is even (odd iteration counts): evaluate its mask with our (unflipped) evaluation.
     tr_reward = evaluate_masks(model, images[:1], targets[0], tr_outs[0][0])
-    print(f"\n{'B':>4} {'ours s':>8} {'ours img/s':>11} {'TR img/s':>9} {'ratio':>7} {'MFU %':>6} {'TFLOP/s':>8} "
-          f"{'corr per area (img 0)':>24} {'reward rel.diff per area':>26}")
-    for b in batches:
-        o = median(ours_times[b])
-        model_flops = both * b * a * iters
-        tflops = model_flops / o / 1e12
-        masks0, rewards0 = ours_first[b]
+    print(f"{'B':>4} {'ratio ours/TR':>14} {'corr per area (img 0)':>24} {'reward rel.diff per area':>26}")
+    for row in rows:
+        masks0, rewards0 = ours_first[row["B"]]
         corr = [pearson(masks0[i], tr_mask[i]) for i in range(a)]
         rel = [float((rewards0[i] - tr_reward[i]).abs() / tr_reward[i].abs().clamp(min=1e-6)) for i in range(a)]
-        row = dict(B=b, iters=iters, ours_seconds=o, ours_images_per_s=b / o, torchray_images_per_s=1 / tr_med,
-                   ratio=(b / o) * tr_med, mfu=tflops / peak, achieved_tflops=tflops, corr_first_image=corr,
-                   reward_rel_diff_first_image=rel, ours_seconds_all=ours_times[b])
-        rows.append(row)
-        print(f"{b:>4} {o:>8.2f} {b / o:>11.3f} {1 / tr_med:>9.3f} {row['ratio']:>7.2f} {100 * row['mfu']:>6.2f} "
-              f"{tflops:>8.1f} {' '.join(f'{c:.4f}' for c in corr):>24} {' '.join(f'{x:.4f}' for x in rel):>26}")
-    print(f"TorchRay timed on {n_tr} image(s) x {args.gpu_repeats} repeat(s) (fp32, its defaults); ratio = ours img/s "
-          f"/ TorchRay img/s. Correlation/reward compare our image 0 with TorchRay's image 0 (same settings; our "
-          f"autocast={args.autocast} changes numerics); TorchRay's mask is scored with our fp32 evaluation.")
-    splits = {}
-    if not args.no_split:
-        print(f"\nper-iteration time split (median of {args.split_reps}, each stage forward+backward timed separately, "
-              f"synchronized):")
-        sp = split_torchray(model, images[:1], targets[0], AREAS, 7, 21.0, reps=args.split_reps)
-        splits["torchray_B1"] = sp
-        print(f"  TorchRay  1 image  x {a} areas: {format_split(sp)}")
-        for b in batches:
-            sp = split_ours(model, images[:b], targets[:b], AREAS, 7, 21.0, reps=args.split_reps, settings_extra=extra_split)
-            splits[f"ours_B{b}"] = sp
-            print(f"  ours     {b:>2} images x {a} areas: {format_split(sp)}")
-    maskgen = []
-    if not args.no_maskgen_compare:
-        from fused_maskgen import compare
-
-        print("\nmask generation forward+backward, eager chunked (extremal_core) vs torch.compile'd fused (prototype):")
-        for b in batches:
-            try:
-                r = compare(size, 7, 21.0, b * a, dev, reps=args.split_reps)
-            except Exception as exc:  # compilation problems must not lose the rest of the results
-                print(f"  K={b * a}: failed: {type(exc).__name__}: {exc}")
-                continue
-            maskgen.append(r)
-            print(f"  K={b * a:>4}: eager {1000 * r['eager_s']:.1f} ms, compiled {1000 * r['fused_s']:.1f} ms "
-                  f"({r['speedup']:.2f}x); max|d out| {r['max_abs_diff_out']:.1e}, max|d grad| {r['max_abs_diff_grad']:.1e}")
-    return dict(
-        splits=splits, maskgen_compare=maskgen,
-        case="gpu", config=dict(model=args.gpu_model, size=size, iters=iters, batches=batches, autocast=args.autocast,
-                                channels_last=args.channels_last, areas=AREAS),
-        flops_forward=fwd, flops_forward_input_backward=both, peak_tflops=peak, peak_name=peak_name,
-        torchray_seconds_per_image_all=tr_times, rows=rows,
-    )
+        row.update(torchray_images_per_s=1 / tr_med, ratio=row["ours_images_per_s"] * tr_med,
+                   corr_first_image=corr, reward_rel_diff_first_image=rel)
+        print(f"{row['B']:>4} {row['ratio']:>14.2f} {' '.join(f'{c:.4f}' for c in corr):>24} "
+              f"{' '.join(f'{x:.4f}' for x in rel):>26}")
+    return dict(result, torchray_seconds_per_image_all=tr_times)
 
 
 def main(argv=None):

@@ -16,6 +16,9 @@ symmetric in the group's members, and rounding-sized changes of the values canno
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -30,8 +33,34 @@ def reference_zeros(num_entries: int, area: float) -> int:
     return int(num_entries * (1.0 - area))
 
 
-def area_loss(masks: torch.Tensor, areas: torch.Tensor, tie_tolerance: float = DEFAULT_TIE_TOLERANCE) -> torch.Tensor:
-    """R_a per mask: masks `[K, ...]` (flattened per mask) and areas `[K]` -> `[K]`.
+@dataclass(frozen=True)
+class AreaPlan:
+    """The area constraint's per-mask constants, resolved once per batch so that the loop reads
+    no number back from the device: `total_ones` `[K]` (how many ones each r_a holds) and the
+    groups of masks that share a count, `(count, rows [R] or None for all rows)` (device tensors)."""
+
+    num_entries: int
+    total_ones: torch.Tensor
+    groups: tuple[tuple[int, torch.Tensor | None], ...]
+
+
+def area_plan(areas: Sequence[float], num_entries: int, device: torch.device | str = "cpu") -> AreaPlan:
+    """The plan for masks of `num_entries` entries with these per-mask areas (floats, `[K]`)."""
+    ones = [num_entries - reference_zeros(num_entries, float(a)) for a in areas]
+    groups = []
+    for count in sorted(set(ones) - {0}):
+        rows = [i for i, c in enumerate(ones) if c == count]
+        index = None if len(rows) == len(ones) else torch.tensor(rows, device=device)
+        groups.append((count, index))
+    total = torch.tensor(ones, dtype=torch.float32, device=device)
+    return AreaPlan(num_entries, total, tuple(groups))
+
+
+def area_loss(
+    masks: torch.Tensor, areas: AreaPlan | torch.Tensor | Sequence[float], tie_tolerance: float = DEFAULT_TIE_TOLERANCE
+) -> torch.Tensor:
+    """R_a per mask: masks `[K, ...]` (flattened per mask) and areas `[K]` (or their `AreaPlan`,
+    which the optimization loop passes: no host sync) -> `[K]`.
 
     Σ (sort(m) - r)² = Σ m² - 2·Σ m·t + Σ r with t the un-sorted reference, so the loss needs
     only t, which a partition finds in linear time; with the tie rule of the module docstring,
@@ -41,12 +70,15 @@ def area_loss(masks: torch.Tensor, areas: torch.Tensor, tie_tolerance: float = D
     """
     flat = masks.reshape(masks.shape[0], -1)
     n = flat.shape[1]
-    ones = [n - reference_zeros(n, float(a)) for a in areas]
+    plan = areas if isinstance(areas, AreaPlan) else area_plan(torch.as_tensor(areas).tolist(), n, flat.device)
     target = torch.zeros_like(flat)
-    for count in sorted(set(ones) - {0}):
-        rows = [i for i, c in enumerate(ones) if c == count]
-        target[rows] = reference_share(flat[rows].detach(), count, tie_tolerance)
-    total_ones = torch.tensor(ones, dtype=flat.dtype, device=flat.device)
+    values = flat.detach()
+    for count, rows in plan.groups:
+        if rows is None:
+            target = reference_share(values, count, tie_tolerance)
+        else:
+            target.index_copy_(0, rows, reference_share(values.index_select(0, rows), count, tie_tolerance))
+    total_ones = plan.total_ones.to(flat.dtype)
     return (flat.square() - 2.0 * flat * target).mean(dim=1) + total_ones / n
 
 
@@ -67,8 +99,9 @@ def reference_share(values: torch.Tensor, count: int, tie_tolerance: float) -> t
 
 def _kth_smallest(values: torch.Tensor, k: int) -> torch.Tensor:
     """`[R, N]` -> `[R, 1]`, the k-th smallest (1-based) entry of each row."""
-    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64):
-        # numpy's introselect is ~10x faster than torch.kthvalue on a CPU.
+    if values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
+        # numpy's introselect is ~10x faster than torch.kthvalue on a CPU (both select exactly the
+        # same value); a compiled graph keeps kthvalue, which it can capture.
         part = np.partition(values.numpy(), k - 1, axis=1)
         return torch.from_numpy(np.ascontiguousarray(part[:, k - 1 : k]))
     return values.kthvalue(k, dim=1, keepdim=True).values

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .area import area_loss
+from .area import area_loss, area_plan
 from .inputs import check_targets
 from .optimize import MaskStepper, model_scores, variant_reward
 from .rewards import Reward
@@ -94,7 +94,7 @@ def optimize_channels(
     hook = _ChannelMask(per_mask.repeat(copies, *([1] * (per_mask.dim() - 1))))
     handle = module.register_forward_hook(hook)
     inputs = images.repeat_interleave(a, dim=0).repeat(copies, 1, 1, 1)
-    mask_areas = torch.tensor(settings.areas, device=images.device).repeat(b)
+    mask_areas = area_plan(torch.tensor(settings.areas).repeat(b).tolist(), k, images.device)  # once: no sync per step
     mask_targets = targets.repeat_interleave(a)
     params = torch.ones(b * a, k, device=images.device, requires_grad=True)
     stepper = MaskStepper(params, settings)

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 import torch.nn.functional as F
 
 from . import cpu_kernels
+from .fused_masks import INDEX_NAMES, FusedSmoothMax, pixel_indices
 
 # Elements of the transient [k, o, S, C] tensors per chunk: small on CPU so they stay in cache,
 # large on GPUs so kernel launches stay few.
@@ -80,6 +80,11 @@ class MaskGeometry:
     @property
     def full_shape(self) -> tuple[int, int]:
         return tuple(c * self.step - self.step + 1 for c in self.cell_shape)  # type: ignore[return-value]
+
+    @property
+    def num_entries(self) -> int:
+        """Entries of the full mask, the N of the area constraint."""
+        return self.full_shape[0] * self.full_shape[1]
 
     def kernel_table(self, device: torch.device | None = None, dtype=torch.float32) -> torch.Tensor:
         """Weights `[O, step²]`: offset o = (oy, ox) of the window, phase r = (ry, rx) in the cell.
@@ -199,7 +204,9 @@ class SmoothMaskGenerator:
     `generate` returns `(mask [K, H, W], full [K, Hf, Wf])`: the image-sized mask and the mask
     with its margin, which the area constraint uses. A hard max (`coldness=inf`) is available for
     analysis (Lemma 1 of the supplement). `native=False` keeps the smooth max in PyTorch ops even
-    where the compiled CPU kernel is available.
+    where the compiled CPU kernel is available. `fused=True` computes the smooth max by the fused
+    whole-tensor map of `fused_masks.py` through `torch.compile` (one kernel per pass, no
+    full-size temporaries; the chunked PyTorch ops stay the reference it is tested against).
     """
 
     def __init__(
@@ -210,17 +217,29 @@ class SmoothMaskGenerator:
         sigma: float = 21.0,
         coldness: float = 20.0,
         native: bool = True,
+        fused: bool = False,
     ):
         self.geometry = MaskGeometry(height, width, step, sigma)
         self.coldness = coldness
         self.native = native
-
-    @cached_property
-    def _table_cpu(self) -> torch.Tensor:
-        return self.geometry.kernel_table()
+        self.fused = fused
+        # Per device (and dtype): made on first use, then reused by every call.
+        self._tables: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        self._indices: dict[torch.device, tuple[torch.Tensor, ...]] = {}
 
     def table(self, like: torch.Tensor) -> torch.Tensor:
-        return self._table_cpu.to(device=like.device, dtype=like.dtype)
+        """The kernel table on `like`'s device and dtype, made once (no copy from the CPU per call)."""
+        key = (like.device, like.dtype)
+        if key not in self._tables:
+            self._tables[key] = self.geometry.kernel_table().to(like.device, like.dtype)  # float32 values, as ever
+        return self._tables[key]
+
+    def indices(self, like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The fused map's index tensors on `like`'s device (`fused_masks.pixel_indices`), made once."""
+        if like.device not in self._indices:
+            idx = pixel_indices(self.geometry, like.device)
+            self._indices[like.device] = tuple(idx[name] for name in INDEX_NAMES)
+        return self._indices[like.device]
 
     def neighbours(self, params: torch.Tensor) -> torch.Tensor:
         """The parameters each cell sees: `[K, Hp, Wp]` -> `[K, O, C]` (zeros past the grid)."""
@@ -234,6 +253,8 @@ class SmoothMaskGenerator:
                 f"mask parameters must be [K, {g.param_shape[0]}, {g.param_shape[1]}], got {list(params.shape)}"
             )
         table = self.table(params)
+        if self.fused and not math.isinf(self.coldness):
+            return self._crop(FusedSmoothMax.apply(params, table, self.indices(params), g, float(self.coldness), True))
         if math.isinf(self.coldness):
             phases = (self.neighbours(params).unsqueeze(2) * table[None, :, :, None]).amax(dim=1)
         elif self.native and cpu_kernels.supports(params):
@@ -242,6 +263,9 @@ class SmoothMaskGenerator:
             phases = _SmoothMaxConv.apply(self.neighbours(params), table, float(self.coldness))
         k, (hc, wc), s = params.shape[0], g.cell_shape, g.step
         cells = phases.view(k, s, s, hc, wc).permute(0, 3, 1, 4, 2).reshape(k, hc * s, wc * s)
-        full = clamp_rounding(cells[:, : g.full_shape[0], : g.full_shape[1]])
-        m = g.margin_px
+        return self._crop(clamp_rounding(cells[:, : g.full_shape[0], : g.full_shape[1]]))
+
+    def _crop(self, full: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the image-sized mask `[K, H, W]`, `full`): the image's part of the full mask `[K, Hf, Wf]`."""
+        g, m = self.geometry, self.geometry.margin_px
         return full[:, m : m + g.height, m : m + g.width], full

@@ -6,6 +6,8 @@ without changing its function.
   monotone, so max(relu(x)) = relu(max(x)) exactly, and the ReLU (forward and backward) touches
   a quarter of the elements. VGG's blocks and ResNet's stem have this pattern.
 - Weights and activations use the channels_last layout (`channels_last`).
+- Under `autocast`, the weights of convolutions and linear layers (the ops autocast runs in the
+  low precision) are cast once here: autocast would otherwise cast every weight on every call.
 
 Both graph rewrites need a symbolic trace; a model that cannot be traced runs unrewritten.
 """
@@ -44,9 +46,32 @@ def engine_model(model: torch.nn.Module, settings: ExtremalSettings, rewrites: b
         prepared = copy.deepcopy(model)
     if settings.channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
+    if settings.autocast:
+        dtype = getattr(torch, settings.autocast)
+        for module in prepared.modules():
+            if isinstance(module, _AUTOCAST_LOW_PRECISION):
+                module.to(dtype)  # the rounding autocast would apply per call, applied once
     for p in prepared.parameters():
         p.requires_grad_(False)
     return prepared.eval()
+
+
+_AUTOCAST_LOW_PRECISION = (torch.nn.modules.conv._ConvNd, torch.nn.Linear)
+
+
+def configure_backends(settings: ExtremalSettings, device: torch.device) -> dict[str, bool]:
+    """On CUDA: cuDNN picks the fastest convolution algorithms for the fixed shapes of the loop
+    (`cudnn.benchmark`), and TF32 follows `settings.tf32` when it is set. Returns the flags in
+    force (recorded with a run's timings)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        if settings.tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = settings.tf32
+    return {
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+    }
 
 
 def _rewritten(model: torch.nn.Module, fold_batchnorm: bool, pool_before_relu: bool) -> fx.GraphModule:

@@ -8,12 +8,13 @@ not the answer.
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import torch
 
-from .area import area_loss, mask_area
+from .area import AreaPlan, area_loss, area_plan, mask_area
 from .masks import SmoothMaskGenerator
 from .perturbation import build_pyramid, perturb
 from .rewards import Reward, class_scores
@@ -126,20 +127,28 @@ def optimize_masks(
     b, _, h, w = images.shape
     areas = settings.areas
     a = len(areas)
+    # A compiled iteration keeps to PyTorch ops (the C loops are opaque to the compiler); the
+    # stop rule's batches shrink as masks freeze, so it keeps the eager generator.
+    fused = settings.compiles(images.device) and settings.stop_tolerance is None
+    if fused:
+        settings = replace(settings, native_cpu_kernels=False)
     generator = SmoothMaskGenerator(
-        h, w, settings.step, settings.sigma, settings.smooth_max_coldness, settings.native_cpu_kernels
+        h, w, settings.step, settings.sigma, settings.smooth_max_coldness, settings.native_cpu_kernels, fused
     )
     if pyramid is None:
         pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
-    mask_areas = torch.tensor(areas, device=images.device).repeat(b)  # [B·A], image-major
+    mask_areas = torch.tensor(areas).repeat(b)  # [B·A], image-major, float32 as the area constraint reads them
     mask_targets = targets.repeat_interleave(a)
 
     if settings.stop_tolerance is not None:
-        return _optimize_with_stop(model, pyramid, mask_targets, mask_areas, reward, settings, generator, b, a)
+        return _optimize_with_stop(
+            model, pyramid, mask_targets, mask_areas.to(images.device), reward, settings, generator, b, a
+        )
     if settings.warm_start is not None and a > 1:
         return _optimize_warm(model, pyramid, targets, reward, settings, generator)
     params = torch.ones(b * a, *generator.geometry.param_shape, device=images.device, requires_grad=True)
-    masks, full, stepper = _descend(model, pyramid, params, mask_targets, mask_areas, reward, settings, generator,
+    plan = area_plan(mask_areas.tolist(), generator.geometry.num_entries, images.device)
+    masks, full, stepper = _descend(model, pyramid, params, mask_targets, plan, reward, settings, generator,
                                     settings.lambda0, settings.lambda_growth, settings.max_iter)
     return MaskBatch(
         masks=masks.detach().view(b, a, h, w),
@@ -154,7 +163,7 @@ def _descend(
     pyramid: torch.Tensor,
     params: torch.Tensor,
     mask_targets: torch.Tensor,
-    mask_areas: torch.Tensor,
+    plan: AreaPlan,
     reward: Reward,
     settings: ExtremalSettings,
     generator: SmoothMaskGenerator,
@@ -164,17 +173,69 @@ def _descend(
 ) -> tuple[torch.Tensor, torch.Tensor, MaskStepper]:
     """`iters` SGD steps on `params` `[K, ...]` (K = B·G masks, image-major: G per image of
     `pyramid` `[B, L, C, H, W]`) with λ from `lambda0` growing by `lambda_growth`; returns the last
-    iteration's masks `[K, H, W]`, full-resolution masks and the stepper."""
-    b, (h, w) = pyramid.shape[0], pyramid.shape[-2:]
+    iteration's masks `[K, H, W]`, full-resolution masks and the stepper. Nothing in the loop
+    reads a value back from the device (no host sync)."""
     stepper = MaskStepper(params, replace(settings, lambda0=lambda0, lambda_growth=lambda_growth))
+    step = IterationStep(model, pyramid, mask_targets, plan, reward, settings, generator)
+    if generator.fused:
+        step = compiled_step(step)
     for t in range(iters):
-        masks, full = generator.generate(params)
-        x = variant_inputs(pyramid, masks.view(b, -1, h, w), settings.variant, settings.native_cpu_kernels)
-        if settings.jitter and t % 2 == 0:
-            x = torch.flip(x, dims=(3,))
-        gain = variant_reward(model_scores(model, x, settings), mask_targets, reward, settings.variant)
-        stepper.step(gain, area_loss(full, mask_areas, settings.tie_tolerance))
+        masks, full, gain, area_term = step(params, settings.jitter and t % 2 == 0)
+        stepper.step(gain, area_term)
     return masks, full, stepper
+
+
+class IterationStep:
+    """The forward half of one iteration, from parameters `[K, Hp, Wp]` to masks `[K, H, W]`,
+    full masks `[K, Hf, Wf]`, reward `[K]` and area penalty `[K]` (`flip`: the jitter's mirror
+    image). Everything but the parameters is fixed for a batch, so one call shape per chunk."""
+
+    def __init__(self, model, pyramid, mask_targets, plan, reward, settings, generator):
+        self.model, self.pyramid, self.mask_targets, self.plan = model, pyramid, mask_targets, plan
+        self.reward, self.settings, self.generator = reward, settings, generator
+        # The generator's per-device tables exist before the first call, so a compiled graph
+        # finds them as constants (filling them inside would change its guards: a recompile).
+        generator.table(pyramid)
+        if generator.fused:
+            generator.indices(pyramid)
+
+    def __call__(self, params: torch.Tensor, flip: bool | torch.Tensor):
+        """`flip`: whether to mirror the inputs, or the column order `[W]` to read them in (the
+        compiled step's form: both jitter phases are then one graph)."""
+        b, (h, w) = self.pyramid.shape[0], self.pyramid.shape[-2:]
+        settings = self.settings
+        masks, full = self.generator.generate(params)
+        x = variant_inputs(self.pyramid, masks.view(b, -1, h, w), settings.variant, settings.native_cpu_kernels)
+        if isinstance(flip, torch.Tensor):
+            x = x.index_select(3, flip)
+        elif flip:
+            x = torch.flip(x, dims=(3,))
+        gain = variant_reward(model_scores(self.model, x, settings), self.mask_targets, self.reward, settings.variant)
+        return masks, full, gain, area_loss(full, self.plan, settings.tie_tolerance)
+
+
+def compiled_step(step: IterationStep):
+    """`step` through `torch.compile` (whole graph, static shapes: one graph per micro-batch shape,
+    the jitter's mirror image as a column order so both phases share it); the first call that
+    fails to compile warns in one line and the eager step takes over."""
+    compiled = torch.compile(step, fullgraph=True, dynamic=False)
+    w = step.pyramid.shape[-1]
+    columns = torch.arange(w, device=step.pyramid.device)
+    orders = {False: columns, True: columns.flip(0)}
+
+    def call(params: torch.Tensor, flip: bool):
+        nonlocal compiled
+        try:
+            return compiled(params, orders[bool(flip)])
+        except Exception as exc:  # any compiler failure: the eager step computes the same
+            if compiled is step:
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            warnings.warn(f"torch.compile failed, the iteration runs eagerly: {type(exc).__name__}: {first}", stacklevel=2)
+            compiled = step
+            return step(params, orders[bool(flip)])
+
+    return call
 
 
 def _optimize_warm(
@@ -206,8 +267,8 @@ def _optimize_warm(
         else:
             iters, lambda0, step = warm, settings.lambda0, growth ** (total / warm)
         params = params.detach().clone().requires_grad_(True)
-        area = torch.full((b,), areas[j], device=pyramid.device)
-        last, full, _ = _descend(model, pyramid, params, targets, area, reward, settings, generator, lambda0, step, iters)
+        plan = area_plan(torch.tensor(areas[j]).repeat(b).tolist(), generator.geometry.num_entries, pyramid.device)
+        last, full, _ = _descend(model, pyramid, params, targets, plan, reward, settings, generator, lambda0, step, iters)
         masks[:, j] = last.detach().view(b, h, w)
         achieved[:, j] = mask_area(full.detach())
         iterations[:, j] = iters

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import torch
+
 from .area import DEFAULT_TIE_TOLERANCE
 
 VARIANTS = ("preserve", "delete", "dual")
@@ -14,6 +16,7 @@ STOP_FINISHES = ("freeze", "area")
 WARM_STARTS = (None, "up", "down")
 WARM_LAMBDAS = ("tail", "range")
 SCHEDULES = ("paper", "fast")
+COMPILE_MODES = ("auto", "on", "off")
 FAST_SCHEDULE_FACTOR = 3  # schedule="fast": max_iter // 3 iterations
 
 
@@ -45,7 +48,13 @@ class ExtremalSettings:
     or largest first (`"down"`); the first runs the whole schedule, each next one starts from the
     previous area's final parameters for `warm_iter` iterations: the schedule's last ones (the
     largest λ, `warm_lambda="tail"`) or its whole λ range compressed (`"range"`); measured in
-    `benchmarks/bench_schedule.py`.
+    `benchmarks/bench_schedule.py`. `compile`: `"auto"` (on for CUDA, off elsewhere), `"on"` or
+    `"off"`: the iteration's forward through `torch.compile` (one graph per micro-batch shape,
+    `fullgraph`, per explainer: its network copy is what a graph is specialised to; the smooth max
+    by the fused map of `fused_masks.py`; same masks to float
+    rounding), falling back to the eager code with a one-line warning when compilation fails.
+    `tf32` (None: torch's flags as they are): TF32 matmuls and convolutions on CUDA, set
+    explicitly; `cudnn.benchmark` is turned on for CUDA runs.
     """
 
     areas: tuple[float, ...] = (0.1,)
@@ -80,6 +89,8 @@ class ExtremalSettings:
     warm_start: str | None = None
     warm_iter: int = 100
     warm_lambda: str = "tail"
+    compile: str | bool = "auto"  # YAML reads a bare on / off as a boolean: normalised below
+    tf32: bool | None = None
 
     def __post_init__(self) -> None:
         areas = self.areas
@@ -120,6 +131,10 @@ class ExtremalSettings:
                 raise ValueError(f"stop_finish must be one of {STOP_FINISHES}, got {self.stop_finish!r}")
             if self.keep_history:
                 raise ValueError("keep_history needs every mask at every iteration: not with stop_tolerance")
+        if isinstance(self.compile, bool):  # YAML reads a bare on / off as a boolean
+            object.__setattr__(self, "compile", "on" if self.compile else "off")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         if self.warm_start not in WARM_STARTS:
             raise ValueError(f"warm_start must be one of {WARM_STARTS}, got {self.warm_start!r}")
         if self.warm_lambda not in WARM_LAMBDAS:
@@ -136,6 +151,10 @@ class ExtremalSettings:
             return self
         iters = max(1, self.max_iter // FAST_SCHEDULE_FACTOR)
         return replace(self, schedule="paper", max_iter=iters, lambda_growth=self.lambda_growth ** (self.max_iter / iters))
+
+    def compiles(self, device: torch.device) -> bool:
+        """Whether the iteration runs through `torch.compile` on `device` (`compile`)."""
+        return self.compile == "on" or (self.compile == "auto" and device.type == "cuda")
 
     def with_overrides(self, **overrides: Any) -> ExtremalSettings:
         """A copy with some fields changed; unknown names raise a TypeError listing the valid ones."""

@@ -28,6 +28,8 @@ _HASH_EXCLUDED: tuple[str, ...] = (
     "extremal.fuse_batchnorm",
     "extremal.pool_before_relu",
     "extremal.native_cpu_kernels",
+    "extremal.compile",
+    "extremal.tf32",
     "model.download_weights",
 )
 

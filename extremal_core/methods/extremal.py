@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from ..inputs import check_targets, checked_call, frozen, resolve_settings
-from ..network import engine_model
+from ..network import configure_backends, engine_model
 from ..optimize import model_scores, optimize_masks, variant_inputs, variant_reward
 from ..perturbation import build_pyramid, perturb
 from ..rewards import Reward, get_reward
@@ -104,6 +104,7 @@ class ExtremalExplainer:
         """The masks of `images` `[B, C, H, W]` for `targets` (one class per image, or one int for all)."""
         t = checked_call(images, targets)
         settings, b = self.settings, images.shape[0]
+        configure_backends(settings, images.device)
         per_batch = self.images_per_batch(images)
         parts = []
         for lo in range(0, b, per_batch):
@@ -134,14 +135,16 @@ def masks_per_batch(model: torch.nn.Module, images: torch.Tensor, settings: Extr
     """How many masks go through the network at once.
 
     An explicit `max_masks_per_batch` wins. On CUDA the bound comes from the memory budget
-    (default: 80 % of free memory) and a one-iteration probe of the peak memory per mask.
+    (default: 80 % of the memory free on the device plus what PyTorch's allocator holds
+    unused) and a one-iteration probe of the peak memory per mask.
     """
     if settings.max_masks_per_batch is not None:
         return settings.max_masks_per_batch
     if images.device.type != "cuda":
         return _CPU_MASKS_PER_BATCH
     free, _ = torch.cuda.mem_get_info(images.device)
-    budget = (settings.memory_budget_mb * 2**20) if settings.memory_budget_mb else 0.8 * free
+    cached = torch.cuda.memory_reserved(images.device) - torch.cuda.memory_allocated(images.device)
+    budget = (settings.memory_budget_mb * 2**20) if settings.memory_budget_mb else 0.8 * (free + cached)
     torch.cuda.reset_peak_memory_stats(images.device)
     base = torch.cuda.memory_allocated(images.device)
     probe = settings.with_overrides(max_iter=1, keep_history=False)

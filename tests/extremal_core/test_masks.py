@@ -78,3 +78,29 @@ def test_wrong_parameter_shape_is_a_clear_error():
     gen = SmoothMaskGenerator(64, 64, step=4, sigma=10.0)
     with pytest.raises(ValueError, match="mask parameters must be"):
         gen.generate(torch.ones(1, 3, 3))
+
+
+@pytest.mark.parametrize("size,step,sigma", [((64, 64), 4, 10), ((37, 50), 5, 9.5)])
+def test_fused_map_matches_the_reference_ops(size, step, sigma, monkeypatch):
+    """The fused smooth max (`fused_masks.py`), run as its plain PyTorch functions (inductor
+    compiles exactly these; benchmarks/bench_gpu_proxies.py and tests/gpu run them compiled):
+    masks within 1e-5 of the chunked reference ops, gradients to float rounding."""
+    from extremal_core import fused_masks
+
+    monkeypatch.setattr(fused_masks, "_compiled", {"forward": fused_masks.fused_forward,
+                                                   "backward": fused_masks.fused_backward}.get)
+    torch.manual_seed(0)
+    reference = SmoothMaskGenerator(*size, step=step, sigma=sigma, native=False)
+    fused = SmoothMaskGenerator(*size, step=step, sigma=sigma, native=False, fused=True)
+    params = torch.rand(5, *reference.geometry.param_shape)
+    weights = torch.randn(5, *size)
+    out = []
+    for gen in (reference, fused):
+        p = params.clone().requires_grad_(True)
+        crop, full = gen.generate(p)
+        (crop * weights).sum().backward()
+        out.append((crop.detach(), full.detach(), p.grad))
+    (crop_r, full_r, grad_r), (crop_f, full_f, grad_f) = out
+    assert (full_f - full_r).abs().max() <= 1e-5
+    assert (crop_f - crop_r).abs().max() <= 1e-5
+    assert (grad_f - grad_r).abs().max() <= 1e-5 * grad_r.abs().max()

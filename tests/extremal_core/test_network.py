@@ -107,3 +107,22 @@ def test_untraceable_model_runs_unrewritten():
     with pytest.warns(UserWarning, match="could not be traced"):
         prepared = engine_model(model, ExtremalSettings(channels_last=False))
     assert type(prepared) is Branchy and prepared is not model  # unrewritten, still a private copy
+
+
+def test_autocast_weights_are_cast_once_with_the_same_scores():
+    """Under autocast the copy's convolution and linear weights are stored in bf16 (no cast per
+    call), and its scores are those autocast gives with the fp32 weights (the same rounding)."""
+    from extremal_core.optimize import model_scores
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    settings = ExtremalSettings(autocast="bfloat16")
+    prepared = engine_model(model, settings)
+    convs = [m for m in prepared.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model untouched
+    x = torch.randn(2, 3, 64, 64)
+    uncast = engine_model(model, settings.with_overrides(autocast=None))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = uncast(x.contiguous(memory_format=torch.channels_last)).float()
+    assert torch.equal(model_scores(prepared, x, settings), expected)
