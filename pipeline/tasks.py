@@ -112,7 +112,8 @@ def explain_items(
         idx = torch.tensor([pos for pos, _, _ in jobs], device=device)
         targets = torch.tensor([t.target for _, _, t in jobs], dtype=torch.long, device=device)
         # Chunks of worker.batch_size rows, halved on a CUDA out-of-memory error.
-        for (pos, rank, t), values in zip(jobs, explain_in_chunks(explainer, x[idx], targets, cfg.worker.batch_size)):
+        chunks = explain_in_chunks(explainer, x[idx], targets, cfg.worker.batch_size, cfg.method.card)
+        for (pos, rank, t), values in zip(jobs, chunks):
             item = group[pos]
             row = {
                 **base,
@@ -206,7 +207,7 @@ def process_shard(
 
     rows.sort(key=lambda r: (r[0], r[1]))
     ordered = [r for _, _, r in rows]
-    table = rows_to_table(ordered, cfg.output.map_format, map_shape(loaded.preprocess, explainer, ordered))
+    table = rows_to_table(ordered, cfg.output.map_format, map_shape(loaded.preprocess, explainer, ordered), cfg.method.card)
     stats = {
         "attempts": attempt,
         "images": images,

@@ -13,6 +13,7 @@ from ..inputs import checked_call, resolve_settings
 from ..network import engine_model
 from ..rewards import Reward
 from ..settings import ExtremalSettings
+from .card import Column, MethodCard
 from .explanation import Explanation
 from .registry import register_method
 
@@ -34,7 +35,22 @@ def as_explanation(result: ChannelResult) -> Explanation:
     return Explanation(maps=result.saliency, labels=result.areas, values=values)
 
 
-@register_method("extremal_channels")
+# Per row: A = len(areas), K = the layer's channels. The inversions are written by the channel job
+# (feature inversion of the layer's activations), not by `explain`; null in other jobs' rows.
+CARD = MethodCard(
+    columns=(
+        Column("phi0", "float32", "[]", "the target's reward on the clean image"),
+        Column("channel_masks", "list<list<float32>>", "[A, K]", "the channel mask of each area"),
+        Column("inversion_original", "rgb_png", "[3, H, W]", "feature inversion of the original activations"),
+        Column("inversion_perturbed", "rgb_png", "[3, H, W]",
+               "feature inversion of the activations perturbed by the optimal channel mask"),
+    ),
+    maps="positive",
+    engine_settings=True,
+)
+
+
+@register_method("extremal_channels", card=CARD)
 class ChannelExplainer:
     """Channel masks at `layer` (a name from `model.named_modules()`) with one model and one set
     of settings (as `ExtremalExplainer`), over many batches.

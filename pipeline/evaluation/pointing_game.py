@@ -5,7 +5,7 @@ as pure functions on arrays, plus the hit/miss tally per class.
   where the model's crop did not reach), resized to the original ``H x W`` (bilinear,
   ``align_corners=False``, no antialiasing: TorchRay's ``F.interpolate``), each smoothed with a
   Gaussian of ``sigma = smooth * min(H, W)`` (zero padding; ``smooth = 0.09`` for extremal
-  perturbation, 0 = none), summed over the maps, and the argmax. Ties: the first maximum in
+  perturbation, 0 = none: each method's card says), summed over the maps, and the argmax. Ties: the first maximum in
   row-major order (``torch.argmax``, as TorchRay's ``_saliency_to_point``).
 - The ``center`` baseline: the point ``(W / 2, H / 2)`` (not a pixel centre: fractional for odd sizes).
 - A hit when some ground-truth pixel ``(u, v)`` has ``(u - x)^2 + (v - y)^2 < tolerance^2``
@@ -28,9 +28,6 @@ import torch.nn.functional as F
 from pipeline.geometry import Geometry
 
 TOLERANCE = 15
-# TorchRay's benchmark smooths only extremal perturbation's masks (its other methods smooth inside
-# the method): the default per method name; --smooth overrides.
-SMOOTH_BY_METHOD = {"extremal": 0.09}
 _SQRT2 = math.sqrt(2.0)
 _EPS32 = float(np.finfo(np.float32).eps)
 

@@ -20,8 +20,9 @@ import pyarrow.parquet as pq
 
 from pipeline.evaluation.difficult import in_difficult_subset, load_flags
 from pipeline.evaluation.ground_truth import class_mask, image_name, image_size
-from pipeline.evaluation.pointing_game import SMOOTH_BY_METHOD, TOLERANCE, Tally, center_point, is_hit, saliency_point
+from pipeline.evaluation.pointing_game import TOLERANCE, Tally, center_point, is_hit, saliency_point
 from pipeline.geometry import Geometry
+from pipeline.method import card_for
 from pipeline.results import part_urls, row_stored_maps
 from pipeline.schema import restore_maps
 from pipeline.shards import iter_samples
@@ -90,7 +91,7 @@ def evaluate_part(
     flags_path: str | None = None,
     batch_rows: int = 32,
 ) -> PartResult:
-    """The pointing game on one part: ``smooth`` None = per method (``SMOOTH_BY_METHOD``, else 0);
+    """The pointing game on one part: ``smooth`` None = per method (its card's ``smooth``);
     ``flags_path``: the difficult flags file (default: TorchRay's for the data's format)."""
     result = PartResult()
     annotations: dict[str, dict[str, dict[str, Any]]] = {}  # shard -> key -> meta (a part has one shard)
@@ -125,7 +126,7 @@ def evaluate_part(
                     stored = maps[i].reshape(-1, row["map_height"], row["map_width"])
                 values = restore_maps(stored, row["map_min"], row["map_max"])
                 method = row["method"]
-                s = SMOOTH_BY_METHOD.get(method, 0.0) if smooth is None else smooth
+                s = card_for(method).smooth if smooth is None else smooth
                 point = saliency_point(values, Geometry.from_row(row), s, width, height)
                 # The job's method (its `center` map method renamed: the baseline row is `center`).
                 name = "center (maps)" if method == "center" else method
