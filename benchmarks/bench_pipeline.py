@@ -202,7 +202,7 @@ def worker_start(cfg: JobConfig) -> float:
 
 def pipeline_run(cfg: JobConfig, actors: int) -> dict:
     from pipeline.driver import run_job
-    from pipeline.results import read_results
+    from pipeline.io.parts import read_results
 
     cfg = cpu_config(cfg, actors)
     start = time.perf_counter()

@@ -54,6 +54,17 @@ def _connect_ray() -> bool:
     return True
 
 
+def _job_shards(config: str | None, overrides: list[str], storage: dict | None) -> tuple[str, ...]:
+    """The attribution job's shard URLs when its config is given: the parts hold them redacted
+    (a signed URL's query string is a credential), the config holds them signed."""
+    if config is None:
+        return ()
+    from pipeline.config_load import load_config
+    from pipeline.shards import expand_shards
+
+    return tuple(expand_shards(load_config(config, overrides).input.shards, storage))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -82,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_pointing_game(
             results, storage, use_ray=not args.local, max_in_flight=args.max_in_flight, on_part=on_part,
             tolerance=args.tolerance, smooth=args.smooth, flags_path=args.difficult_flags,
+            shards=_job_shards(args.config, args.overrides, storage),
         )
     except (FileNotFoundError, ShardReadError, OutputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -2,7 +2,7 @@
 the attribution job's Parquet part of that shard in record batches, decodes the shard's images
 with the attribution model's own preprocessing, and scores every good row's saliency (its M maps
 summed, as the pointing game does; extremal's nested masks then order the smallest area's pixels
-first) with ``pipeline.evaluation.deletion_insertion``, committing one part of AUCs and curves
+first) with ``pipeline.metrics.deletion_insertion``, committing one part of AUCs and curves
 per shard (``EVAL_SCHEMA``) with the usual done-marker, so the driver's retries and resume apply.
 
 Rows and images are joined in the shard's order (attribution parts keep it, one or more rows per
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from extremal_core.network import engine_model
@@ -30,14 +29,12 @@ from extremal_core.settings import ExtremalSettings
 from pipeline.commit import commit_part, part_uri
 from pipeline.config import JobConfig, storage_options
 from pipeline.config_hash import config_hash
-from pipeline.evaluation.deletion_insertion import SUBSTRATES, causal_curves
-from pipeline.evaluation.pointing_run import _batch_maps
+from pipeline.io.parts import iter_part_rows
 from pipeline.lease import LeaseToken
+from pipeline.metrics.deletion_insertion import SUBSTRATES, causal_curves
 from pipeline.models import LoadedModel, load_model
 from pipeline.readahead import Item, Prefetcher, read_items
-from pipeline.results import row_stored_maps
 from pipeline.schema import restore_maps
-from pipeline.storage import url_to_fs
 
 _F32, _I32 = pa.float32(), pa.int32()
 EVAL_SCHEMA = pa.schema([
@@ -73,26 +70,6 @@ class DeletionSettings:
     def hashed(self) -> dict[str, Any]:
         """What changes the output rows (the results' location and the batching do not)."""
         return {"evaluation": "deletion_insertion", "step": self.step, "deletion_substrate": self.deletion_substrate}
-
-
-def _rows(part_url: str, storage: dict[str, Any], batch_rows: int) -> Iterator[dict[str, Any]]:
-    """The part's rows one by one, each with ``stored`` (uint8 maps ``[M, h, w]``) or None."""
-    fs, path = url_to_fs(part_url, storage)
-    with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        columns = [c for c in _READ if c in pf.schema_arrow.names]
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-            maps = _batch_maps(batch.column("maps"))
-            plain = batch.drop_columns(["maps"]).to_pylist() if maps is not None else batch.to_pylist()
-            for i, row in enumerate(plain):
-                stored = None
-                if row["error"] is None:
-                    if maps is None:
-                        stored = row_stored_maps(row)
-                    else:
-                        stored = maps[i].reshape(-1, row["map_height"], row["map_width"])
-                row.pop("maps", None)
-                yield {**row, "stored": stored}
 
 
 def _joined(rows: Iterator[dict[str, Any]], items: Iterator[Item]) -> Iterator[tuple[dict[str, Any], Item | None]]:
@@ -163,7 +140,7 @@ def evaluate_shard(
         with compute_lock if compute_lock is not None else contextlib.nullcontext():
             waited = time.perf_counter() - waited
             seen: set[str] = set()
-            rows = _rows(part_uri(settings.results_uri, shard_url), storage, cfg.worker.batch_size)
+            rows = iter_part_rows(part_uri(settings.results_uri, shard_url), storage, _READ, cfg.worker.batch_size)
             for row, item in _joined(rows, iter(items)):
                 if item is not None and item.key not in seen:
                     seen.add(item.key)

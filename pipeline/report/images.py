@@ -16,11 +16,11 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from pipeline.evaluation.ground_truth import class_mask, image_size
-from pipeline.evaluation.pointing_game import TOLERANCE, is_hit, saliency_point
 from pipeline.geometry import Geometry
+from pipeline.io.parts import maps_at_original_size, row_maps
 from pipeline.method import card_for
-from pipeline.results import maps_at_original_size, row_maps
+from pipeline.metrics.ground_truth import class_mask, image_size
+from pipeline.metrics.pointing_game import TOLERANCE, is_hit, saliency_point
 from pipeline.shards import ShardReadError, decode_image, iter_samples
 
 CMAP = colormaps["inferno"]

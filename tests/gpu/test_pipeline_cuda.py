@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.commit import load_done
-from pipeline.results import read_results
+from pipeline.io.parts import read_results
 
 pytestmark = pytest.mark.gpu
 

@@ -18,8 +18,8 @@ import pytest
 from pipeline.commit import done_uri
 from pipeline.config import ConfigError
 from pipeline.driver import DriverError, run_job
+from pipeline.io.parts import read_results
 from pipeline.lease import Lease, OutputBusyError
-from pipeline.results import read_results
 from pipeline.shards import iter_samples
 from pipeline.worker import ShardWorker
 from tests.pipeline.conftest import tiny_config

@@ -18,7 +18,7 @@ import pytest
 
 from jobs.attribute import main
 from pipeline.config_load import dump_config_yaml
-from pipeline.results import read_results
+from pipeline.io.parts import read_results
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, write_shard
 

@@ -21,9 +21,9 @@ from jobs.make_shards import main as make_shards
 from jobs.pointing_game import main
 from pipeline.commit import commit_part
 from pipeline.config_load import dump_config_yaml
-from pipeline.evaluation.ground_truth import class_mask
 from pipeline.geometry import Geometry
-from pipeline.results import read_results, row_maps
+from pipeline.io.parts import read_results, row_maps
+from pipeline.metrics.ground_truth import class_mask
 from pipeline.schema import rows_to_table
 from pipeline.shards import iter_samples
 from tests.datasets.layouts import write_voc

@@ -18,7 +18,7 @@ from torchvision.transforms import v2 as T
 
 from pipeline.commit import commit_part, part_uri
 from pipeline.geometry import Geometry
-from pipeline.results import row_maps
+from pipeline.io.parts import row_maps
 from pipeline.schema import part_schema, quantize_maps, restore_maps, rows_to_table
 
 # Every method writes these, in this order (SPEC section 2).

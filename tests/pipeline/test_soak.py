@@ -22,7 +22,7 @@ import fsspec
 import pytest
 
 from pipeline.driver import run_job
-from pipeline.results import read_results
+from pipeline.io.parts import read_results
 from pipeline.worker import ShardWorker
 from tests.fault_proxy import FaultProxy
 from tests.pipeline.conftest import tiny_config

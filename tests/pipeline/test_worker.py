@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from pipeline.commit import done_uri, part_uri
+from pipeline.io.parts import maps_at_original_size, read_results
 from pipeline.readahead import Prefetcher
-from pipeline.results import maps_at_original_size, read_results
 from pipeline.shards import ShardReadError
 from pipeline.targets import pick_targets
 from pipeline.tasks import process_shard

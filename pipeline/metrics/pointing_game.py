@@ -1,7 +1,7 @@
 """The pointing game (SPEC section 4, TorchRay's ``torchray/benchmark/pointing_game.py`` protocol)
 as pure functions on arrays, plus the hit/miss tally per class.
 
-- The point of a row: its maps placed back in the resized frame (``pipeline.geometry``: zeros
+- The point of a row: its maps placed back in the resized frame (its ``Geometry``: zeros
   where the model's crop did not reach), resized to the original ``H x W`` (bilinear,
   ``align_corners=False``, no antialiasing: TorchRay's ``F.interpolate``), each smoothed with a
   Gaussian of ``sigma = smooth * min(H, W)`` (zero padding; ``smooth = 0.09`` for extremal
@@ -20,16 +20,30 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.geometry import Geometry
-
 TOLERANCE = 15
 _SQRT2 = math.sqrt(2.0)
 _EPS32 = float(np.finfo(np.float32).eps)
+
+
+class Geometry(Protocol):
+    """Where a row's maps sit in the original image (``pipeline.geometry.Geometry`` is one): the
+    original ``width`` x ``height``, the resized ``resized_width`` x ``resized_height`` and the crop
+    window ``out_width`` x ``out_height`` at (``crop_left``, ``crop_top``) in it."""
+
+    width: int
+    height: int
+    resized_width: int
+    resized_height: int
+    out_width: int
+    out_height: int
+    crop_left: int
+    crop_top: int
 
 
 def resize_to_original(maps: np.ndarray, geometry: Geometry, width: int | None = None, height: int | None = None) -> torch.Tensor:
