@@ -35,12 +35,14 @@ def as_explanation(result: ChannelResult) -> Explanation:
     return Explanation(maps=result.saliency, labels=result.areas, values=values)
 
 
-# Per row: A = len(areas), K = the layer's channels. The inversions are written by the channel job
-# (feature inversion of the layer's activations), not by `explain`; null in other jobs' rows.
+# Per row: A = len(areas), K = the layer's channels. The optimal area and the inversions are written
+# by the channel job (feature inversion of the layer's activations), not by `explain`.
 CARD = MethodCard(
     columns=(
         Column("phi0", "float32", "[]", "the target's reward on the clean image"),
         Column("channel_masks", "list<list<float32>>", "[A, K]", "the channel mask of each area"),
+        Column("optimal_area", "float32", "[]", "the smallest area whose reward reaches phi0 (else the largest)"),
+        Column("optimal_area_reached", "bool", "[]", "whether some area's reward reached phi0"),
         Column("inversion_original", "rgb_png", "[3, H, W]", "feature inversion of the original activations"),
         Column("inversion_perturbed", "rgb_png", "[3, H, W]",
                "feature inversion of the activations perturbed by the optimal channel mask"),
