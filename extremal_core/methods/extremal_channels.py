@@ -15,6 +15,7 @@ from ..rewards import Reward
 from ..settings import ExtremalSettings
 from .card import Column, MethodCard
 from .explanation import Explanation
+from .extremal import PHI0
 from .registry import register_method
 
 # Channel masks are cheap (no smooth masks, no pyramid): the bound is on the network's memory.
@@ -39,7 +40,7 @@ def as_explanation(result: ChannelResult) -> Explanation:
 # by the channel job (feature inversion of the layer's activations), not by `explain`.
 CARD = MethodCard(
     columns=(
-        Column("phi0", "float32", "[]", "the target's reward on the clean image"),
+        PHI0,
         Column("channel_masks", "list<list<float32>>", "[A, K]", "the channel mask of each area"),
         Column("optimal_area", "float32", "[]", "the smallest area whose reward reaches phi0 (else the largest)"),
         Column("optimal_area_reached", "bool", "[]", "whether some area's reward reached phi0"),

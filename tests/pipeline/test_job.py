@@ -175,7 +175,7 @@ def test_demo_with_ray_job_submit(ray_head, demo_model_and_data, tmp_path: Path)
     out = tmp_path / "demo_out"
     shards = f"{assets.root}/shards/demo-{{000000..000003}}.tar"
     cmd = ["ray", "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
-           sys.executable, "-m", "jobs.attribute", "--config", "configs/demo.yaml",
+           sys.executable, "-m", "jobs.demo", "--config", "configs/demo.yaml",
            "--set", f"input.shards={shards}", "--set", f"model.checkpoint={assets.checkpoint}",
            "--set", f"output.uri={out}", "--set", "extremal.max_iter=20"]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
