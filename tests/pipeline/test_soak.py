@@ -54,7 +54,6 @@ _FIRST_RUN = textwrap.dedent(
     import io, sys
     import ray
     from tests.pipeline.conftest import tiny_config
-from tests.pipeline.fault_tasks import FaultyTask
     from tests.pipeline.test_soak import SoakTask, soak_overrides
     from pipeline.driver import run_job
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
