@@ -29,7 +29,7 @@ from _common import make_model, median, smooth_images, start_run, sync, write_js
 
 from extremal_core.network import engine_model  # noqa: E402
 from extremal_core.settings import ExtremalSettings  # noqa: E402
-from pipeline.evaluation.deletion_insertion import blur, causal_curves  # noqa: E402
+from pipeline.metrics.deletion_insertion import blur, causal_curves  # noqa: E402
 
 
 def rise_loop(model, image: torch.Tensor, saliency: torch.Tensor, target: int, mode: str, step: int) -> torch.Tensor:

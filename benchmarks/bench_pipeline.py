@@ -156,17 +156,17 @@ def stage_breakdown(cfg: JobConfig, threads: int) -> dict:
         targets = torch.cat([class_scores(loaded.model(x[lo : lo + bs])).argmax(1) for lo in range(0, len(x), bs)])
     t["target_forward"] = time.perf_counter() - start
     start = time.perf_counter()
-    rows = explain_in_chunks(explainer, x, targets, bs)
+    rows = explain_in_chunks(explainer, x, targets, bs, cfg.method.card)
     t["engine"] = time.perf_counter() - start
     rows = [{"key": it.key, "target": int(k), **r, **it.geometry.columns()} for it, k, r in zip(items, targets, rows)]
     shape = map_shape(loaded.preprocess, explainer, rows)
     # The first table of a process imports pandas (pyarrow does, on its first array): once per
     # worker, so timed apart from the per-image cost.
     first = time.perf_counter()
-    rows_to_table(rows[:1], cfg.output.map_format, shape)
+    rows_to_table(rows[:1], cfg.output.map_format, shape, cfg.method.card)
     first = time.perf_counter() - first
     start = time.perf_counter()
-    table = rows_to_table(rows, cfg.output.map_format, shape)
+    table = rows_to_table(rows, cfg.output.map_format, shape, cfg.method.card)
     t["rows_to_table"] = time.perf_counter() - start
     start = time.perf_counter()
     table_to_parquet_bytes(table)
@@ -202,7 +202,7 @@ def worker_start(cfg: JobConfig) -> float:
 
 def pipeline_run(cfg: JobConfig, actors: int) -> dict:
     from pipeline.driver import run_job
-    from pipeline.results import read_results
+    from pipeline.io.parts import read_results
 
     cfg = cpu_config(cfg, actors)
     start = time.perf_counter()

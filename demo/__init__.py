@@ -3,7 +3,7 @@
 (``demo.assets``). Used by ``configs/demo.yaml`` (factory ``demo.model:build_demo_model``), the
 tests and the benchmarks; no part of the pipeline depends on it."""
 
-from demo.assets import DemoAssets, ensure_demo_assets
+from demo.assets import DemoAssets, demo_root, ensure_demo_assets
 from demo.data import CLASSES, make_synthetic_images
 from demo.model import DEMO_MEAN, DEMO_STD, DemoNet, build_demo_model, predict, to_model_input, train_demo_model
 
@@ -14,6 +14,7 @@ __all__ = [
     "DemoAssets",
     "DemoNet",
     "build_demo_model",
+    "demo_root",
     "ensure_demo_assets",
     "make_synthetic_images",
     "predict",

@@ -14,6 +14,9 @@ import torch
 from demo.data import atomic_write, make_synthetic_images, write_shard
 from demo.model import DEMO_MEAN, DEMO_STD, train_demo_model
 
+DEMO_FACTORY = "demo.model:build_demo_model"
+DEMO_CHECKPOINT = "demo_model.pt"
+
 # Bump when the generator, the model or the training recipe changes: invalidates cached assets.
 _ASSETS_VERSION = 1
 
@@ -35,7 +38,7 @@ class DemoAssets:
     num_classes: int
     mean: tuple[float, float, float] = DEMO_MEAN
     std: tuple[float, float, float] = DEMO_STD
-    factory: str = "demo.model:build_demo_model"
+    factory: str = DEMO_FACTORY
     train_seconds: float | None = field(default=None, compare=False)
 
 
@@ -120,3 +123,11 @@ def ensure_demo_assets(
     stamp = {"params": params, "samples": samples, "train_seconds": round(train_seconds, 2)}
     atomic_write(stamp_path, lambda f: f.write(json.dumps(stamp, indent=1).encode()))
     return assets(stamp, train_seconds)
+
+
+def demo_root(factory: str | None, checkpoint: str | None) -> str | None:
+    """The assets folder when a job's model is the demo's (its factory with a local
+    ``demo_model.pt`` checkpoint), else None: the demo jobs build the assets there first."""
+    if factory != DEMO_FACTORY or not checkpoint or "://" in checkpoint or Path(checkpoint).name != DEMO_CHECKPOINT:
+        return None
+    return str(Path(checkpoint).parent)

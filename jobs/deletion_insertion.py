@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: the model has no weights or checkpoint: the evaluation runs other random weights "
               "than the attribution did", file=sys.stderr)
 
-    import ray
-
-    from jobs.attribute import connect_ray
+    from pipeline.cli import ray_session
     from pipeline.driver import DriverError, run_job
     from pipeline.evaluation.deletion_table import format_summary, summarize, summary_table, write_summary
 
@@ -111,16 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         output=dataclasses.replace(cfg.output, uri=out, overwrite=args.overwrite),
     )
     t0 = time.monotonic()
-    started = connect_ray(eval_cfg)
     try:
-        summary = run_job(eval_cfg, max_shards=args.max_shards, evaluation=settings.hashed(),
-                          task_class=functools.partial(DeletionInsertionTask, settings=settings))
+        with ray_session(eval_cfg.cluster.address):
+            summary = run_job(eval_cfg, max_shards=args.max_shards, evaluation=settings.hashed(),
+                              task_class=functools.partial(DeletionInsertionTask, settings=settings))
     except (OutputError, DriverError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if started:
-            ray.shutdown()
     print(summary.report())
     try:
         tallies = summarize(out, st)

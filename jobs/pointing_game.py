@@ -14,9 +14,10 @@ Exit codes: 0 done; 1 no parts, or a part or shard could not be read; 2 bad comm
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import sys
 
+from pipeline.cli import ray_session
 from pipeline.config import ConfigError
 from pipeline.config_load import results_location
 from pipeline.storage import join
@@ -32,26 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where the tables go (default <results>/pointing_game)")
     p.add_argument("--tolerance", type=float, default=15, help="hit radius in original pixels, strict (default 15)")
     p.add_argument("--smooth", type=float, default=None,
-                   help="Gaussian sigma as a fraction of min(H, W) (default 0.09 for extremal, else 0)")
+                   help="Gaussian sigma as a fraction of min(H, W) (default: the method card's, 0.09 for extremal)")
     p.add_argument("--difficult-flags", default=None, help="EBP difficult flag file (default: TorchRay's, by format)")
     p.add_argument("--local", action="store_true", help="evaluate the parts in this process, without Ray")
     p.add_argument("--max-in-flight", type=int, default=16, help="Ray tasks at once (default 16)")
     return p
 
 
-def _connect_ray() -> bool:
-    """Connect to ``RAY_ADDRESS`` or start a private local Ray; True when this call started it."""
-    import ray
+def _job_shards(config: str | None, overrides: list[str], storage: dict | None) -> tuple[str, ...]:
+    """The attribution job's shard URLs when its config is given: the parts hold them redacted
+    (a signed URL's query string is a credential), the config holds them signed."""
+    if config is None:
+        return ()
+    from pipeline.config_load import load_config
+    from pipeline.shards import expand_shards
 
-    if ray.is_initialized():
-        return False
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private single-machine cluster
-        ray.init(address="local", include_dashboard=False)
-    return True
+    return tuple(expand_shards(load_config(config, overrides).input.shards, storage))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,17 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.shards import ShardReadError
     from pipeline.storage import OutputError
 
-    started = False if args.local else _connect_ray()
     bar = tqdm(unit="part", desc="pointing game")
     try:
         def on_part(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        result = run_pointing_game(
-            results, storage, use_ray=not args.local, max_in_flight=args.max_in_flight, on_part=on_part,
-            tolerance=args.tolerance, smooth=args.smooth, flags_path=args.difficult_flags,
-        )
+        with contextlib.nullcontext() if args.local else ray_session():
+            result = run_pointing_game(
+                results, storage, use_ray=not args.local, max_in_flight=args.max_in_flight, on_part=on_part,
+                tolerance=args.tolerance, smooth=args.smooth, flags_path=args.difficult_flags,
+                shards=_job_shards(args.config, args.overrides, storage),
+            )
     except (FileNotFoundError, ShardReadError, OutputError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -91,10 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         bar.close()
-        if started:
-            import ray
-
-            ray.shutdown()
     print(format_summary(result))
     out = args.out or join(results, "pointing_game")
     try:

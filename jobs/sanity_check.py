@@ -17,16 +17,14 @@ import argparse
 import sys
 import time
 
-from pipeline.config import ConfigError, storage_options
-from pipeline.config_load import load_config
+from pipeline.cli import UsageError, add_config_arguments, job_config, ray_session, run_main
+from pipeline.config import storage_options
 from pipeline.storage import join
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.sanity_check", description=__doc__.split("\n\n")[1])
-    p.add_argument("--config", required=True, help="the attribution job's YAML")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, as for jobs.attribute; repeatable")
+    add_config_arguments(p, help="the attribution job's YAML")
     p.add_argument("--out", default=None, help="where the stages and the table go (default <output.uri>/sanity_check)")
     p.add_argument("--mode", choices=("cascading", "independent", "both"), default="both")
     p.add_argument("--layers", default=None,
@@ -38,50 +36,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.hog_cell < 2:
-        print("error: --hog-cell must be >= 2", file=sys.stderr)
-        return 2
-    modes = ("cascading", "independent") if args.mode == "both" else (args.mode,)
-    layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
-    out = args.out or join(cfg.output.uri, "sanity_check")
 
-    import ray
+    def body() -> int:
+        cfg = job_config(args)
+        if args.hog_cell < 2:
+            raise UsageError("--hog-cell must be >= 2")
+        modes = ("cascading", "independent") if args.mode == "both" else (args.mode,)
+        layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
+        out = args.out or join(cfg.output.uri, "sanity_check")
 
-    from jobs.attribute import connect_ray
-    from pipeline.driver import DriverError
-    from pipeline.evaluation.sanity_run import format_table, run_sanity_check, write_table
-    from pipeline.storage import OutputError
+        from pipeline.evaluation.sanity_run import format_table, run_sanity_check, write_table
 
-    t0 = time.monotonic()
-    started = connect_ray(cfg)
-    try:
-        table, summaries = run_sanity_check(cfg, out, modes=modes, layers=layers, seed=args.seed, hog_cell=args.hog_cell)
-    except (OutputError, DriverError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:  # an unknown layer, a shard pattern that matches nothing
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if started:
-            ray.shutdown()
-    print(format_table(table))
-    try:
+        t0 = time.monotonic()
+        with ray_session(cfg.cluster.address):
+            table, summaries = run_sanity_check(cfg, out, modes=modes, layers=layers, seed=args.seed,
+                                                hog_cell=args.hog_cell)
+        print(format_table(table))
         urls = write_table(out, table, storage_options(cfg))
-    except OutputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"tables: {', '.join(urls)}")
-    print(f"wall time: {time.monotonic() - t0:.1f} s")
-    failed = [s for s in summaries if not s.ok]
-    for s in failed:
-        print(f"error: {s.output_uri}: {len(s.failed)} failed, {len(s.pending)} unfinished shards", file=sys.stderr)
-    return 1 if failed else 0
+        print(f"tables: {', '.join(urls)}")
+        print(f"wall time: {time.monotonic() - t0:.1f} s")
+        failed = [s for s in summaries if not s.ok]
+        for s in failed:
+            print(f"error: {s.output_uri}: {len(s.failed)} failed, {len(s.pending)} unfinished shards", file=sys.stderr)
+        return 1 if failed else 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ import torch
 from extremal_core.inversion import InversionSettings, channel_inversions
 from extremal_core.methods import Explainer, Explanation
 from pipeline.config import JobConfig
-from pipeline.config_hash import config_hash
 from pipeline.tasks import AttributionTask
 
 METHOD = "extremal_channels"
@@ -88,9 +87,8 @@ class ChannelTask(AttributionTask):
     def __init__(self, cfg: JobConfig, device: torch.device, inversion: InversionSettings | None = None) -> None:
         if cfg.method.name != METHOD:
             raise ValueError(f"the channel job runs method.name: {METHOD}, not {cfg.method.name!r}")
-        super().__init__(cfg, device)
-        pre = self.loaded.preprocess
         inversion = inversion or InversionSettings()
-        self.explainer = InvertingExplainer(self.explainer, pre.mean, pre.std, inversion)
         # The inversion settings change the rows: they are hashed with the config (run_job's evaluation).
-        self.marker_hash = config_hash(cfg, self.loaded.weights_digest, inversion_evaluation(inversion))
+        super().__init__(cfg, device, inversion_evaluation(inversion))
+        pre = self.loaded.preprocess
+        self.explainer = InvertingExplainer(self.explainer, pre.mean, pre.std, inversion)

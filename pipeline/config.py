@@ -14,10 +14,10 @@ Credentials never live here: s3fs/botocore read them from the ``AWS_*`` environm
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
-from extremal_core.methods import get_method
-from extremal_core.methods.registry import parameter_names
+from extremal_core.methods import MethodCard, card_of, get_method
 from extremal_core.settings import ExtremalSettings
 
 
@@ -139,21 +139,33 @@ class TargetsConfig:
 @dataclass(frozen=True)
 class MethodConfig:
     """The attribution method of the job (one per job and output folder): a name from
-    ``extremal_core.available_methods()`` and that method's parameters, written flat next to it
-    (``method: {name: extremal_channels, layer: layer3}``).
+    ``extremal_core.available_methods()`` or ``package.module:Class`` (a method outside the
+    registry), and that method's parameters, written flat next to it (``method: {name:
+    extremal_channels, layer: layer3}``).
 
-    The methods that take ``ExtremalSettings`` (``extremal``, ``extremal_channels``) get the
-    ``extremal:`` section as their settings, so switching ``method.name`` keeps one place for the
-    algorithm's numbers; such a setting given under ``method:`` is refused (one place, one value).
+    The methods whose card says they take engine settings (``extremal``, ``extremal_channels``) get
+    the ``extremal:`` section as their settings, so switching ``method.name`` keeps one place for
+    the algorithm's numbers; such a setting given under ``method:`` is refused (one place, one
+    value). The name is resolved once (``method_class``), when the config is validated.
     """
 
     name: str = "extremal"
     params: dict[str, Any] = field(default_factory=dict)
 
+    @cached_property
+    def method_class(self) -> type:
+        """The method's class (the registry's, or imported from ``package.module:Class``)."""
+        return get_method(self.name)
+
+    @property
+    def card(self) -> MethodCard:
+        """What the method is (``extremal_core.methods.MethodCard``)."""
+        return card_of(self.method_class)
+
     @property
     def uses_engine_settings(self) -> bool:
         """Whether the method takes ``settings=`` (the ``extremal:`` section)."""
-        return "settings" in (parameter_names(get_method(self.name)) or ())
+        return self.card.engine_settings
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **self.params}

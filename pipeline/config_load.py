@@ -13,7 +13,6 @@ from typing import Any, Literal
 
 import yaml
 
-from extremal_core.methods import get_method
 from extremal_core.methods.registry import parameter_names
 from extremal_core.settings import ExtremalSettings
 from pipeline.config import ConfigError, JobConfig, MethodConfig, storage_options
@@ -146,13 +145,14 @@ def _build_method(data: Any, prefix: str) -> MethodConfig:
     name = params.pop("name", MethodConfig.name)
     if not isinstance(name, str):
         raise ConfigError(f"{prefix}.name: expected str, got {name!r} ({type(name).__name__})")
+    method = MethodConfig(name=name, params={k: _plain(v) for k, v in params.items()})
     try:
-        cls = get_method(name)
+        cls = method.method_class
     except ValueError as exc:
         raise ConfigError(f"{prefix}.name: {exc}") from None
     valid = parameter_names(cls)
     if valid is not None:
-        settings = {f.name for f in fields(ExtremalSettings)} if "settings" in valid else set()
+        settings = {f.name for f in fields(ExtremalSettings)} if method.uses_engine_settings else set()
         allowed = [v for v in valid if v != "settings" and v not in settings]
         for key in params:
             if key in settings:
@@ -160,7 +160,7 @@ def _build_method(data: Any, prefix: str) -> MethodConfig:
             if key not in allowed:
                 keys = ", ".join(["name", *allowed])
                 raise ConfigError(f"unknown key '{prefix}.{key}' for method {name!r}; valid keys: {keys}")
-    return MethodConfig(name=name, params={k: _plain(v) for k, v in params.items()})
+    return method
 
 
 def config_from_dict(data: dict[str, Any] | None) -> JobConfig:

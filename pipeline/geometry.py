@@ -75,11 +75,6 @@ class Geometry:
         left = -((cw - rw) // 2) if cw > rw else int(round((rw - cw) / 2.0))
         return cls(width, height, scale, rw, rh, left, top, cw, ch)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Geometry:
-        """Inverse of ``dataclasses.asdict`` (extra keys are ignored)."""
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
     def columns(self) -> dict[str, int]:
         """The mapping-back columns of a row (``width`` and ``height`` are written apart)."""
         return {
@@ -107,12 +102,6 @@ class Geometry:
             out_width=int(_field(row, "map_width")),
             out_height=int(_field(row, "map_height")),
         )
-
-    def to_original_xy(self, x: float, y: float) -> tuple[float, float]:
-        """A point in input pixel coordinates (pixel centres at integers) -> original pixels."""
-        sx = self.resized_width / self.width
-        sy = self.resized_height / self.height
-        return (x + self.crop_left + 0.5) / sx - 0.5, (y + self.crop_top + 0.5) / sy - 0.5
 
     def map_to_original(self, mask: np.ndarray) -> np.ndarray:
         """Map a map at the model input resolution back onto the original image.

@@ -7,20 +7,27 @@ The pipeline never re-implements a method: it calls ``extremal_core.make_explain
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from extremal_core.methods import Explainer, Explanation, make_explainer
+from extremal_core.methods import Explainer, Explanation, MethodCard, card_of, get_method, make_explainer
 from extremal_core.settings import ExtremalSettings
 from pipeline.config import JobConfig
 
-# Explanation values written as columns of the same name (docs/parquet.md, "Columns per method"); the rest (e.g. the
-# variant's own `rewards`, `achieved_areas`, `history`) stay in memory.
-VALUE_COLUMNS = ("preserved", "scores", "phi0", "phi_min", "optimal_area", "optimal_area_reached", "channel_masks",
-                 "inversion_original", "inversion_perturbed")
+
+@functools.cache
+def card_for(method: str) -> MethodCard:
+    """The card of the method a row names (its ``method`` column), for the readers of an output
+    (the pointing game, the report); a method this process cannot resolve (e.g. a user's, not
+    importable here) gets the default card: signed maps, no smoothing."""
+    try:
+        return card_of(get_method(method))
+    except ValueError:
+        return MethodCard()
 
 
 def build_explainer(cfg: JobConfig, model: torch.nn.Module) -> Explainer:
@@ -30,7 +37,7 @@ def build_explainer(cfg: JobConfig, model: torch.nn.Module) -> Explainer:
     if cfg.method.uses_engine_settings:
         params["settings"] = cfg.extremal
     try:
-        return make_explainer(cfg.method.name, model, **params)
+        return make_explainer(cfg.method.method_class, model, **params)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"method {cfg.method.name!r}: {exc}") from None
 
@@ -59,29 +66,31 @@ def maps_per_row(explainer: Explainer) -> int | None:
     return int(num) if isinstance(num, int) else None
 
 
-def explain_rows(explainer: Explainer, images: torch.Tensor, targets: torch.Tensor) -> list[dict[str, Any]]:
+def explain_rows(
+    explainer: Explainer, images: torch.Tensor, targets: torch.Tensor, card: MethodCard
+) -> list[dict[str, Any]]:
     """``explain`` one batch (images ``[B, C, H, W]``, targets ``[B]``) -> B dicts with ``maps``
-    (float32 ``[M, H, W]``), ``seconds`` and the method's value columns."""
+    (float32 ``[M, H, W]``), ``seconds`` and the value columns ``card`` declares (the explanation's
+    other values stay here)."""
     start = time.perf_counter()
     e: Explanation = explainer.explain(images, targets)
     if images.device.type == "cuda":
         torch.cuda.synchronize(images.device)
     elapsed = (time.perf_counter() - start) / max(1, images.shape[0])
     maps = e.maps.detach().float().cpu().numpy()  # [B, M, H, W]
-    values = {k: v.detach().float().cpu().numpy() for k, v in e.values.items() if k in VALUE_COLUMNS}
+    kinds = {c.name: c.type for c in card.columns}
+    values = {k: v.detach().cpu().numpy() for k, v in e.values.items() if k in kinds}
+    values = {k: v.astype(bool) if kinds[k] == "bool" else v.astype(np.float32, copy=False) for k, v in values.items()}
     seconds = e.values.get("seconds")
     seconds = seconds.detach().float().cpu().numpy() if seconds is not None else np.full(e.batch_size, elapsed)
-    rows = []
-    for j in range(e.batch_size):
-        row = {name: value[j] for name, value in values.items()}
-        if "optimal_area_reached" in row:
-            row["optimal_area_reached"] = bool(row["optimal_area_reached"])
-        rows.append({**row, "maps": maps[j], "seconds": float(seconds[j])})
-    return rows
+    return [
+        {**{name: value[j] for name, value in values.items()}, "maps": maps[j], "seconds": float(seconds[j])}
+        for j in range(e.batch_size)
+    ]
 
 
 def explain_in_chunks(
-    explainer: Explainer, images: torch.Tensor, targets: torch.Tensor, batch_size: int
+    explainer: Explainer, images: torch.Tensor, targets: torch.Tensor, batch_size: int, card: MethodCard
 ) -> list[dict[str, Any]]:
     """``explain_rows`` over chunks of ``batch_size`` rows (images ``[N, C, H, W]``, targets
     ``[N]``) -> N dicts. A CUDA out-of-memory error halves the chunk size and retries the chunk
@@ -91,7 +100,7 @@ def explain_in_chunks(
     lo, bs = 0, max(1, batch_size)
     while lo < images.shape[0]:
         try:
-            rows.extend(explain_rows(explainer, images[lo : lo + bs], targets[lo : lo + bs]))
+            rows.extend(explain_rows(explainer, images[lo : lo + bs], targets[lo : lo + bs], card))
             lo += bs
         except torch.cuda.OutOfMemoryError:
             if bs == 1:

@@ -1,10 +1,12 @@
 """The Parquet contract of a part (docs/parquet.md): the columns, their Arrow types, and rows -> table.
 
 One row per (image, target), for every attribution method alike. The columns every method writes
-come first; the method-specific ones (extremal: ``variant``, ``areas``, ``preserved``, ``scores``,
-``phi0``, ``phi_min``, ``optimal_area``, ``optimal_area_reached``; channel attribution: ``layer``,
-``channel_masks``, and from ``jobs.channels`` ``inversion_original`` / ``inversion_perturbed``)
-are nullable and null for the other methods.
+come first; then the job's method settings (``variant`` and ``areas`` for the methods with engine
+settings, ``layer`` for those with a layer); then the methods' value columns, as each method's card
+declares them (``extremal_core.methods.MethodCard``: extremal's ``preserved``, ``scores``...):
+those of every method this project ships, in one order, so that outputs of different methods
+share one schema, then a method's own from elsewhere. They are nullable and null for the other
+methods.
 
 ``maps`` holds a row's M saliency maps at the model input resolution ``[M, map_height,
 map_width]`` as uint8; ``map_min`` / ``map_max`` (float32) restore the method's own values:
@@ -30,10 +32,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from extremal_core.methods import MethodCard, available_methods, card_of, get_method
+
 # Bumped whenever a column changes name, type or meaning; recorded in manifest.json.
 # 1: extremal-only `masks` / `rewards`; 2: every method, `maps` with `map_min` / `map_max`;
-# 3: the channel job's feature inversions `inversion_original` / `inversion_perturbed` (PNG).
-SCHEMA_VERSION = 3
+# 3: the channel job's feature inversions `inversion_original` / `inversion_perturbed` (PNG);
+# 4: value columns from the methods' cards (meaningful perturbation's `deleted_probability`).
+SCHEMA_VERSION = 4
 MAP_FORMATS = ("tensor", "png")
 
 _F32, _I32 = pa.float32(), pa.int32()
@@ -46,17 +51,30 @@ _HEAD = [
 _TAIL = [
     ("map_min", _F32), ("map_max", _F32), ("map_height", _I32), ("map_width", _I32),
     ("resized_width", _I32), ("resized_height", _I32), ("crop_top", _I32), ("crop_left", _I32),
-    # extremal perturbation (null for other methods)
-    ("variant", pa.string()), ("areas", pa.list_(_F32)), ("preserved", pa.list_(_F32)),
-    ("scores", pa.list_(_F32)), ("phi0", _F32), ("phi_min", _F32), ("optimal_area", _F32),
-    ("optimal_area_reached", pa.bool_()),
-    # channel attribution (null for other methods): the layer and the channel masks [A, K]; the
-    # channel job (jobs.channels) adds the feature inversions of the original activations and of
-    # those perturbed by the optimal channel mask, as RGB PNGs at the model input size.
-    ("layer", pa.string()), ("channel_masks", pa.list_(pa.list_(_F32))),
-    ("inversion_original", pa.binary()), ("inversion_perturbed", pa.binary()),
-    ("error", pa.string()), ("seconds", _F32),
+    # the job's method settings (null for methods without them)
+    ("variant", pa.string()), ("areas", pa.list_(_F32)), ("layer", pa.string()),
 ]
+_END = [("error", pa.string()), ("seconds", _F32)]
+
+# A card's column type -> Arrow (``rgb_png``: a float image [3, H, W] in [0, 1] stored as PNG bytes).
+_ARROW = {
+    "float32": _F32, "int32": _I32, "bool": pa.bool_(), "string": pa.string(), "list<float32>": pa.list_(_F32),
+    "list<list<float32>>": pa.list_(pa.list_(_F32)), "rgb_png": pa.binary(),
+}
+
+
+def value_columns(card: MethodCard | None = None) -> list[tuple[str, pa.DataType]]:
+    """(name, type) of the methods' value columns: every shipped method's (``extremal_core``'s
+    registered methods, by name), then ``card``'s own (a method from elsewhere). A name declared
+    twice must have one type."""
+    shipped = [card_of(get_method(n)) for n in available_methods() if get_method(n).__module__.startswith("extremal_core.")]
+    out: dict[str, pa.DataType] = {}
+    for c in [*shipped, *([card] if card is not None else [])]:
+        for col in c.columns:
+            typ = _ARROW[col.type]
+            if out.setdefault(col.name, typ) != typ:
+                raise ValueError(f"value column {col.name!r} is declared as {out[col.name]} and as {typ}")
+    return [(n, t) for n, t in out.items() if n not in {f for f, _ in [*_HEAD, *_TAIL, *_END]}]
 
 
 def map_type(map_format: str, map_shape: Sequence[int] | None) -> pa.DataType:
@@ -73,8 +91,10 @@ def map_type(map_format: str, map_shape: Sequence[int] | None) -> pa.DataType:
     return pa.fixed_shape_tensor(pa.uint8(), [int(d) for d in map_shape], dim_names=["map", "height", "width"])
 
 
-def part_schema(map_format: str = "tensor", map_shape: Sequence[int] | None = None) -> pa.Schema:
-    """The schema of a part (see the module docstring for ``maps``).
+def part_schema(
+    map_format: str = "tensor", map_shape: Sequence[int] | None = None, card: MethodCard | None = None
+) -> pa.Schema:
+    """The schema of a part of a job whose method has ``card`` (see the module docstring).
 
     Mapping a map back to the original ``width`` x ``height`` image: map pixel (y, x) is pixel
     (y + crop_top, x + crop_left) of the image resized to ``resized_width`` x ``resized_height``;
@@ -83,7 +103,7 @@ def part_schema(map_format: str = "tensor", map_shape: Sequence[int] | None = No
     return pa.schema(
         [pa.field(n, t) for n, t in _HEAD]
         + [pa.field("maps", map_type(map_format, map_shape))]
-        + [pa.field(n, t) for n, t in _TAIL]
+        + [pa.field(n, t) for n, t in [*_TAIL, *value_columns(card), *_END]]
     )
 
 
@@ -165,13 +185,16 @@ def _plain_values(values: list[Any], typ: pa.DataType) -> list[Any]:
         return [None if v is None else int(v) for v in values]
     if pa.types.is_boolean(typ):
         return [None if v is None else bool(v) for v in values]
-    if pa.types.is_binary(typ):  # the feature inversions: float [3, H, W] images become PNGs
+    if pa.types.is_binary(typ):  # rgb_png columns (the feature inversions): float [3, H, W] images become PNGs
         return [None if v is None else rgb_png(v) for v in values]
     return values
 
 
 def rows_to_table(
-    rows: Sequence[Mapping[str, Any]], map_format: str = "tensor", map_shape: Sequence[int] | None = None
+    rows: Sequence[Mapping[str, Any]],
+    map_format: str = "tensor",
+    map_shape: Sequence[int] | None = None,
+    card: MethodCard | None = None,
 ) -> pa.Table:
     """A part table from row dicts keyed by column name (missing keys -> null).
 
@@ -179,7 +202,8 @@ def rows_to_table(
     ``map_max``), or uint8 with the row's ``map_min`` / ``map_max`` given. ``map_height`` /
     ``map_width`` default to its shape. ``map_shape`` None with ``tensor``: flat lists (shapes
     vary per row; every part of a job must have the same column types, so the caller, who knows
-    the job, decides). Error rows may omit every numeric and map column.
+    the job, decides). ``card``: the job's method's, for its own value columns. Error rows may
+    omit every numeric and map column.
     """
     rows = [dict(r) for r in rows]
     stored: list[np.ndarray | None] = []
@@ -201,7 +225,7 @@ def rows_to_table(
             elif int(r[name]) != size:
                 raise ValueError(f"row {r.get('key')!r}: {name}={r[name]} but the maps are {q.shape[1]}x{q.shape[2]}")
         stored.append(q)
-    schema = part_schema(map_format, map_shape)
+    schema = part_schema(map_format, map_shape, card)
     columns = []
     for fld in schema:
         if fld.name == "maps":

@@ -56,7 +56,6 @@ class Sample:
 
     key: str
     image_bytes: bytes | None = None
-    image_format: str | None = None
     label: int | None = None
     labels: list[int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -158,7 +157,7 @@ def _make_sample(
     problems = list(problems or [])
     for ext in IMAGE_EXTENSIONS:
         if ext in members:
-            sample.image_bytes, sample.image_format = members[ext], ext
+            sample.image_bytes = members[ext]
             break
     else:
         have = ", ".join(sorted(present if present is not None else members)) or "nothing"
@@ -289,17 +288,6 @@ def _safe_stem(text: str, max_len: int) -> str:
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
     safe = re.sub(r"\.{2,}", "_", safe).strip("._-")
     return safe[:max_len]
-
-
-def sanitize_key(key: str, max_len: int = 100) -> str:
-    """A file-name-safe version of a sample key: only ``[A-Za-z0-9_.-]``, no ``..``, no leading
-    dot, no ``/``. A key that is already safe is returned unchanged; otherwise a short hash of the
-    original is appended so distinct keys stay distinct (``../../etc/passwd`` ->
-    ``etc_passwd-<hash>``)."""
-    safe = _safe_stem(key, max_len)
-    if safe == key and safe:
-        return safe
-    return f"{safe}-{_short_hash(key)}" if safe else _short_hash(key)
 
 
 def shard_id(url: str) -> str:

@@ -1,63 +1,28 @@
-"""Tasks: what a worker does to one shard. A task is built once per worker (model, method) and
-then run on one shard per call, committing that shard's part and returning its done-marker; the
-worker and the driver know nothing else about it, so other per-shard jobs (deletion/insertion,
-feature inversion) are other task classes.
-
-``AttributionTask`` explains every image of a shard with the job's method: ``process_shard`` is
-that work as a plain function (testable without Ray): it streams the shard itself through fsspec
-(no image passes through the driver), reads ahead in a background thread, batches images across
-the shard, picks the targets, runs the method and commits the part with its done-marker.
-
-Failure policy: a bad *sample* (undecodable image, no image, bad label) becomes an error row; a bad
-*shard* (missing, unreadable, truncated: ``ShardReadError``) raises, so the driver retries it and
-eventually quarantines it. Nothing of a failed shard is committed.
+"""The attribution task: explains every image of a shard with the job's method (``pipeline.shard_task``
+is the template: it streams the shard, holds the compute lock and commits). Per shard it batches
+images across the shard, picks the targets from one clean forward pass, runs the method and turns
+its explanations into the part's rows, a bad sample becoming an error row that names its key.
+``process_shard`` runs it on one shard in this process (no Ray), with a model already loaded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+import pyarrow as pa
 import torch
 
 from extremal_core.methods import Explainer
 from extremal_core.rewards import class_scores
-from pipeline.commit import commit_part
-from pipeline.config import JobConfig, storage_options
-from pipeline.config_hash import config_hash
-from pipeline.lease import LeaseToken
+from pipeline.config import JobConfig
 from pipeline.method import build_explainer, explain_in_chunks, maps_per_row, method_columns
 from pipeline.models import LoadedModel, Preprocess, load_model
-from pipeline.readahead import Item, Prefetcher, read_items
+from pipeline.readahead import Item
 from pipeline.schema import rows_to_table
+from pipeline.shard_task import ShardContext, ShardTask
 from pipeline.storage import redact_url
 from pipeline.targets import Target, pick_targets
-
-
-class ShardTask(Protocol):
-    """What a worker runs: built as ``task_class(cfg, device)`` once per worker."""
-
-    name: str  # what the worker reports as loaded (the model's name)
-
-    def run(
-        self,
-        shard_url: str,
-        *,
-        attempt: int,
-        storage: dict[str, Any],
-        on_batch: Callable[[int], None] | None,
-        extra_stats: dict[str, Any],
-        compute_lock: threading.Lock,
-        lease: LeaseToken | None = None,
-    ) -> dict[str, Any]:
-        """Process one shard, commit its part and return its done-marker (checking ``lease``, the
-        job's hold on the output, before committing)."""
-        ...
-
 
 # ------------------------------------------------------------------------------------------------
 # Rows
@@ -112,7 +77,8 @@ def explain_items(
         idx = torch.tensor([pos for pos, _, _ in jobs], device=device)
         targets = torch.tensor([t.target for _, _, t in jobs], dtype=torch.long, device=device)
         # Chunks of worker.batch_size rows, halved on a CUDA out-of-memory error.
-        for (pos, rank, t), values in zip(jobs, explain_in_chunks(explainer, x[idx], targets, cfg.worker.batch_size)):
+        chunks = explain_in_chunks(explainer, x[idx], targets, cfg.worker.batch_size, cfg.method.card)
+        for (pos, rank, t), values in zip(jobs, chunks):
             item = group[pos]
             row = {
                 **base,
@@ -144,112 +110,51 @@ def map_shape(preprocess: Preprocess, explainer: Explainer, rows: list[dict[str,
     return None if crop is None or m is None else (m, crop, crop)
 
 
-def process_shard(
-    shard_url: str,
-    cfg: JobConfig,
-    loaded: LoadedModel,
-    *,
-    explainer: Explainer | None = None,
-    device: torch.device | str = "cpu",
-    attempt: int = 1,
-    storage: dict[str, Any] | None = None,
-    on_batch: Callable[[int], None] | None = None,
-    extra_stats: dict[str, Any] | None = None,
-    compute_lock: threading.Lock | None = None,
-    lease: LeaseToken | None = None,
-) -> dict[str, Any]:
-    """Explain every sample of one shard and commit its part; returns the done-marker (small:
-    ``shard``, ``rows``, ``errors``, ``images``, ``seconds``, ``attempts``, ``config_hash``...).
-
-    ``explainer``: the job's method prepared for ``loaded.model`` (an actor builds it once; by
-    default it is built here). ``storage``: fsspec options for ``s3://`` URLs (default: from ``cfg.storage``). ``on_batch``:
-    called with the number of images done after each batch (progress, fault injection).
-    ``extra_stats``: more fields for the marker (where the shard ran). ``compute_lock``: held
-    while this shard computes, so concurrent calls (an actor with several shards in flight) read
-    ahead but run the engine one shard at a time. ``lease``: the job's hold on the output, checked
-    before the part and the marker are written (``pipeline.commit.commit_part``).
-    Raises ShardReadError when the shard cannot be read to its end; nothing is committed then.
-    """
-    start = time.perf_counter()
-    device = torch.device(device)
-    storage = storage_options(cfg) if storage is None else storage
-    explainer = build_explainer(cfg, loaded.model) if explainer is None else explainer
-    base = {"shard": redact_url(shard_url), "model": loaded.name, **method_columns(cfg, explainer)}
-    rows: list[tuple[int, int, dict[str, Any]]] = []
-    batch: list[Item] = []
-    images = 0
-
-    def flush() -> None:
-        nonlocal batch
-        if batch:
-            rows.extend(explain_items(batch, cfg, loaded, explainer, device, base))
-            batch = []
-            if on_batch is not None:
-                on_batch(images)
-
-    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage, cfg.input.max_pixels)
-    with Prefetcher(source, maxsize=cfg.worker.prefetch) as items:
-        # Reading starts before the lock: while another shard computes, this one reads ahead.
-        # The lock is held for the whole shard (not per batch) so shards finish one by one.
-        waited = time.perf_counter()
-        with compute_lock if compute_lock is not None else contextlib.nullcontext():
-            waited = time.perf_counter() - waited
-            for item in items:
-                images += 1
-                if item.error is not None:
-                    rows.append((item.index, 0, _error_row(item, base, item.error)))
-                    continue
-                batch.append(item)
-                if len(batch) >= cfg.worker.batch_size:
-                    flush()
-            flush()
-
-    rows.sort(key=lambda r: (r[0], r[1]))
-    ordered = [r for _, _, r in rows]
-    table = rows_to_table(ordered, cfg.output.map_format, map_shape(loaded.preprocess, explainer, ordered))
-    stats = {
-        "attempts": attempt,
-        "images": images,
-        "seconds": round(time.perf_counter() - start - waited, 3),  # busy time, not the wait
-        "wait_seconds": round(waited, 3),
-        "config_hash": config_hash(cfg, loaded.weights_digest),
-        "model": loaded.name,
-        "device": str(device),
-        "host": socket.gethostname(),
-        **dict(extra_stats or {}),
-    }
-    return commit_part(cfg.output.uri, shard_url, table, stats, storage, lease)
-
-
-class AttributionTask:
+class AttributionTask(ShardTask):
     """The attribution job's task: loads the model on ``device`` and prepares the job's method
-    once (the method's private model copy and batch bounds), then ``run`` = ``process_shard``.
-    ``marker_hash``: set by a subclass whose output is guarded by another hash than the config's
-    (``run_job(..., evaluation=...)``: the config plus the subclass's own settings)."""
+    once (the method's private model copy and batch bounds); ``compute`` explains a shard.
+    ``evaluation``: for a subclass whose rows depend on more than the config (hashed with it)."""
 
-    marker_hash: str | None = None
-
-    def __init__(self, cfg: JobConfig, device: torch.device) -> None:
-        self.cfg = cfg
-        self.device = device
-        self.loaded = load_model(cfg.model, device)
+    def __init__(self, cfg: JobConfig, device: torch.device, evaluation: Mapping[str, Any] | None = None) -> None:
+        self.setup(cfg, device, load_model(cfg.model, device), evaluation)
         self.explainer = build_explainer(cfg, self.loaded.model)
-        self.name = self.loaded.name
 
-    def run(
-        self,
-        shard_url: str,
-        *,
-        attempt: int = 1,
-        storage: dict[str, Any] | None = None,
-        on_batch: Callable[[int], None] | None = None,
-        extra_stats: dict[str, Any] | None = None,
-        compute_lock: threading.Lock | None = None,
-        lease: LeaseToken | None = None,
-    ) -> dict[str, Any]:
-        if self.marker_hash is not None:
-            extra_stats = {**dict(extra_stats or {}), "config_hash": self.marker_hash}
-        return process_shard(
-            shard_url, self.cfg, self.loaded, explainer=self.explainer, device=self.device, attempt=attempt,
-            storage=storage, on_batch=on_batch, extra_stats=extra_stats, compute_lock=compute_lock, lease=lease,
-        )
+    @classmethod
+    def from_loaded(cls, cfg: JobConfig, loaded: LoadedModel, device: torch.device | str = "cpu",
+                    explainer: Explainer | None = None) -> AttributionTask:
+        """The task around a model already loaded (and, optionally, an explainer already prepared)."""
+        task = cls.__new__(cls)
+        task.setup(cfg, device, loaded)
+        task.explainer = build_explainer(cfg, loaded.model) if explainer is None else explainer
+        return task
+
+    def compute(self, shard_url: str, items: Iterator[Item], ctx: ShardContext) -> tuple[pa.Table, int]:
+        cfg, loaded, explainer = self.cfg, self.loaded, self.explainer
+        base = {"shard": redact_url(shard_url), "model": loaded.name, **method_columns(cfg, explainer)}
+        rows: list[tuple[int, int, dict[str, Any]]] = []
+        batch: list[Item] = []
+        images = 0
+        for item in items:
+            images += 1
+            if item.error is not None:
+                rows.append((item.index, 0, _error_row(item, base, item.error)))
+                continue
+            batch.append(item)
+            if len(batch) >= cfg.worker.batch_size:
+                rows.extend(explain_items(batch, cfg, loaded, explainer, self.device, base))
+                batch = []
+        if batch:
+            rows.extend(explain_items(batch, cfg, loaded, explainer, self.device, base))
+        rows.sort(key=lambda r: (r[0], r[1]))
+        ordered = [r for _, _, r in rows]
+        shape = map_shape(loaded.preprocess, explainer, ordered)
+        return rows_to_table(ordered, cfg.output.map_format, shape, cfg.method.card), images
+
+
+def process_shard(
+    shard_url: str, cfg: JobConfig, loaded: LoadedModel, *, explainer: Explainer | None = None,
+    device: torch.device | str = "cpu", ctx: ShardContext | None = None,
+) -> dict[str, Any]:
+    """Explain every sample of one shard with ``loaded`` and commit its part, in this process;
+    returns the done-marker. ``explainer``: the job's method already prepared (default: built here)."""
+    return AttributionTask.from_loaded(cfg, loaded, device, explainer).run(shard_url, ctx)

@@ -2,7 +2,7 @@
 in-process) that builds its task once (``pipeline.tasks``: model loaded, method prepared) and then
 runs it on one shard per call. It owns what is the same for every task: the device, the torch
 threads, the storage options and the compute lock that lets the next shard read ahead while the
-current one computes.
+current one computes, handed to the task in a ``ShardContext`` (``pipeline.shard_task``).
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from pipeline.config import JobConfig, storage_options
 from pipeline.lease import LeaseToken
-from pipeline.tasks import AttributionTask, ShardTask
+from pipeline.shard_task import ShardContext, ShardTask
+from pipeline.tasks import AttributionTask
 
 
 def resolve_device(device: str) -> torch.device:
@@ -63,15 +63,6 @@ class ShardWorker:
         """The task on one shard; ``attempt`` counts from 1 (recorded in the marker). Returns the
         shard's done-marker."""
         # The accelerator Ray assigned (a logical GPU on a CPU-only machine still shows here).
-        extra = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-        # Only a job's worker passes the lease: a task written before leases still runs alone.
-        fence = {} if self.lease is None else {"lease": self.lease}
-        return self.task.run(
-            shard_url, attempt=attempt, storage=self.storage, on_batch=self.on_batch(shard_url, attempt),
-            extra_stats=extra, compute_lock=self._compute, **fence,
-        )
-
-    def on_batch(self, shard_url: str, attempt: int) -> Callable[[int], None] | None:
-        """A callback after each batch of a shard (none here). A subclass can watch or interrupt
-        a shard mid-way, e.g. the tests' failing worker that dies on a first attempt."""
-        return None
+        where = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        ctx = ShardContext(attempt=attempt, storage=self.storage, lease=self.lease, lock=self._compute, stats=where)
+        return self.task.run(shard_url, ctx)

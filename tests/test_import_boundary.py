@@ -51,3 +51,75 @@ def test_a_worker_without_a_captum_method_does_not_import_captum():
     done = subprocess.run([sys.executable, "-c", WORKER], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.split() == ["[]", "True"], done.stdout
+
+
+# The layers inside `pipeline/`, bottom up: a module imports only from its own layer or below.
+# Pure metrics at the bottom (no Ray, no other pipeline module); the per-shard machinery above the
+# building blocks; the evaluations that run over outputs above that; the report on top. Every
+# module not named here is a building block (layer 1).
+LAYERS = {
+    "pipeline.metrics": 0,
+    "pipeline.tasks": 2, "pipeline.channels": 2, "pipeline.worker": 2, "pipeline.driver": 2, "pipeline.cli": 2,
+    "pipeline.evaluation": 3,
+    "pipeline.report": 4,
+}
+
+
+def _layer(module: str) -> int:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in LAYERS:
+            return LAYERS[".".join(parts[:n])]
+    return 1
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Every module `path` imports, at any depth of its code (jobs import lazily in `main`)."""
+    import ast
+
+    out = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            out.add(base)
+    return out
+
+
+def _modules(folder: str) -> dict[str, Path]:
+    root = Path(__file__).resolve().parents[1]
+    out = {}
+    for p in (root / folder).rglob("*.py"):
+        parts = list(p.relative_to(root).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
+
+
+def test_pipeline_layers_import_nothing_above_them():
+    upward = []
+    for module, path in _modules("pipeline").items():
+        for imported in _imports(path, module):
+            if imported.split(".")[0] == "pipeline" and _layer(imported) > _layer(module):
+                upward.append(f"{module} (layer {_layer(module)}) imports {imported} (layer {_layer(imported)})")
+    assert not upward, upward
+
+
+def test_metrics_import_no_ray_and_no_other_pipeline_module():
+    found = []
+    for module, path in _modules("pipeline/metrics").items():
+        for imported in _imports(path, module):
+            top = imported.split(".")[0]
+            if top == "ray" or (top == "pipeline" and not imported.startswith("pipeline.metrics")):
+                found.append(f"{module} imports {imported}")
+    assert not found, found
+
+
+def test_jobs_do_not_import_jobs():
+    found = []
+    for module, path in _modules("jobs").items():
+        found += [f"{module} imports {i}" for i in _imports(path, module) if i.split(".")[0] == "jobs"]
+    assert not found, found

@@ -4,11 +4,16 @@
     explainer = make_explainer("extremal", model, areas=[0.05, 0.1], max_iter=300)
     explanation = explainer.explain(images, targets)   # maps [B, 2, H, W], labels (0.05, 0.1)
 
-Importing this package registers the built-in methods: `extremal`, `extremal_channels`, `center`.
+Importing this package registers the built-in methods (`available_methods()`); each declares its
+card (`MethodCard`: value columns, map kind...) beside its class.
 """
 
 from . import backprop, center, extremal, extremal_channels, meaningful_perturbation, rise  # noqa: F401  (registration on import)
+from .card import Column, MethodCard, card_of, method_defaults
 from .explanation import Explanation
 from .registry import Explainer, available_methods, get_method, make_explainer, register_method
 
-__all__ = ["Explainer", "Explanation", "available_methods", "get_method", "make_explainer", "register_method"]
+__all__ = [
+    "Column", "Explainer", "Explanation", "MethodCard", "available_methods", "card_of", "get_method", "make_explainer",
+    "method_defaults", "register_method",
+]

@@ -19,6 +19,7 @@ import torch
 
 from ..channels import find_layer
 from ..inputs import checked_call, frozen
+from .card import MethodCard
 from .explanation import Explanation
 from .registry import register_method
 
@@ -27,6 +28,10 @@ def captum_attr() -> ModuleType:
     """``captum.attr``, imported on first use: the package pulls in matplotlib (about a second),
     which every worker and job would otherwise pay even when the method is not Captum's."""
     return importlib.import_module("captum.attr")
+
+
+# Non-negative maps of arbitrary scale (|gradient|, ReLU'd Grad-CAM), smoothed by no one.
+_CARD = MethodCard(maps="positive")
 
 
 class _CaptumMethod:
@@ -62,7 +67,7 @@ class _CaptumMethod:
         raise NotImplementedError
 
 
-@register_method("gradient")
+@register_method("gradient", card=_CARD)
 class GradientExplainer(_CaptumMethod):
     """max over channels of |∂ score_target / ∂ image| (Captum `Saliency`)."""
 
@@ -76,7 +81,7 @@ class GradientExplainer(_CaptumMethod):
         return self._captum.attribute(images, target=targets, abs=True).amax(dim=1, keepdim=True)
 
 
-@register_method("guided_backprop")
+@register_method("guided_backprop", card=_CARD)
 class GuidedBackpropExplainer(_CaptumMethod):
     """max over channels of |guided gradient| (Captum `GuidedBackprop`: only positive gradients
     pass back through each `nn.ReLU`)."""
@@ -111,7 +116,7 @@ def default_grad_cam_layer(model: torch.nn.Module) -> str:
     )
 
 
-@register_method("grad_cam")
+@register_method("grad_cam", card=_CARD)
 class GradCamExplainer(_CaptumMethod):
     """Grad-CAM at `layer` (Captum `LayerGradCam`, `relu_attributions=True`), upsampled
     bilinearly to the image; `layer` defaults per family (`default_grad_cam_layer`)."""

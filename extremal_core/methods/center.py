@@ -11,11 +11,12 @@ from collections.abc import Sequence
 import torch
 
 from ..inputs import checked_call
+from .card import MethodCard
 from .explanation import Explanation
 from .registry import register_method
 
 
-@register_method("center")
+@register_method("center", card=MethodCard(maps="positive"))
 class CenterExplainer:
     """maps `[B, 1, H, W]` = exp(-d² / 2s²) with d the distance to the image centre and
     s = `sigma` x min(H, W); 1 at the centre. The model is not used."""

@@ -19,6 +19,7 @@ from ..perturbation import build_pyramid, perturb
 from ..rewards import Reward, get_reward
 from ..scores import normalized_scores, optimal_area
 from ..settings import ExtremalSettings
+from .card import Column, MethodCard
 from .explanation import Explanation
 from .registry import register_method
 
@@ -68,7 +69,26 @@ def as_explanation(result: ExtremalResult) -> Explanation:
     return Explanation(maps=result.masks, labels=result.areas, values=values)
 
 
-@register_method("extremal")
+PHI0 = Column("phi0", "float32", "[]", "the target's reward on the clean image")
+
+# Per row: A = len(areas). The report draws the masks on one [0, 1] scale and frames a*; the
+# pointing game smooths them (sigma = 0.09 x the shorter side), as TorchRay's benchmark does.
+CARD = MethodCard(
+    columns=(
+        Column("preserved", "list<float32>", "[A]", "Φ_c(m_a ⊗ x): the target's reward with each mask's region kept"),
+        Column("scores", "list<float32>", "[A]", "v_a, the normalised score of each area (<= 1.25)"),
+        PHI0,
+        Column("phi_min", "float32", "[]", "the target's reward on the fully perturbed image"),
+        Column("optimal_area", "float32", "[]", "a*, the smallest area whose v_a reaches 1 (else the largest)"),
+        Column("optimal_area_reached", "bool", "[]", "whether some v_a reached 1"),
+    ),
+    maps="mask",
+    smooth=0.09,
+    engine_settings=True,
+)
+
+
+@register_method("extremal", card=CARD)
 class ExtremalExplainer:
     """Extremal perturbations with one model and one set of settings, over many batches.
 

@@ -13,7 +13,9 @@ from ..inputs import checked_call, resolve_settings
 from ..network import engine_model
 from ..rewards import Reward
 from ..settings import ExtremalSettings
+from .card import Column, MethodCard
 from .explanation import Explanation
+from .extremal import PHI0
 from .registry import register_method
 
 # Channel masks are cheap (no smooth masks, no pyramid): the bound is on the network's memory.
@@ -34,7 +36,24 @@ def as_explanation(result: ChannelResult) -> Explanation:
     return Explanation(maps=result.saliency, labels=result.areas, values=values)
 
 
-@register_method("extremal_channels")
+# Per row: A = len(areas), K = the layer's channels. The optimal area and the inversions are written
+# by the channel job (feature inversion of the layer's activations), not by `explain`.
+CARD = MethodCard(
+    columns=(
+        PHI0,
+        Column("channel_masks", "list<list<float32>>", "[A, K]", "the channel mask of each area"),
+        Column("optimal_area", "float32", "[]", "the smallest area whose reward reaches phi0 (else the largest)"),
+        Column("optimal_area_reached", "bool", "[]", "whether some area's reward reached phi0"),
+        Column("inversion_original", "rgb_png", "[3, H, W]", "feature inversion of the original activations"),
+        Column("inversion_perturbed", "rgb_png", "[3, H, W]",
+               "feature inversion of the activations perturbed by the optimal channel mask"),
+    ),
+    maps="positive",
+    engine_settings=True,
+)
+
+
+@register_method("extremal_channels", card=CARD)
 class ChannelExplainer:
     """Channel masks at `layer` (a name from `model.named_modules()`) with one model and one set
     of settings (as `ExtremalExplainer`), over many batches.

@@ -26,6 +26,7 @@ from ..masks import clamp_rounding
 from ..network import engine_model
 from ..perturbation import gaussian_blur
 from ..settings import ExtremalSettings
+from .card import Column, MethodCard
 from .explanation import Explanation
 from .registry import register_method
 
@@ -47,7 +48,10 @@ def total_variation(masks: torch.Tensor, beta: float) -> torch.Tensor:
     return rows + cols
 
 
-@register_method("meaningful_perturbation")
+@register_method("meaningful_perturbation", card=MethodCard(
+    columns=(Column("deleted_probability", "float32", "[]", "the target's probability on the final blended image"),),
+    maps="mask",
+))
 class MeaningfulPerturbationExplainer:
     """The deletion game with the official defaults; every number is a keyword.
 

@@ -9,17 +9,22 @@ once, and whose `explain(images [B, C, H, W], targets [B]) -> Explanation` runs 
         explanation = explainer.explain(images, targets)   # maps [B, A, H, W]
 
 A class may list the keywords it accepts in a classmethod `parameter_names()` (when its
-constructor takes `**kwargs`); otherwise they are read from its constructor's signature.
+constructor takes `**kwargs`); otherwise they are read from its constructor's signature. What the
+rest of the house needs to know about a method (its value columns, map kind...) is its card
+(`card.MethodCard`), given at registration. A method need not be registered: `get_method` also
+takes `package.module:Class`, so a user's method runs without editing this package.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
 
+from .card import MethodCard
 from .explanation import Explanation
 
 
@@ -30,10 +35,13 @@ class Explainer(Protocol):
 _METHODS: dict[str, type] = {}
 
 
-def register_method(name: str, cls: type | None = None):
-    """Add a method by name; usable as `register_method("mine", cls)` or as a class decorator."""
+def register_method(name: str, cls: type | None = None, *, card: MethodCard | None = None):
+    """Add a method by name; usable as `register_method("mine", cls)` or as a class decorator.
+    `card`: what the method is (set as the class's `card` attribute)."""
 
     def add(c: type) -> type:
+        if card is not None:
+            c.card = card
         _METHODS[name] = c
         return c
 
@@ -41,20 +49,38 @@ def register_method(name: str, cls: type | None = None):
 
 
 def get_method(name: str) -> type:
+    """The class of a registered method, or of `package.module:Class` (imported here)."""
+    if ":" in name:
+        return _import_method(name)
     try:
         return _METHODS[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(available_methods())}") from None
+        raise ValueError(
+            f"unknown method {name!r}; valid methods: {', '.join(available_methods())} or package.module:Class"
+        ) from None
+
+
+def _import_method(name: str) -> type:
+    module, _, attr = name.partition(":")
+    if not module or not attr.isidentifier():
+        raise ValueError(f"a method outside the registry must look like 'package.module:Class', got {name!r}")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import method {name!r}: {exc}") from None
+    if not isinstance(cls, type) or not callable(getattr(cls, "explain", None)):
+        raise ValueError(f"method {name!r} is not a class with an explain(images, targets) method")
+    return cls
 
 
 def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
-def make_explainer(name: str, model: torch.nn.Module | None, **params: Any) -> Explainer:
-    """The explainer of method `name` for `model`, prepared once; unknown parameters are refused
-    with the valid ones named (before any preparation work)."""
-    cls = get_method(name)
+def make_explainer(name: str | type, model: torch.nn.Module | None, **params: Any) -> Explainer:
+    """The explainer of method `name` (or of a method class already resolved) for `model`, prepared
+    once; unknown parameters are refused with the valid ones named (before any preparation work)."""
+    cls = get_method(name) if isinstance(name, str) else name
     valid = parameter_names(cls)
     unknown = sorted(set(params) - set(valid)) if valid is not None else []
     if unknown:

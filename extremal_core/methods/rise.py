@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from ..inputs import check_targets, checked_call
 from ..network import engine_model
 from ..settings import ExtremalSettings
+from .card import MethodCard
 from .explanation import Explanation
 from .registry import register_method
 
@@ -55,7 +56,7 @@ def _upsample_with_border(grid: torch.Tensor, size: tuple[int, int]) -> torch.Te
     return up[:, :, cell[0]:cell[0] + size[0], cell[1]:cell[1] + size[1]]
 
 
-@register_method("rise")
+@register_method("rise", card=MethodCard(maps="positive"))
 class RiseExplainer:
     """RISE with `num_masks` masks of `num_cells`² cells kept with probability `p`, from `seed`.
 

@@ -3,7 +3,7 @@
 Images in image-id order (torchvision's ``CocoDetection``). Class indices are the categories
 sorted by id (COCO's 80 classes -> 0..79, TorchRay's order). Each object keeps its segmentation as
 the instances file has it (polygons, or RLE for crowds): the pointing game rasterises the union
-of a class's instance masks at evaluation time (``pipeline.evaluation.ground_truth``).
+of a class's instance masks at evaluation time (``pipeline.metrics.ground_truth``).
 """
 
 from __future__ import annotations

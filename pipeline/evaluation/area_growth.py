@@ -19,11 +19,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.evaluation.table_files import write_table_files
-from pipeline.results import part_urls
-from pipeline.storage import url_to_fs
+from pipeline.io.parts import iter_part_batches, output_part_urls
 
 ALL = None  # the class key of the all-classes rows (null in the tables)
 _COLUMNS = ["target", "areas", "scores", "optimal_area", "optimal_area_reached", "error"]
@@ -118,19 +116,13 @@ def add_batch(result: AreaGrowth, batch: pa.RecordBatch) -> None:
 def area_growth(uri: str, storage_options: dict[str, Any] | None = None, batch_rows: int = 4096) -> AreaGrowth:
     """The summary over every part under ``uri`` (an attribution output), streamed. Raises
     FileNotFoundError when there is no part."""
-    urls = part_urls(uri, storage_options)
-    if not urls:
-        raise FileNotFoundError(f"no Parquet parts under {uri.rstrip('/')}/parts")
     result = AreaGrowth()
-    for url in urls:
-        fs, path = url_to_fs(url, storage_options)
-        with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            missing = [c for c in _COLUMNS if c not in pf.schema_arrow.names]
-            if missing:
-                raise ValueError(f"{url} has no column(s) {', '.join(missing)}: not an attribution part")
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=_COLUMNS):
+    for url in output_part_urls(uri, storage_options):
+        try:
+            for batch in iter_part_batches(url, storage_options, _COLUMNS, batch_rows, require=_COLUMNS):
                 add_batch(result, batch)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: not an attribution part") from None
     return result
 
 

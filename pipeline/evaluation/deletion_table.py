@@ -10,11 +10,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.evaluation.table_files import write_table_files
-from pipeline.results import part_urls
-from pipeline.storage import url_to_fs
+from pipeline.io.parts import iter_part_batches, output_part_urls
 
 SUMMARY = "deletion_insertion"
 _METRICS = ("deletion_auc", "insertion_auc")
@@ -52,26 +50,21 @@ class MethodTally:
 def summarize(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, MethodTally]:
     """method -> its tally, over every part under ``uri`` (an evaluation output). Raises
     FileNotFoundError when there is no part."""
-    urls = part_urls(uri, storage_options)
-    if not urls:
-        raise FileNotFoundError(f"no Parquet parts under {uri.rstrip('/')}/parts")
     tallies: dict[str, MethodTally] = {}
-    for url in urls:
-        fs, path = url_to_fs(url, storage_options)
-        with fs.open(path, "rb") as f:
-            for batch in pq.ParquetFile(f).iter_batches(columns=["method", "step", *_METRICS, "error"]):
-                cols = batch.to_pydict()
-                ok = np.array([e is None for e in cols["error"]], dtype=bool)
-                methods = np.array([m or "" for m in cols["method"]], dtype=object)
-                d = np.array([np.nan if v is None else v for v in cols["deletion_auc"]], dtype=np.float64)
-                ins = np.array([np.nan if v is None else v for v in cols["insertion_auc"]], dtype=np.float64)
-                for m in dict.fromkeys(methods):
-                    sel = methods == m
-                    t = tallies.setdefault(m, MethodTally())
-                    t.rows += int(sel.sum())
-                    t.errors += int((sel & ~ok).sum())
-                    t.add(d[sel & ok], ins[sel & ok])
-                    t.steps |= {int(v) for v, s in zip(cols["step"], sel & ok) if s and v is not None}
+    for url in output_part_urls(uri, storage_options):
+        for batch in iter_part_batches(url, storage_options, ["method", "step", *_METRICS, "error"]):
+            cols = batch.to_pydict()
+            ok = np.array([e is None for e in cols["error"]], dtype=bool)
+            methods = np.array([m or "" for m in cols["method"]], dtype=object)
+            d = np.array([np.nan if v is None else v for v in cols["deletion_auc"]], dtype=np.float64)
+            ins = np.array([np.nan if v is None else v for v in cols["insertion_auc"]], dtype=np.float64)
+            for m in dict.fromkeys(methods):
+                sel = methods == m
+                t = tallies.setdefault(m, MethodTally())
+                t.rows += int(sel.sum())
+                t.errors += int((sel & ~ok).sum())
+                t.add(d[sel & ok], ins[sel & ok])
+                t.steps |= {int(v) for v, s in zip(cols["step"], sel & ok) if s and v is not None}
     return tallies
 
 

@@ -5,27 +5,23 @@ whole table) against its shard's annotations, returning small per-class tallies 
 Every row with a ground truth counts for the row's method and, on the same pair, for the
 ``center`` baseline (the point (W/2, H/2); a job run with the ``center`` *map* method is reported
 as ``center (maps)``). Rows with ``error`` set, keys without annotations and pairs without ground
-truth (``pipeline.evaluation.ground_truth``) are counted apart, not scored.
+truth (``pipeline.metrics.ground_truth``) are counted apart, not scored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from pipeline.evaluation.difficult import in_difficult_subset, load_flags
-from pipeline.evaluation.ground_truth import class_mask, image_name, image_size
-from pipeline.evaluation.pointing_game import SMOOTH_BY_METHOD, TOLERANCE, Tally, center_point, is_hit, saliency_point
 from pipeline.geometry import Geometry
-from pipeline.results import part_urls, row_stored_maps
+from pipeline.io.parts import ShardLocator, iter_part_rows, part_urls
+from pipeline.method import card_for
+from pipeline.metrics.ground_truth import class_mask, image_name, image_size
+from pipeline.metrics.pointing_game import TOLERANCE, Tally, center_point, is_hit, saliency_point
 from pipeline.schema import restore_maps
 from pipeline.shards import iter_samples
-from pipeline.storage import url_to_fs
 
 SUBSETS = ("all", "difficult")
 _COLUMNS = ["key", "shard", "method", "target", "width", "height", "maps", "map_min", "map_max", "map_height",
@@ -55,27 +51,6 @@ class PartResult:
         return self
 
 
-def _batch_maps(column: pa.Array) -> list[np.ndarray | None] | None:
-    """Each row's uint8 maps straight from the column's buffers (no Python lists of pixels):
-    ``[M, h, w]`` from a tensor column, flat from a ``list<uint8>`` column; None for PNGs (decoded
-    per row). ``.values`` ignores a slice's offset, so the offsets below are absolute."""
-    typ = column.type
-    if isinstance(typ, pa.FixedShapeTensorType):
-        shape = tuple(typ.shape)
-        size = int(np.prod(shape))
-        storage = column.storage
-        flat = storage.values.to_numpy(zero_copy_only=False)[storage.offset * size : (storage.offset + len(column)) * size]
-        arr = flat.reshape(len(column), *shape)
-        valid = storage.is_valid().to_numpy(zero_copy_only=False)
-        return [arr[i] if valid[i] else None for i in range(len(column))]
-    if pa.types.is_list(typ) and pa.types.is_uint8(typ.value_type):
-        offsets = column.offsets.to_numpy()
-        values = column.values.to_numpy(zero_copy_only=False)
-        valid = column.is_valid().to_numpy(zero_copy_only=False)
-        return [values[offsets[i] : offsets[i + 1]] if valid[i] else None for i in range(len(column))]
-    return None
-
-
 def shard_annotations(shard_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """key -> the sample's json of one shard (its annotations)."""
     return {s.key: s.meta for s in iter_samples(shard_url, storage_options) if s.meta}
@@ -89,53 +64,45 @@ def evaluate_part(
     smooth: float | None = None,
     flags_path: str | None = None,
     batch_rows: int = 32,
+    shards: Sequence[str] = (),
 ) -> PartResult:
-    """The pointing game on one part: ``smooth`` None = per method (``SMOOTH_BY_METHOD``, else 0);
-    ``flags_path``: the difficult flags file (default: TorchRay's for the data's format)."""
+    """The pointing game on one part: ``smooth`` None = per method (its card's ``smooth``);
+    ``flags_path``: the difficult flags file (default: TorchRay's for the data's format);
+    ``shards``: the shards' real URLs (a signed URL's query string is redacted in the part)."""
     result = PartResult()
     annotations: dict[str, dict[str, dict[str, Any]]] = {}  # shard -> key -> meta (a part has one shard)
-    fs, path = url_to_fs(part_url, storage_options)
-    with fs.open(path, "rb") as f:
-        pf = pq.ParquetFile(f)
-        columns = [c for c in _COLUMNS if c in pf.schema_arrow.names]
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
-            maps = _batch_maps(batch.column("maps"))
-            plain = batch.drop_columns(["maps"]).to_pylist() if maps is not None else batch.to_pylist()
-            for i, row in enumerate(plain):
-                result.rows += 1
-                if row["error"] is not None:
-                    result.errors += 1
-                    continue
-                if row["shard"] not in annotations:
-                    annotations.clear()  # keep one shard's annotations at a time
-                    annotations[row["shard"]] = shard_annotations(row["shard"], storage_options)
-                meta = annotations[row["shard"]].get(row["key"])
-                if meta is None:
-                    result.unannotated += 1
-                    continue
-                width, height = image_size(meta, row["width"], row["height"])
-                target = int(row["target"])
-                mask = class_mask(meta, target, width, height)
-                if mask is None:
-                    result.no_ground_truth += 1
-                    continue
-                if maps is None:
-                    stored = row_stored_maps(row)
-                else:
-                    stored = maps[i].reshape(-1, row["map_height"], row["map_width"])
-                values = restore_maps(stored, row["map_min"], row["map_max"])
-                method = row["method"]
-                s = SMOOTH_BY_METHOD.get(method, 0.0) if smooth is None else smooth
-                point = saliency_point(values, Geometry.from_row(row), s, width, height)
-                # The job's method (its `center` map method renamed: the baseline row is `center`).
-                name = "center (maps)" if method == "center" else method
-                hits = {name: is_hit(mask, point, tolerance), "center": is_hit(mask, center_point(width, height), tolerance)}
-                flags = load_flags(meta.get("format"), flags_path)
-                difficult = flags is not None and in_difficult_subset(flags, image_name(meta, row["key"]), target)
-                for name, hit in hits.items():
-                    result.tally(name, "all").add(target, hit)
-                    if difficult:
-                        result.tally(name, "difficult").add(target, hit)
+    locate = ShardLocator(shards)
+    for row in iter_part_rows(part_url, storage_options, _COLUMNS, batch_rows):
+        result.rows += 1
+        if row["error"] is not None:
+            result.errors += 1
+            continue
+        if row["shard"] not in annotations:
+            annotations.clear()  # keep one shard's annotations at a time
+            annotations[row["shard"]] = shard_annotations(locate(row["shard"]), storage_options)
+        meta = annotations[row["shard"]].get(row["key"])
+        if meta is None:
+            result.unannotated += 1
+            continue
+        width, height = image_size(meta, row["width"], row["height"])
+        target = int(row["target"])
+        mask = class_mask(meta, target, width, height)
+        if mask is None:
+            result.no_ground_truth += 1
+            continue
+        values = restore_maps(row["stored"], row["map_min"], row["map_max"])
+        method = row["method"]
+        s = card_for(method).smooth if smooth is None else smooth
+        point = saliency_point(values, Geometry.from_row(row), s, width, height)
+        # The job's method (its `center` map method renamed: the baseline row is `center`).
+        name = "center (maps)" if method == "center" else method
+        hits = {name: is_hit(mask, point, tolerance), "center": is_hit(mask, center_point(width, height), tolerance)}
+        flags = load_flags(meta.get("format"), flags_path)
+        difficult = flags is not None and in_difficult_subset(flags, image_name(meta, row["key"]), target)
+        for name, hit in hits.items():
+            result.tally(name, "all").add(target, hit)
+            if difficult:
+                result.tally(name, "difficult").add(target, hit)
     return result
 
 

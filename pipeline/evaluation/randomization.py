@@ -12,6 +12,7 @@ stage keeps the weights the stage before it drew for the layers they share.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +21,8 @@ import torch
 from torch import nn
 
 from pipeline.config import JobConfig
-from pipeline.config_hash import config_hash
 from pipeline.method import build_explainer
-from pipeline.models import LoadedModel, load_model
+from pipeline.models import load_model
 from pipeline.tasks import AttributionTask
 
 MODES = ("cascading", "independent")
@@ -92,10 +92,7 @@ class RandomizedAttributionTask(AttributionTask):
                  evaluation: Mapping[str, Any] | None = None) -> None:
         loaded = load_model(cfg.model, "cpu")  # CPU: the same seeded weights on every worker
         randomize(loaded.model, layers, seed)
-        self.cfg = cfg
-        self.device = device
-        self.loaded = LoadedModel(loaded.model.to(device), loaded.preprocess, f"{loaded.name}+random({len(layers)} layers)")
-        self.explainer = build_explainer(cfg, self.loaded.model)
-        self.name = self.loaded.name
+        name = f"{loaded.name}+random({len(layers)} layers)"
         # The done-markers name the hash that guards the stage's folder (config + stage), not the job's.
-        self.marker_hash = config_hash(cfg, loaded.weights_digest, evaluation)
+        self.setup(cfg, device, dataclasses.replace(loaded, model=loaded.model.to(device), name=name), evaluation)
+        self.explainer = build_explainer(cfg, self.loaded.model)

@@ -2,7 +2,7 @@
 or resumed), then one attribution job per randomization stage (``pipeline.evaluation.
 randomization``), each through the driver into its own folder ``<out>/<mode>/<NNN>-<layer>``
 (resumable; the stage's layers and seed are hashed with the config), and the similarity of every
-stage's maps to the original's (``pipeline.evaluation.similarity``, each row's M maps summed),
+stage's maps to the original's (``pipeline.metrics.similarity``, each row's M maps summed),
 part by part: one shard's rows in memory at a time.
 """
 
@@ -16,25 +16,24 @@ from typing import Any, TextIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline.commit import PARTS_DIR
 from pipeline.config import JobConfig, storage_options
 from pipeline.evaluation.randomization import MODES, RandomizedAttributionTask, Stage, learnable_layers, stages
-from pipeline.evaluation.similarity import METRICS, map_similarity
 from pipeline.evaluation.table_files import write_table_files
+from pipeline.io.parts import iter_part_rows, part_urls
+from pipeline.metrics.similarity import METRICS, map_similarity
 from pipeline.models import load_model
-from pipeline.results import part_urls, row_maps
-from pipeline.storage import join, url_to_fs
+from pipeline.schema import restore_maps
+from pipeline.storage import join
 
 SUMMARY = "sanity_check"
 _COLUMNS = ["key", "target", "maps", "map_min", "map_max", "map_height", "map_width", "error"]
 
 
-def _part_rows(url: str, storage: dict[str, Any] | None) -> list[dict[str, Any]]:
-    fs, path = url_to_fs(url, storage)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f, columns=_COLUMNS).to_pylist()
+def _summed(row: dict[str, Any]) -> np.ndarray:
+    """A row's maps in the method's values, summed: ``[h, w]``."""
+    return restore_maps(row["stored"], row["map_min"], row["map_max"]).sum(axis=0)
 
 
 def compare_outputs(original_uri: str, stage_uri: str, storage: dict[str, Any] | None = None,
@@ -45,15 +44,15 @@ def compare_outputs(original_uri: str, stage_uri: str, storage: dict[str, Any] |
     for url in part_urls(stage_uri, storage):
         name = url.rstrip("/").rsplit("/", 1)[-1]
         try:
-            original = {(r["key"], r["target"]): r for r in _part_rows(join(original_uri, PARTS_DIR, name), storage)
+            original = {(r["key"], r["target"]): r for r in iter_part_rows(join(original_uri, PARTS_DIR, name), storage, _COLUMNS)
                         if r["error"] is None}
         except FileNotFoundError:
             continue
-        for row in _part_rows(url, storage):
+        for row in iter_part_rows(url, storage, _COLUMNS):
             ref = original.get((row["key"], row["target"]))
             if row["error"] is not None or ref is None:
                 continue
-            sims = map_similarity(row_maps(ref).sum(axis=0), row_maps(row).sum(axis=0), hog_cell)
+            sims = map_similarity(_summed(ref), _summed(row), hog_cell)
             for m in METRICS:
                 out[m].append(sims[m])
     return out

@@ -16,10 +16,11 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from pipeline.evaluation.ground_truth import class_mask, image_size
-from pipeline.evaluation.pointing_game import SMOOTH_BY_METHOD, TOLERANCE, is_hit, saliency_point
 from pipeline.geometry import Geometry
-from pipeline.results import maps_at_original_size, row_maps
+from pipeline.io.parts import maps_at_original_size, row_maps
+from pipeline.method import card_for
+from pipeline.metrics.ground_truth import class_mask, image_size
+from pipeline.metrics.pointing_game import TOLERANCE, is_hit, saliency_point
 from pipeline.shards import ShardReadError, decode_image, iter_samples
 
 CMAP = colormaps["inferno"]
@@ -104,17 +105,12 @@ def original_png(image: np.ndarray) -> bytes:
     return png_bytes(out.resize((out.width * s, out.height * s), Image.NEAREST) if s > 1 else out)
 
 
-def is_mask_method(row: dict[str, Any]) -> bool:
-    """Rows whose maps are masks in [0, 1] (the extremal methods' areas)."""
-    return row.get("areas") is not None and row.get("method") == "extremal"
-
-
 def row_overlays(row: dict[str, Any], original: Image.Image | None) -> list[bytes]:
     """One overlay PNG per map of the row (per area for extremal rows), at the original size;
     the a* area's panel is framed."""
     image = base_image(row, original)
     maps = maps_at_original_size(row)
-    bounded = is_mask_method(row)
+    bounded = card_for(row["method"]).bounded
     star = star_index(row)
     return [overlay(image, normalise(m, bounded), A_STAR if i == star else None) for i, m in enumerate(maps)]
 
@@ -132,7 +128,7 @@ def summary_map(row: dict[str, Any]) -> np.ndarray:
     maps otherwise (channel saliency, single-map methods), at the original size, in [0, 1]."""
     maps = maps_at_original_size(row)
     star = star_index(row)
-    if star is not None and is_mask_method(row):
+    if star is not None and card_for(row["method"]).bounded:
         return normalise(maps[star], True)
     return normalise(maps.sum(axis=0), False)
 
@@ -150,7 +146,7 @@ def pointing_example(row: dict[str, Any], original: Image.Image | None, meta: di
     if truth is None:
         return None
     values = row_maps(row)
-    point = saliency_point(values, Geometry.from_row(row), SMOOTH_BY_METHOD.get(row["method"], 0.0), width, height)
+    point = saliency_point(values, Geometry.from_row(row), card_for(row["method"]).smooth, width, height)
     hit = is_hit(truth, point, TOLERANCE)
     image = base_image(row, original)
     edge = truth & ~(np.roll(truth, 1, 0) & np.roll(truth, -1, 0) & np.roll(truth, 1, 1) & np.roll(truth, -1, 1))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.evaluation.randomization import Stage
-from pipeline.evaluation.similarity import METRICS
+from pipeline.metrics.similarity import METRICS
 from pipeline.report import figures
 from pipeline.report import html as h
 from pipeline.report import images as im

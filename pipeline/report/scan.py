@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.results import part_urls
+from pipeline.io.parts import part_urls
 from pipeline.storage import url_to_fs
 
 # The columns the pass reads; the extremal ones only where the part has them.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluation.coco_masks import (
+from pipeline.metrics.coco_masks import (
     decode_rle_string,
     encode_rle_string,
     mask_to_rle,

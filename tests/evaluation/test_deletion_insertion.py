@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.evaluation.deletion_insertion import auc, blur, causal_curves, rise_kernel, saliency_rank
+from pipeline.metrics.deletion_insertion import auc, blur, causal_curves, rise_kernel, saliency_rank
 
 
 def _sigmoid(s: float) -> float:

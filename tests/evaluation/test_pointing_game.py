@@ -16,9 +16,9 @@ from torchvision import datasets as tvd
 
 from pipeline.datasets.voc import parse_voc_xml
 from pipeline.evaluation.difficult import in_difficult_subset, load_flags
-from pipeline.evaluation.ground_truth import class_mask, image_name
-from pipeline.evaluation.pointing_game import Tally, center_point, is_hit, saliency_point
 from pipeline.geometry import Geometry
+from pipeline.metrics.ground_truth import class_mask, image_name
+from pipeline.metrics.pointing_game import Tally, center_point, is_hit, saliency_point
 from tests.datasets.layouts import voc_xml
 
 

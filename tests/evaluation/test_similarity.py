@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.evaluation.similarity import (
+from pipeline.metrics.similarity import (
     hog,
     hog_cells,
     l2_hys,

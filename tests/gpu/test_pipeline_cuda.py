@@ -20,7 +20,7 @@ pytest.importorskip("ray")
 pytest.importorskip("webdataset")
 
 from pipeline.commit import load_done  # noqa: E402
-from pipeline.results import read_results  # noqa: E402
+from pipeline.io.parts import read_results  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -31,7 +31,7 @@ def test_demo_job_on_one_gpu_actor(demo_model_and_data, tmp_path: Path) -> None:
     assets = demo_model_and_data.assets
     out = tmp_path / "demo_gpu"
     shards = "[" + ",".join(f"'{s}'" for s in assets.shards) + "]"
-    cmd = [sys.executable, "-m", "jobs.attribute", "--config", "configs/demo.yaml",
+    cmd = [sys.executable, "-m", "jobs.demo", "--config", "configs/demo.yaml",
            "--set", "cluster.device=cuda", "--set", "cluster.num_gpus_per_actor=1", "--set", "cluster.num_actors=1",
            "--set", f"input.shards={shards}", "--set", f"model.checkpoint={assets.checkpoint}",
            "--set", f"output.uri={out}"]

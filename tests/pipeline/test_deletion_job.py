@@ -20,10 +20,10 @@ from extremal_core.settings import ExtremalSettings
 from jobs.attribute import main as attribute
 from jobs.deletion_insertion import main
 from pipeline.config_load import dump_config_yaml, load_config
-from pipeline.evaluation.deletion_insertion import causal_curves
+from pipeline.io.parts import read_results, row_maps
+from pipeline.metrics.deletion_insertion import causal_curves
 from pipeline.models import load_model
 from pipeline.readahead import read_items
-from pipeline.results import read_results, row_maps
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, write_shard
 

@@ -18,11 +18,12 @@ import pytest
 from pipeline.commit import done_uri
 from pipeline.config import ConfigError
 from pipeline.driver import DriverError, run_job
+from pipeline.io.parts import read_results
 from pipeline.lease import Lease, OutputBusyError
-from pipeline.results import read_results
 from pipeline.shards import iter_samples
 from pipeline.worker import ShardWorker
 from tests.pipeline.conftest import tiny_config
+from tests.pipeline.fault_tasks import FaultyTask
 from tests.shard_factory import image_samples, member_offsets, truncate_file, upload, write_shard, write_shards
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -75,21 +76,19 @@ def test_resume_skips_committed_shards(tmp_path: Path) -> None:
     assert Counter(keys) == Counter(_keys(shards))  # none missing, none duplicated
 
 
-class CrashingWorker(ShardWorker):
-    """Fault injection: the actor process exits mid-shard (after its first batch, before anything
-    is committed) on the first attempt of a shard named ``shard-000001.tar``."""
+class CrashingTask(FaultyTask):
+    """The actor process exits mid-shard (after its first batch, before anything is committed) on
+    the first attempt of a shard named ``shard-000001.tar``."""
 
-    def on_batch(self, shard_url: str, attempt: int):
-        if attempt == 1 and shard_url.endswith("shard-000001.tar"):
-            return lambda _images: os._exit(1)
-        return None
+    def fault(self, shard_url: str, attempt: int) -> str | None:
+        return "kill" if attempt == 1 and shard_url.endswith("shard-000001.tar") else None
 
 
 def test_killed_actor_is_replaced_and_its_shard_retried(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", num_shards=4, per_shard=3)
     out = str(tmp_path / "out")
     cfg = tiny_config(shards, out, "worker.batch_size=1")
-    summary = _run(cfg, worker_class=CrashingWorker)
+    summary = _run(cfg, task_class=CrashingTask)
 
     assert summary.ok, summary.report()
     assert summary.replaced_workers >= 1

@@ -18,7 +18,7 @@ import pytest
 
 from jobs.attribute import main
 from pipeline.config_load import dump_config_yaml
-from pipeline.results import read_results
+from pipeline.io.parts import read_results
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, write_shard
 
@@ -175,7 +175,7 @@ def test_demo_with_ray_job_submit(ray_head, demo_model_and_data, tmp_path: Path)
     out = tmp_path / "demo_out"
     shards = f"{assets.root}/shards/demo-{{000000..000003}}.tar"
     cmd = ["ray", "job", "submit", "--address", url, "--working-dir", str(REPO), "--",
-           sys.executable, "-m", "jobs.attribute", "--config", "configs/demo.yaml",
+           sys.executable, "-m", "jobs.demo", "--config", "configs/demo.yaml",
            "--set", f"input.shards={shards}", "--set", f"model.checkpoint={assets.checkpoint}",
            "--set", f"output.uri={out}", "--set", "extremal.max_iter=20"]
     done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)

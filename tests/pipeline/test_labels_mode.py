@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from jobs.make_shards import main as make_shards
+from pipeline.io.parts import read_results
 from pipeline.models import load_model
-from pipeline.results import read_results
 from pipeline.targets import pick_targets
 from pipeline.tasks import process_shard
 from tests.datasets.layouts import VOC_IMAGES, write_voc

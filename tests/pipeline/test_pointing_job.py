@@ -21,9 +21,9 @@ from jobs.make_shards import main as make_shards
 from jobs.pointing_game import main
 from pipeline.commit import commit_part
 from pipeline.config_load import dump_config_yaml
-from pipeline.evaluation.ground_truth import class_mask
 from pipeline.geometry import Geometry
-from pipeline.results import read_results, row_maps
+from pipeline.io.parts import read_results, row_maps
+from pipeline.metrics.ground_truth import class_mask
 from pipeline.schema import rows_to_table
 from pipeline.shards import iter_samples
 from tests.datasets.layouts import write_voc
@@ -200,13 +200,13 @@ def test_no_parts_exits_1_and_bad_arguments_exit_2(tmp_path: Path, capsys) -> No
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_the_demo_prints_the_pointing_game_by_the_protocol(demo_model_and_data, tmp_path: Path, capsys) -> None:
-    """configs/demo.yaml through jobs.attribute (shortened): the demo's boxes scored by the real
-    protocol, the same table jobs.pointing_game writes."""
-    from jobs.attribute import main as attribute
+    """The demo (``jobs.demo``, shortened): the demo's boxes scored by the real protocol, the same
+    table jobs.pointing_game writes."""
+    from jobs.demo import main as demo
 
     assets = demo_model_and_data.assets
     out = str(tmp_path / "demo")
-    assert attribute(["--config", "configs/demo.yaml", "--set", f"input.shards={assets.root}/shards/demo-{{000000..000003}}.tar",
+    assert demo(["--set", f"input.shards={assets.root}/shards/demo-{{000000..000003}}.tar",
                       "--set", f"model.checkpoint={assets.checkpoint}", "--set", f"output.uri={out}",
                       "--set", "extremal.max_iter=5"]) == 0
     printed = capsys.readouterr().out

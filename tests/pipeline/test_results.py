@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pipeline.commit import commit_part
+from pipeline.io.parts import maps_at_original_size, read_results, row_stored_maps, saliency_argmax
 from pipeline.models import load_model
-from pipeline.results import maps_at_original_size, read_results, row_stored_maps, saliency_argmax
 from pipeline.schema import rows_to_table
 from pipeline.tasks import process_shard
 from tests.pipeline.conftest import tiny_config

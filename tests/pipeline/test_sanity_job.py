@@ -17,8 +17,8 @@ from demo import build_demo_model
 from jobs.sanity_check import main
 from pipeline.config_load import dump_config_yaml
 from pipeline.evaluation.randomization import learnable_layers, randomize, stages
+from pipeline.io.parts import read_results
 from pipeline.report.build import build_report
-from pipeline.results import read_results
 from tests.pipeline.conftest import tiny_config
 from tests.report.chromium import check_page, chromium_binary
 

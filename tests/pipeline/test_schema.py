@@ -18,14 +18,16 @@ from torchvision.transforms import v2 as T
 
 from pipeline.commit import commit_part, part_uri
 from pipeline.geometry import Geometry
-from pipeline.results import row_maps
+from pipeline.io.parts import row_maps
 from pipeline.schema import part_schema, quantize_maps, restore_maps, rows_to_table
 
 # Every method writes these, in this order (docs/parquet.md).
 COMMON = ["key", "shard", "method", "model", "target", "target_source", "width", "height", "maps", "map_min",
           "map_max", "map_height", "map_width", "resized_width", "resized_height", "crop_top", "crop_left"]
-EXTREMAL = ["variant", "areas", "preserved", "scores", "phi0", "phi_min", "optimal_area", "optimal_area_reached"]
-CHANNELS = ["layer", "channel_masks", "inversion_original", "inversion_perturbed"]
+SETTINGS = ["variant", "areas", "layer"]
+# The shipped methods' value columns, by method name (extremal, extremal_channels, meaningful_perturbation).
+EXTREMAL = ["preserved", "scores", "phi0", "phi_min", "optimal_area", "optimal_area_reached"]
+CHANNELS = ["channel_masks", "inversion_original", "inversion_perturbed"]
 AREAS = [0.05, 0.1, 0.2]
 
 
@@ -52,7 +54,7 @@ def extremal_rows(shard: str, n: int = 3, size: int = 8, with_error: bool = True
 
 def test_schema_has_the_spec_columns_with_plain_types() -> None:
     schema = part_schema("tensor", (3, 8, 8))
-    assert schema.names == [*COMMON, *EXTREMAL, *CHANNELS, "error", "seconds"]
+    assert schema.names == [*COMMON, *SETTINGS, *EXTREMAL, *CHANNELS, "deleted_probability", "error", "seconds"]
     types = {f.name: f.type for f in schema}
     assert types["target"] == pa.int32() and types["width"] == pa.int32() and types["map_height"] == pa.int32()
     assert types["map_min"] == pa.float32() and types["map_max"] == pa.float32()

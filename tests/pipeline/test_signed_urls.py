@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from pipeline.driver import run_job
-from pipeline.results import read_results
+from pipeline.io.parts import read_results
 from pipeline.storage import redact_url, scrub
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, write_shard

@@ -22,10 +22,10 @@ import fsspec
 import pytest
 
 from pipeline.driver import run_job
-from pipeline.results import read_results
-from pipeline.worker import ShardWorker
+from pipeline.io.parts import read_results
 from tests.fault_proxy import FaultProxy
 from tests.pipeline.conftest import tiny_config
+from tests.pipeline.fault_tasks import FaultyTask
 from tests.shard_factory import image_samples, write_shard
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,18 +42,11 @@ def fault_of(shard_url: str) -> str | None:
     return "kill" if h % 2 else "raise"
 
 
-class SoakWorker(ShardWorker):
+class SoakTask(FaultyTask):
     """Injects ``fault_of(shard)`` after the first batch of a shard's first attempt."""
 
-    def on_batch(self, shard_url: str, attempt: int):
-        fault = fault_of(shard_url) if attempt == 1 else None
-        if fault == "kill":
-            return lambda _images: os._exit(1)
-        if fault == "raise":
-            def fail(_images: int) -> None:
-                raise RuntimeError("injected transient fault")
-            return fail
-        return None
+    def fault(self, shard_url: str, attempt: int) -> str | None:
+        return fault_of(shard_url) if attempt == 1 else None
 
 
 _FIRST_RUN = textwrap.dedent(
@@ -61,10 +54,10 @@ _FIRST_RUN = textwrap.dedent(
     import io, sys
     import ray
     from tests.pipeline.conftest import tiny_config
-    from tests.pipeline.test_soak import SoakWorker, soak_overrides
+    from tests.pipeline.test_soak import SoakTask, soak_overrides
     from pipeline.driver import run_job
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    run_job(tiny_config(*soak_overrides(sys.argv[1], sys.argv[2], sys.argv[3])), worker_class=SoakWorker,
+    run_job(tiny_config(*soak_overrides(sys.argv[1], sys.argv[2], sys.argv[3])), task_class=SoakTask,
             progress_stream=io.StringIO(), tty=False)
     """
 )
@@ -115,7 +108,7 @@ def test_soak(tmp_path: Path, s3_server: str, s3_bucket: str, s3_options: dict) 
 
         # Run 2: the same job restarted on the session's cluster resumes and finishes.
         cfg = tiny_config(*soak_overrides(shards, out, endpoint))
-        summary = run_job(cfg, worker_class=SoakWorker, progress_stream=io.StringIO(), tty=False)
+        summary = run_job(cfg, task_class=SoakTask, progress_stream=io.StringIO(), tty=False)
     finally:
         proxy.stop()
 

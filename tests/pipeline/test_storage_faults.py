@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.driver import run_job
+from pipeline.io.parts import read_results
 from pipeline.lease import Lease
-from pipeline.results import read_results
 from pipeline.shards import iter_samples
 from tests.fault_proxy import FaultProxy
 from tests.pipeline.conftest import tiny_config

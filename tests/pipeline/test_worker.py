@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from pipeline.commit import done_uri, part_uri
+from pipeline.io.parts import maps_at_original_size, read_results
 from pipeline.readahead import Prefetcher
-from pipeline.results import maps_at_original_size, read_results
 from pipeline.shards import ShardReadError
 from pipeline.targets import pick_targets
-from pipeline.tasks import process_shard
+from pipeline.tasks import AttributionTask, process_shard
 from pipeline.worker import ShardWorker
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import image_samples, member_offsets, truncate_file, write_shard
@@ -167,11 +167,26 @@ def test_shard_worker_in_process(tmp_path: Path) -> None:
     assert saved["config_hash"] == marker["config_hash"]
 
 
+class _TimedTask(AttributionTask):
+    """The attribution task, recording when each shard's compute starts and ends."""
+
+    def __init__(self, cfg, device) -> None:
+        super().__init__(cfg, device)
+        self.spans: list[tuple[float, float]] = []
+
+    def compute(self, shard_url, items, ctx):
+        start = time.perf_counter()
+        try:
+            return super().compute(shard_url, items, ctx)
+        finally:
+            self.spans.append((start, time.perf_counter()))
+
+
 def test_concurrent_calls_read_ahead_but_compute_one_at_a_time(tmp_path: Path) -> None:
-    """What an actor with 2 shards in flight does: both calls run, sharing the compute lock."""
+    """What an actor with 2 shards in flight does: both calls run, and their computes never overlap."""
     shards = [write_shard(tmp_path / f"c-{i:06d}.tar", image_samples(i, 2)) for i in range(2)]
     cfg = tiny_config(shards, str(tmp_path / "out"))
-    worker = ShardWorker(cfg)
+    worker = ShardWorker(cfg, task_class=_TimedTask)
     markers: dict[str, dict] = {}
     threads = [threading.Thread(target=lambda s=s: markers.update({s: worker.process(s)})) for s in shards]
     for t in threads:
@@ -179,7 +194,9 @@ def test_concurrent_calls_read_ahead_but_compute_one_at_a_time(tmp_path: Path) -
     for t in threads:
         t.join(timeout=120)
     assert sorted(markers) == sorted(shards)
-    assert all(m["rows"] == 2 and m["errors"] == 0 and m["wait_seconds"] >= 0 for m in markers.values())
+    assert all(m["rows"] == 2 and m["errors"] == 0 for m in markers.values())
+    (a0, a1), (b0, b1) = sorted(worker.task.spans)
+    assert a1 <= b0, worker.task.spans  # the second shard computed only after the first finished
     assert sorted(read_results(cfg.output.uri).column("key").to_pylist()) == ["s000_0000", "s000_0001", "s001_0000", "s001_0001"]
 
 
@@ -189,10 +206,10 @@ class _EchoTask:
     def __init__(self, cfg, device) -> None:
         self.name, self.device, self.calls = "echo", device, []
 
-    def run(self, shard_url, *, attempt, storage, on_batch, extra_stats, compute_lock):
-        assert isinstance(compute_lock, type(threading.Lock()))
+    def run(self, shard_url, ctx):
+        assert isinstance(ctx.lock, type(threading.Lock()))
         self.calls.append(shard_url)
-        return {"shard": shard_url, "attempts": attempt, "rows": 0, "errors": 0, **extra_stats}
+        return {"shard": shard_url, "attempts": ctx.attempt, "rows": 0, "errors": 0, **ctx.stats}
 
 
 def test_worker_is_generic_over_tasks(tmp_path: Path) -> None:

@@ -74,6 +74,8 @@ def part_table(cols: dict[str, np.ndarray], rows: np.ndarray, shard: str, method
         "inversion_original": pa.nulls(n, pa.binary()), "inversion_perturbed": pa.nulls(n, pa.binary()),
         "error": pa.array(np.where(err, ERROR, None)), "seconds": floats(np.full(n, 0.1)),
     }
+    # The other methods' value columns (from their cards) are null.
+    arrays = {f.name: arrays.get(f.name, pa.nulls(n, f.type)) for f in schema}
     return pa.Table.from_arrays([a if (a := arrays[f.name]).type == f.type else a.cast(f.type) for f in schema], schema=schema)
 
 

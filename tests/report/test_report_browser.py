@@ -1,5 +1,5 @@
 """The report of real outputs opened in headless Chromium (started and ended by the test): the
-demo's own report (jobs.attribute writes it) and a report of two methods over the same images.
+demo's own report (jobs.demo writes it) and a report of two methods over the same images.
 Every image must load (naturalWidth > 0) with alt text, every link resolve, no console error."""
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ pytestmark = pytest.mark.skipif(chromium_binary() is None, reason="needs chromiu
 
 @pytest.fixture(scope="module")
 def demo_runs(demo_model_and_data, ray_cluster, tmp_path_factory) -> dict[str, object]:
-    """The demo (shortened) through jobs.attribute, twice: extremal and gradient, same shards.
+    """The demo (shortened, ``jobs.demo``) and jobs.attribute with gradient on the same shards.
     Returns the output folders and what the extremal run printed."""
     import contextlib
     import io
 
     from jobs.attribute import main as attribute
+    from jobs.demo import main as demo
 
     assets = demo_model_and_data.assets
     root = tmp_path_factory.mktemp("report")
@@ -31,7 +32,7 @@ def demo_runs(demo_model_and_data, ray_cluster, tmp_path_factory) -> dict[str, o
               "--set", f"model.checkpoint={assets.checkpoint}", "--set", "extremal.max_iter=5"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert attribute(["--config", "configs/demo.yaml", *common, "--set", f"output.uri={root / 'extremal'}"]) == 0
+        assert demo(["--config", "configs/demo.yaml", *common, "--set", f"output.uri={root / 'extremal'}"]) == 0
     assert attribute(["--config", "configs/methods/demo_gradient.yaml", *common, "--set", f"output.uri={root / 'gradient'}"]) == 0
     return {"extremal": root / "extremal", "gradient": root / "gradient", "printed": printed.getvalue(), "root": root}
 

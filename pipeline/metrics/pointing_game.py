@@ -1,11 +1,11 @@
 """The pointing game (docs/pointing_game.md; TorchRay's ``torchray/benchmark/pointing_game.py`` protocol)
 as pure functions on arrays, plus the hit/miss tally per class.
 
-- The point of a row: its maps placed back in the resized frame (``pipeline.geometry``: zeros
+- The point of a row: its maps placed back in the resized frame (its ``Geometry``: zeros
   where the model's crop did not reach), resized to the original ``H x W`` (bilinear,
   ``align_corners=False``, no antialiasing: TorchRay's ``F.interpolate``), each smoothed with a
   Gaussian of ``sigma = smooth * min(H, W)`` (zero padding; ``smooth = 0.09`` for extremal
-  perturbation, 0 = none), summed over the maps, and the argmax. Ties: the first maximum in
+  perturbation, 0 = none: each method's card says), summed over the maps, and the argmax. Ties: the first maximum in
   row-major order (``torch.argmax``, as TorchRay's ``_saliency_to_point``).
 - The ``center`` baseline: the point ``(W / 2, H / 2)`` (not a pixel centre: fractional for odd sizes).
 - A hit when some ground-truth pixel ``(u, v)`` has ``(u - x)^2 + (v - y)^2 < tolerance^2``
@@ -20,19 +20,30 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.geometry import Geometry
-
 TOLERANCE = 15
-# TorchRay's benchmark smooths only extremal perturbation's masks (its other methods smooth inside
-# the method): the default per method name; --smooth overrides.
-SMOOTH_BY_METHOD = {"extremal": 0.09}
 _SQRT2 = math.sqrt(2.0)
 _EPS32 = float(np.finfo(np.float32).eps)
+
+
+class Geometry(Protocol):
+    """Where a row's maps sit in the original image (``pipeline.geometry.Geometry`` is one): the
+    original ``width`` x ``height``, the resized ``resized_width`` x ``resized_height`` and the crop
+    window ``out_width`` x ``out_height`` at (``crop_left``, ``crop_top``) in it."""
+
+    width: int
+    height: int
+    resized_width: int
+    resized_height: int
+    out_width: int
+    out_height: int
+    crop_left: int
+    crop_top: int
 
 
 def resize_to_original(maps: np.ndarray, geometry: Geometry, width: int | None = None, height: int | None = None) -> torch.Tensor:

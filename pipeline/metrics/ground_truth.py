@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.evaluation.coco_masks import segmentation_mask
+from .coco_masks import segmentation_mask
 
 
 def image_size(meta: dict[str, Any], width: int | None = None, height: int | None = None) -> tuple[int, int]:
