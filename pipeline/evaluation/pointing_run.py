@@ -11,7 +11,7 @@ truth (``pipeline.metrics.ground_truth``) are counted apart, not scored.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.evaluation.difficult import in_difficult_subset, load_flags
@@ -66,7 +66,8 @@ def evaluate_part(
     batch_rows: int = 32,
     shards: Sequence[str] = (),
 ) -> PartResult:
-    """The pointing game on one part: ``smooth`` None = per method (its card's ``smooth``);
+    """The pointing game on one part: ``smooth`` None = per method (its card's ``smooth``), else
+    that fraction with the card's side and padding rule (shorter side, zeros when it has none);
     ``flags_path``: the difficult flags file (default: TorchRay's for the data's format);
     ``shards``: the shards' real URLs (a signed URL's query string is redacted in the part)."""
     result = PartResult()
@@ -92,7 +93,7 @@ def evaluate_part(
             continue
         values = restore_maps(row["stored"], row["map_min"], row["map_max"])
         method = row["method"]
-        s = card_for(method).smooth if smooth is None else smooth
+        s = card_for(method).smooth if smooth is None else replace(card_for(method).smooth, fraction=smooth)
         point = saliency_point(values, Geometry.from_row(row), s, width, height)
         # The job's method (its `center` map method renamed: the baseline row is `center`).
         name = "center (maps)" if method == "center" else method
