@@ -99,7 +99,11 @@ def saliency_point(
 ) -> tuple[int, int]:
     """(x, y) in original pixels that a row's maps ``[M, h, w]`` point at: resized to the original
     ``H x W``, each smoothed (``smooth``: the method card's; None: none), summed, first argmax."""
-    full = resize_to_original(maps, geometry, width, height)
+    return argmax_point(resize_to_original(maps, geometry, width, height), smooth)
+
+
+def argmax_point(full: torch.Tensor, smooth: Smoothing | None = None) -> tuple[int, int]:
+    """(x, y) of maps ``[M, H, W]`` already at the original size: each smoothed, summed, first argmax."""
     if smooth is not None and smooth.fraction > 0:
         full = gaussian_smooth(full, smooth.sigma(*full.shape[1:]), smooth.padding)
     total = full.sum(dim=0)
