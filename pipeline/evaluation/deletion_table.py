@@ -1,5 +1,7 @@
 """Deletion / insertion summary: per method, the mean (and standard deviation) of the per-row
-AUCs over the scored rows of an evaluation output, read part by part (only the AUC columns);
+AUCs over the scored rows of an evaluation output, and the SRG (insertion minus deletion mean:
+the mean SRG; only when the deletion substrate is ``blur``, ``pipeline.metrics.srg``), read part
+by part (only the AUC columns);
 printed and written as CSV and Parquet (plain Arrow types)."""
 
 from __future__ import annotations
@@ -70,16 +72,18 @@ def summarize(uri: str, storage_options: dict[str, Any] | None = None) -> dict[s
 
 def summary_table(tallies: dict[str, MethodTally], substrate: str | None = None) -> pa.Table:
     """``method, rows, errors, scored, deletion_auc, deletion_std, insertion_auc, insertion_std``
-    (lower deletion and higher insertion AUC are better), plus the rows' ``step`` (null when they
-    differ) and the deletion ``substrate``."""
+    (lower deletion and higher insertion AUC are better), ``srg`` (higher is better; null unless the
+    deletion substrate is ``blur``), plus the rows' ``step`` (null when they differ) and the
+    deletion ``substrate``."""
     rows = [{"method": m, "rows": t.rows, "errors": t.errors, "scored": t.n,
              "deletion_auc": t.mean(0), "deletion_std": t.std(0), "insertion_auc": t.mean(1), "insertion_std": t.std(1),
+             "srg": t.mean(1) - t.mean(0) if substrate == "blur" else None,
              "step": next(iter(t.steps)) if len(t.steps) == 1 else None, "deletion_substrate": substrate}
             for m, t in sorted(tallies.items())]
     f64 = pa.float64()
     schema = pa.schema([("method", pa.string()), ("rows", pa.int64()), ("errors", pa.int64()), ("scored", pa.int64()),
                         ("deletion_auc", f64), ("deletion_std", f64), ("insertion_auc", f64), ("insertion_std", f64),
-                        ("step", pa.int32()), ("deletion_substrate", pa.string())])
+                        ("srg", f64), ("step", pa.int32()), ("deletion_substrate", pa.string())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 

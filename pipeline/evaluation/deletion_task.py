@@ -32,6 +32,7 @@ from pipeline.config_hash import config_hash
 from pipeline.io.parts import iter_part_rows
 from pipeline.lease import LeaseToken
 from pipeline.metrics.deletion_insertion import SUBSTRATES, causal_curves
+from pipeline.metrics.srg import srg
 from pipeline.models import LoadedModel, load_model
 from pipeline.readahead import Item, Prefetcher, read_items
 from pipeline.schema import restore_maps
@@ -40,7 +41,7 @@ _F32, _I32 = pa.float32(), pa.int32()
 EVAL_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("method", pa.string()), ("model", pa.string()),
     ("target", _I32), ("step", _I32), ("n_steps", _I32),
-    ("deletion_auc", _F32), ("insertion_auc", _F32),
+    ("deletion_auc", _F32), ("insertion_auc", _F32), ("srg", _F32),
     ("deletion_curve", pa.list_(_F32)), ("insertion_curve", pa.list_(_F32)),
     ("deletion_substrate", pa.string()), ("error", pa.string()), ("seconds", _F32),
 ])
@@ -125,10 +126,13 @@ def evaluate_shard(
             ins = causal_curves(loaded.model, x, sal, tgt, "insertion", **kw)
             dc, ic = d.curves.cpu().numpy(), ins.curves.cpu().numpy()
             da, ia = d.auc.cpu().numpy(), ins.auc.cpu().numpy()
+            # SRG needs one occluder for both orders: insertion's blur (pipeline.metrics.srg).
+            gain = srg(d.curves, ins.curves).cpu().numpy() if settings.deletion_substrate == "blur" else None
             seconds = (time.perf_counter() - t0) / len(pending)
             for k, j in enumerate(idx):
                 pending[j][0].update(step=d.step, n_steps=dc.shape[1] - 1, deletion_auc=float(da[k]),
-                                     insertion_auc=float(ia[k]), deletion_curve=dc[k].tolist(),
+                                     insertion_auc=float(ia[k]), srg=None if gain is None else float(gain[k]),
+                                     deletion_curve=dc[k].tolist(),
                                      insertion_curve=ic[k].tolist(), seconds=seconds)
         pending.clear()
         if on_batch is not None:

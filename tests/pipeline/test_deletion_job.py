@@ -88,6 +88,7 @@ def test_deletion_insertion_job(attribution: tuple[str, str], capsys: pytest.Cap
     assert s["deletion_auc"] == pytest.approx(good["deletion_auc"].mean(), rel=1e-5)
     assert s["insertion_auc"] == pytest.approx(good["insertion_auc"].mean(), rel=1e-5)
     assert s["insertion_std"] == pytest.approx(good["insertion_auc"].std(ddof=0), rel=1e-4, abs=1e-7)
+    assert good["srg"].isna().all() and pd.isna(s["srg"])  # zeros for deletion, blur for insertion: no SRG
 
     # Resume: nothing to do. Another step into the same output is refused; a new output is fine.
     assert main(["--results", results, "--step", "64", "--config", config]) == 0
