@@ -32,6 +32,7 @@ from pipeline.config_hash import config_hash
 from pipeline.io.parts import iter_part_rows
 from pipeline.lease import LeaseToken
 from pipeline.metrics.deletion_insertion import SUBSTRATES, causal_curves
+from pipeline.metrics.road import NOISE, road_curves
 from pipeline.metrics.srg import srg
 from pipeline.models import LoadedModel, load_model
 from pipeline.readahead import Item, Prefetcher, read_items
@@ -43,6 +44,9 @@ EVAL_SCHEMA = pa.schema([
     ("target", _I32), ("step", _I32), ("n_steps", _I32),
     ("deletion_auc", _F32), ("insertion_auc", _F32), ("srg", _F32),
     ("deletion_curve", pa.list_(_F32)), ("insertion_curve", pa.list_(_F32)),
+    # ROAD (pipeline.metrics.road), with ``road`` set: AUCs and curves at road.FRACTIONS.
+    ("road_morf_auc", _F32), ("road_lerf_auc", _F32), ("road_morf_curve", pa.list_(_F32)),
+    ("road_lerf_curve", pa.list_(_F32)),
     ("deletion_substrate", pa.string()), ("error", pa.string()), ("seconds", _F32),
 ])
 _READ = ["key", "method", "target", "maps", "map_min", "map_max", "map_height", "map_width", "error"]
@@ -53,12 +57,14 @@ class DeletionSettings:
     """``results_uri``: the attribution job's output (its ``parts/``). ``step``: pixels per step
     (None: the input's width, SPEC's one row). ``deletion_substrate``: ``zeros`` (SPEC) or
     ``blur``; insertion always starts from the blurred image. ``forward_batch``: perturbed images
-    per forward pass."""
+    per forward pass. ``road``: also ROAD's MoRF and LeRF curves (noisy linear imputation, noise
+    0.01 in [0, 1] pixel units)."""
 
     results_uri: str
     step: int | None = None
     deletion_substrate: str = "zeros"
     forward_batch: int | None = None
+    road: bool = False
 
     def __post_init__(self) -> None:
         if self.step is not None and self.step < 1:
@@ -70,7 +76,8 @@ class DeletionSettings:
 
     def hashed(self) -> dict[str, Any]:
         """What changes the output rows (the results' location and the batching do not)."""
-        return {"evaluation": "deletion_insertion", "step": self.step, "deletion_substrate": self.deletion_substrate}
+        out = {"evaluation": "deletion_insertion", "step": self.step, "deletion_substrate": self.deletion_substrate}
+        return {**out, "road": True} if self.road else out  # earlier outputs keep their hash
 
 
 def _joined(rows: Iterator[dict[str, Any]], items: Iterator[Item]) -> Iterator[tuple[dict[str, Any], Item | None]]:
@@ -134,6 +141,8 @@ def evaluate_shard(
                                      insertion_auc=float(ia[k]), srg=None if gain is None else float(gain[k]),
                                      deletion_curve=dc[k].tolist(),
                                      insertion_curve=ic[k].tolist(), seconds=seconds)
+            if settings.road:
+                _road(loaded, x, sal, tgt, settings, [pending[j][0] for j in idx])
         pending.clear()
         if on_batch is not None:
             on_batch(images)
@@ -170,6 +179,18 @@ def evaluate_shard(
         "device": str(device), "host": socket.gethostname(), **dict(extra_stats or {}),
     }
     return commit_part(cfg.output.uri, shard_url, table, stats, storage, lease)
+
+
+def _road(loaded: LoadedModel, x: torch.Tensor, sal: torch.Tensor, tgt: torch.Tensor, settings: DeletionSettings,
+          rows: list[dict[str, Any]]) -> None:
+    """ROAD's curves of a batch into its rows; the imputation noise in the normalised input's units."""
+    noise = NOISE / torch.tensor(loaded.preprocess.std, dtype=torch.float32, device=x.device)
+    kw = {"noise": noise, "forward_batch": settings.forward_batch or 32}
+    for order in ("morf", "lerf"):
+        r = road_curves(loaded.model, x, sal, tgt, order, **kw)
+        curves, aucs = r.curves.cpu().numpy(), r.auc.cpu().numpy()
+        for k, row in enumerate(rows):
+            row.update({f"road_{order}_auc": float(aucs[k]), f"road_{order}_curve": curves[k].tolist()})
 
 
 def _row_error(row: dict[str, Any], item: Item | None) -> str | None:
