@@ -119,3 +119,7 @@ def test_deletion_insertion_job(attribution: tuple[str, str], capsys: pytest.Cap
             ref = road_curves(model, x, sal, torch.tensor([attr_row["target"]]), order, noise=noise)
             np.testing.assert_allclose(np.asarray(row[f"road_{order}_curve"]), ref.curves[0].numpy(), rtol=0, atol=2e-3)
             assert row[f"road_{order}_auc"] == pytest.approx(ref.auc.item(), abs=2e-3)
+    road_summary = pd.read_csv(Path(road_out) / "deletion_insertion.csv").iloc[0]
+    assert road_summary["road_morf_auc"] == pytest.approx(rr["road_morf_auc"].mean(), rel=1e-5)
+    assert road_summary["srg"] == pytest.approx(rr["srg"].mean(), abs=1e-6)
+    assert np.isnan(s["road_lerf_auc"])  # the first run had no --road
