@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.metrics.deletion_insertion import auc
+from .deletion_insertion import auc
 
 
 def lerf_curve(insertion_curves: torch.Tensor) -> torch.Tensor:
