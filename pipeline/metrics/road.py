@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from extremal_core.rewards import class_scores
+
 from .deletion_insertion import saliency_rank
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 0.9)
