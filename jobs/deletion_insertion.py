@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="what deleted pixels become (default zeros, in normalised input space)")
     p.add_argument("--forward-batch", type=int, default=None,
                    help="perturbed images per forward pass (default 32 on a CPU, 256 on CUDA)")
+    p.add_argument("--road", action="store_true",
+                   help="also ROAD's MoRF / LeRF curves (noisy linear imputation, fractions 0.1..0.9)")
     p.add_argument("--max-shards", type=int, default=None, metavar="N", help="at most N shards in this run")
     p.add_argument("--overwrite", action="store_true", help="delete an earlier evaluation under --out first")
     return p
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = results_config(args.results, args.config, args.overrides)
-        settings = DeletionSettings(args.results, args.step, args.deletion_substrate, args.forward_batch)
+        settings = DeletionSettings(args.results, args.step, args.deletion_substrate, args.forward_batch, args.road)
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

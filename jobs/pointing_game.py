@@ -33,7 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where the tables go (default <results>/pointing_game)")
     p.add_argument("--tolerance", type=float, default=15, help="hit radius in original pixels, strict (default 15)")
     p.add_argument("--smooth", type=float, default=None,
-                   help="Gaussian sigma as a fraction of min(H, W) (default: the method card's, 0.09 for extremal)")
+                   help="Gaussian sigma as a fraction of the image side, with the method card's side and padding "
+                   "(default: the card's, as TorchRay's benchmark: 0.09 min(H, W) for extremal, 0.02 max(H, W) for "
+                   "gradient and guided backprop)")
     p.add_argument("--difficult-flags", default=None, help="EBP difficult flag file (default: TorchRay's, by format)")
     p.add_argument("--local", action="store_true", help="evaluate the parts in this process, without Ray")
     p.add_argument("--max-in-flight", type=int, default=16, help="Ray tasks at once (default 16)")

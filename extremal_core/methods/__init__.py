@@ -9,11 +9,11 @@ card (`MethodCard`: value columns, map kind...) beside its class.
 """
 
 from . import backprop, center, extremal, extremal_channels, meaningful_perturbation, rise  # noqa: F401  (registration on import)
-from .card import Column, MethodCard, card_of, method_defaults
+from .card import Column, MethodCard, Smoothing, card_of, method_defaults
 from .explanation import Explanation
 from .registry import Explainer, available_methods, get_method, make_explainer, register_method
 
 __all__ = [
-    "Column", "Explainer", "Explanation", "MethodCard", "available_methods", "card_of", "get_method", "make_explainer",
-    "method_defaults", "register_method",
+    "Column", "Explainer", "Explanation", "MethodCard", "Smoothing", "available_methods", "card_of", "get_method",
+    "make_explainer", "method_defaults", "register_method",
 ]

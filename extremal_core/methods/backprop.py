@@ -19,7 +19,7 @@ import torch
 
 from ..channels import find_layer
 from ..inputs import checked_call, frozen
-from .card import MethodCard
+from .card import MethodCard, Smoothing
 from .explanation import Explanation
 from .registry import register_method
 
@@ -30,7 +30,10 @@ def captum_attr() -> ModuleType:
     return importlib.import_module("captum.attr")
 
 
-# Non-negative maps of arbitrary scale (|gradient|, ReLU'd Grad-CAM), smoothed by no one.
+# Non-negative maps of arbitrary scale (|gradient|, ReLU'd Grad-CAM). TorchRay's pointing-game
+# benchmark smooths the two input-space maps (saliency(smooth=0.02): 0.02 x the longer side,
+# replicate padding), not Grad-CAM's.
+_INPUT_CARD = MethodCard(maps="positive", smooth=Smoothing(0.02, "longer", "replicate"))
 _CARD = MethodCard(maps="positive")
 
 
@@ -67,7 +70,7 @@ class _CaptumMethod:
         raise NotImplementedError
 
 
-@register_method("gradient", card=_CARD)
+@register_method("gradient", card=_INPUT_CARD)
 class GradientExplainer(_CaptumMethod):
     """max over channels of |∂ score_target / ∂ image| (Captum `Saliency`)."""
 
@@ -81,7 +84,7 @@ class GradientExplainer(_CaptumMethod):
         return self._captum.attribute(images, target=targets, abs=True).amax(dim=1, keepdim=True)
 
 
-@register_method("guided_backprop", card=_CARD)
+@register_method("guided_backprop", card=_INPUT_CARD)
 class GuidedBackpropExplainer(_CaptumMethod):
     """max over channels of |guided gradient| (Captum `GuidedBackprop`: only positive gradients
     pass back through each `nn.ReLU`)."""

@@ -8,9 +8,12 @@ beside its class (``@register_method("name", card=MethodCard(...))`` or a class 
 - ``maps``: what its maps are: ``mask`` (values in [0, 1], comparable across rows: the report
   draws them on a fixed [0, 1] colour scale and frames the optimal area), ``signed`` or
   ``positive`` (arbitrary scale: drawn by each map's own min..max).
-- ``smooth``: the Gaussian the pointing game blurs the maps with before taking the argmax, as a
-  fraction of the image's shorter side (0: none; TorchRay smooths only extremal's masks, its other
-  methods smooth inside the method).
+- ``smooth``: the Gaussian (a ``Smoothing``) the pointing game blurs the maps with, at the
+  original size, before taking the argmax, as TorchRay's pointing-game benchmark
+  (``examples/attribution_benchmark.py``) does for that method: extremal perturbation
+  ``0.09 x`` the shorter side, zero padding; gradient, deconvnet and guided backprop ``0.02 x`` the
+  longer side, replicate padding (``torchray.attribution.common.saliency(smooth=0.02)``);
+  Grad-CAM, excitation backprop and RISE none.
 - ``engine_settings``: whether the method takes ``settings=`` (an ``ExtremalSettings``: the job
   config's ``extremal:`` section); its rows then carry the ``variant`` and ``areas`` columns.
 A class without a card gets ``MethodCard()``: signed maps, no smoothing, no value columns.
@@ -27,6 +30,25 @@ from ..settings import ExtremalSettings
 # Column types a card may name; ``rgb_png`` is a float image [3, H, W] in [0, 1] stored as PNG bytes.
 COLUMN_TYPES = ("float32", "int32", "bool", "string", "list<float32>", "list<list<float32>>", "rgb_png")
 MAP_KINDS = ("mask", "signed", "positive")
+
+
+@dataclass(frozen=True)
+class Smoothing:
+    """A Gaussian blur of a map ``[H, W]``: ``sigma = fraction x`` the map's ``side``
+    (``"shorter"``: min(H, W), ``"longer"``: max(H, W)), ``padding`` ``"zeros"`` or
+    ``"replicate"`` (TorchRay's ``imsmooth`` padding modes). ``fraction = 0``: none."""
+
+    fraction: float = 0.0
+    side: str = "shorter"
+    padding: str = "zeros"
+
+    def __post_init__(self) -> None:
+        if not self.fraction >= 0 or self.side not in ("shorter", "longer") or self.padding not in ("zeros", "replicate"):
+            raise ValueError(f"smoothing needs fraction >= 0, side shorter|longer, padding zeros|replicate: got {self}")
+
+    def sigma(self, height: int, width: int) -> float:
+        """The standard deviation in pixels on an ``height x width`` map."""
+        return self.fraction * (min(height, width) if self.side == "shorter" else max(height, width))
 
 
 @dataclass(frozen=True)
@@ -51,12 +73,14 @@ class MethodCard:
 
     columns: tuple[Column, ...] = ()
     maps: str = "signed"
-    smooth: float = 0.0
+    smooth: Smoothing = Smoothing()
     engine_settings: bool = False
 
     def __post_init__(self) -> None:
         if self.maps not in MAP_KINDS:
             raise ValueError(f"maps must be one of {', '.join(MAP_KINDS)}, got {self.maps!r}")
+        if not isinstance(self.smooth, Smoothing):
+            raise ValueError(f"smooth must be a Smoothing, got {self.smooth!r}")
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names):
             raise ValueError(f"a column is declared twice: {names}")

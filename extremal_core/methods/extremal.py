@@ -19,7 +19,7 @@ from ..perturbation import build_pyramid, perturb
 from ..rewards import Reward, get_reward
 from ..scores import normalized_scores, optimal_area
 from ..settings import ExtremalSettings
-from .card import Column, MethodCard
+from .card import Column, MethodCard, Smoothing
 from .explanation import Explanation
 from .registry import register_method
 
@@ -72,7 +72,7 @@ def as_explanation(result: ExtremalResult) -> Explanation:
 PHI0 = Column("phi0", "float32", "[]", "the target's reward on the clean image")
 
 # Per row: A = len(areas). The report draws the masks on one [0, 1] scale and frames a*; the
-# pointing game smooths them (sigma = 0.09 x the shorter side), as TorchRay's benchmark does.
+# pointing game smooths them (sigma = 0.09 x the shorter side, zero padding), as TorchRay's benchmark does.
 CARD = MethodCard(
     columns=(
         Column("preserved", "list<float32>", "[A]", "Φ_c(m_a ⊗ x): the target's reward with each mask's region kept"),
@@ -83,7 +83,7 @@ CARD = MethodCard(
         Column("optimal_area_reached", "bool", "[]", "whether some v_a reached 1"),
     ),
     maps="mask",
-    smooth=0.09,
+    smooth=Smoothing(0.09, "shorter", "zeros"),
     engine_settings=True,
 )
 

@@ -27,7 +27,9 @@ from pipeline.commit import part_uri
 from pipeline.config import JobConfig
 from pipeline.io.parts import iter_part_rows
 from pipeline.metrics.deletion_insertion import SUBSTRATES, causal_curves
-from pipeline.models import load_model
+from pipeline.metrics.road import NOISE, road_curves
+from pipeline.metrics.srg import srg
+from pipeline.models import LoadedModel, load_model
 from pipeline.readahead import Item
 from pipeline.schema import restore_maps
 from pipeline.shard_task import ShardContext, ShardTask
@@ -37,8 +39,11 @@ _F32, _I32 = pa.float32(), pa.int32()
 EVAL_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("method", pa.string()), ("model", pa.string()),
     ("target", _I32), ("step", _I32), ("n_steps", _I32),
-    ("deletion_auc", _F32), ("insertion_auc", _F32),
+    ("deletion_auc", _F32), ("insertion_auc", _F32), ("srg", _F32),
     ("deletion_curve", pa.list_(_F32)), ("insertion_curve", pa.list_(_F32)),
+    # ROAD (pipeline.metrics.road), with ``road`` set: AUCs and curves at road.FRACTIONS.
+    ("road_morf_auc", _F32), ("road_lerf_auc", _F32), ("road_morf_curve", pa.list_(_F32)),
+    ("road_lerf_curve", pa.list_(_F32)),
     ("deletion_substrate", pa.string()), ("error", pa.string()), ("seconds", _F32),
 ])
 _READ = ["key", "method", "target", "maps", "map_min", "map_max", "map_height", "map_width", "error"]
@@ -49,12 +54,14 @@ class DeletionSettings:
     """``results_uri``: the attribution job's output (its ``parts/``). ``step``: pixels per step
     (None: the input's width, one row as in RISE). ``deletion_substrate``: ``zeros`` (RISE's) or
     ``blur``; insertion always starts from the blurred image. ``forward_batch``: perturbed images
-    per forward pass."""
+    per forward pass. ``road``: also ROAD's MoRF and LeRF curves (noisy linear imputation, noise
+    0.01 in [0, 1] pixel units)."""
 
     results_uri: str
     step: int | None = None
     deletion_substrate: str = "zeros"
     forward_batch: int | None = None
+    road: bool = False
 
     def __post_init__(self) -> None:
         if self.step is not None and self.step < 1:
@@ -66,7 +73,8 @@ class DeletionSettings:
 
     def hashed(self) -> dict[str, Any]:
         """What changes the output rows (the results' location and the batching do not)."""
-        return {"evaluation": "deletion_insertion", "step": self.step, "deletion_substrate": self.deletion_substrate}
+        out = {"evaluation": "deletion_insertion", "step": self.step, "deletion_substrate": self.deletion_substrate}
+        return {**out, "road": True} if self.road else out  # earlier outputs keep their hash
 
 
 def _joined(rows: Iterator[dict[str, Any]], items: Iterator[Item]) -> Iterator[tuple[dict[str, Any], Item | None]]:
@@ -79,6 +87,18 @@ def _joined(rows: Iterator[dict[str, Any]], items: Iterator[Item]) -> Iterator[t
             if current is None:
                 break
         yield row, current
+
+
+def _road(loaded: LoadedModel, x: torch.Tensor, sal: torch.Tensor, tgt: torch.Tensor, settings: DeletionSettings,
+          rows: list[dict[str, Any]]) -> None:
+    """ROAD's curves of a batch into its rows; the imputation noise in the normalised input's units."""
+    noise = NOISE / torch.tensor(loaded.preprocess.std, dtype=torch.float32, device=x.device)
+    kw = {"noise": noise, "forward_batch": settings.forward_batch or 32}
+    for order in ("morf", "lerf"):
+        r = road_curves(loaded.model, x, sal, tgt, order, **kw)
+        curves, aucs = r.curves.cpu().numpy(), r.auc.cpu().numpy()
+        for k, row in enumerate(rows):
+            row.update({f"road_{order}_auc": float(aucs[k]), f"road_{order}_curve": curves[k].tolist()})
 
 
 def _row_error(row: dict[str, Any], item: Item | None) -> str | None:
@@ -152,9 +172,14 @@ class DeletionInsertionTask(ShardTask):
             ins = causal_curves(model, x, sal, tgt, "insertion", **kw)
             dc, ic = d.curves.cpu().numpy(), ins.curves.cpu().numpy()
             da, ia = d.auc.cpu().numpy(), ins.auc.cpu().numpy()
+            # SRG needs one occluder for both orders: insertion's blur (pipeline.metrics.srg).
+            gain = srg(d.curves, ins.curves).cpu().numpy() if settings.deletion_substrate == "blur" else None
             seconds = (time.perf_counter() - t0) / len(pending)
             for k, j in enumerate(idx):
                 pending[j][0].update(step=d.step, n_steps=dc.shape[1] - 1, deletion_auc=float(da[k]),
-                                     insertion_auc=float(ia[k]), deletion_curve=dc[k].tolist(),
+                                     insertion_auc=float(ia[k]), srg=None if gain is None else float(gain[k]),
+                                     deletion_curve=dc[k].tolist(),
                                      insertion_curve=ic[k].tolist(), seconds=seconds)
+            if settings.road:
+                _road(self.loaded, x, sal, tgt, settings, [pending[j][0] for j in idx])
         pending.clear()

@@ -2,7 +2,8 @@
 task map, or in process), each streaming its part by record batches (bounded memory: never a
 whole table) against its shard's annotations, returning small per-class tallies that are summed.
 
-Every row with a ground truth counts for the row's method and, on the same pair, for the
+Every row with a ground truth counts for the row's method (its hit, and its energy share:
+``pipeline.metrics.energy_pointing``) and, on the same pair, for the
 ``center`` baseline (the point (W/2, H/2); a job run with the ``center`` *map* method is reported
 as ``center (maps)``). Rows with ``error`` set, keys without annotations and pairs without ground
 truth (``pipeline.metrics.ground_truth``) are counted apart, not scored.
@@ -11,15 +12,16 @@ truth (``pipeline.metrics.ground_truth``) are counted apart, not scored.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.evaluation.difficult import in_difficult_subset, load_flags
 from pipeline.geometry import Geometry
 from pipeline.io.parts import ShardLocator, iter_part_rows, part_urls
 from pipeline.method import card_for
+from pipeline.metrics.energy_pointing import EnergyTally, energy_share
 from pipeline.metrics.ground_truth import class_mask, image_name, image_size
-from pipeline.metrics.pointing_game import TOLERANCE, Tally, center_point, is_hit, saliency_point
+from pipeline.metrics.pointing_game import TOLERANCE, Tally, argmax_point, center_point, is_hit, resize_to_original
 from pipeline.schema import restore_maps
 from pipeline.shards import iter_samples
 
@@ -33,6 +35,7 @@ class PartResult:
     """Tallies per (method, subset) and the rows not scored, of one part or summed over parts."""
 
     tallies: dict[tuple[str, str], Tally] = field(default_factory=dict)
+    energies: dict[tuple[str, str], EnergyTally] = field(default_factory=dict)
     rows: int = 0
     errors: int = 0
     unannotated: int = 0
@@ -41,9 +44,14 @@ class PartResult:
     def tally(self, method: str, subset: str) -> Tally:
         return self.tallies.setdefault((method, subset), Tally())
 
+    def energy(self, method: str, subset: str) -> EnergyTally:
+        return self.energies.setdefault((method, subset), EnergyTally())
+
     def merge(self, other: PartResult) -> PartResult:
         for k, t in other.tallies.items():
             self.tally(*k).merge(t)
+        for k, e in other.energies.items():
+            self.energy(*k).merge(e)
         self.rows += other.rows
         self.errors += other.errors
         self.unannotated += other.unannotated
@@ -66,7 +74,8 @@ def evaluate_part(
     batch_rows: int = 32,
     shards: Sequence[str] = (),
 ) -> PartResult:
-    """The pointing game on one part: ``smooth`` None = per method (its card's ``smooth``);
+    """The pointing game on one part: ``smooth`` None = per method (its card's ``smooth``), else
+    that fraction with the card's side and padding rule (shorter side, zeros when it has none);
     ``flags_path``: the difficult flags file (default: TorchRay's for the data's format);
     ``shards``: the shards' real URLs (a signed URL's query string is redacted in the part)."""
     result = PartResult()
@@ -92,17 +101,19 @@ def evaluate_part(
             continue
         values = restore_maps(row["stored"], row["map_min"], row["map_max"])
         method = row["method"]
-        s = card_for(method).smooth if smooth is None else smooth
-        point = saliency_point(values, Geometry.from_row(row), s, width, height)
+        s = card_for(method).smooth if smooth is None else replace(card_for(method).smooth, fraction=smooth)
+        full = resize_to_original(values, Geometry.from_row(row), width, height)
+        point = argmax_point(full, s)
+        share = energy_share(full, mask)
         # The job's method (its `center` map method renamed: the baseline row is `center`).
         name = "center (maps)" if method == "center" else method
         hits = {name: is_hit(mask, point, tolerance), "center": is_hit(mask, center_point(width, height), tolerance)}
         flags = load_flags(meta.get("format"), flags_path)
         difficult = flags is not None and in_difficult_subset(flags, image_name(meta, row["key"]), target)
-        for name, hit in hits.items():
-            result.tally(name, "all").add(target, hit)
-            if difficult:
-                result.tally(name, "difficult").add(target, hit)
+        for subset in ("all", "difficult") if difficult else ("all",):
+            for scored, hit in hits.items():
+                result.tally(scored, subset).add(target, hit)
+            result.energy(name, subset).add(target, share)  # the center baseline has no map
     return result
 
 

@@ -1,5 +1,7 @@
 """The pointing game's result as tables: one row per (method, subset) with the accuracy in % (the
-mean of the per-class accuracies), and one row per (method, subset, class); printed, and written
+mean of the per-class accuracies) and the energy-based score in % (the mean of the per-class mean
+energy shares inside the ground truth; NaN for the ``center`` baseline, which has no map), and
+one row per (method, subset, class); printed, and written
 as CSV and Parquet (plain Arrow types: pandas, DuckDB read them)."""
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import pyarrow as pa
 
 from pipeline.evaluation.pointing_run import SUBSETS, PartResult
 from pipeline.evaluation.table_files import write_table_files
+from pipeline.metrics.energy_pointing import EnergyTally
 
 SUMMARY = "pointing_game"
 PER_CLASS = "pointing_game_classes"
@@ -22,28 +25,36 @@ def _order(result: PartResult) -> list[tuple[str, str]]:
     return [(m, s) for m in methods for s in SUBSETS if (m, s) in result.tallies]
 
 
+def _energy(result: PartResult, method: str, subset: str) -> EnergyTally:
+    return result.energies.get((method, subset), EnergyTally())
+
+
 def summary_table(result: PartResult) -> pa.Table:
-    """``method, subset, accuracy`` (%), ``hits, misses, pairs, classes``."""
+    """``method, subset, accuracy`` (%), ``hits, misses, pairs, classes, energy`` (%)."""
     rows = []
     for method, subset in _order(result):
         t = result.tallies[(method, subset)]
         rows.append({"method": method, "subset": subset, "accuracy": 100 * t.accuracy(), "hits": sum(t.hits.values()),
-                     "misses": sum(t.misses.values()), "pairs": t.pairs, "classes": len(t.classes())})
+                     "misses": sum(t.misses.values()), "pairs": t.pairs, "classes": len(t.classes()),
+                     "energy": 100 * _energy(result, method, subset).mean()})
     schema = pa.schema([("method", pa.string()), ("subset", pa.string()), ("accuracy", pa.float64()),
-                        ("hits", pa.int64()), ("misses", pa.int64()), ("pairs", pa.int64()), ("classes", pa.int64())])
+                        ("hits", pa.int64()), ("misses", pa.int64()), ("pairs", pa.int64()), ("classes", pa.int64()),
+                        ("energy", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
 def class_table(result: PartResult) -> pa.Table:
-    """``method, subset, class, hits, misses, accuracy`` (%) per class with a counted pair."""
+    """``method, subset, class, hits, misses, accuracy, energy`` (%) per class with a counted pair."""
     rows = []
     for method, subset in _order(result):
         t = result.tallies[(method, subset)]
+        energy = _energy(result, method, subset).class_means()
         for c, acc in t.class_accuracies().items():
             rows.append({"method": method, "subset": subset, "class": c, "hits": t.hits.get(c, 0),
-                         "misses": t.misses.get(c, 0), "accuracy": 100 * acc})
+                         "misses": t.misses.get(c, 0), "accuracy": 100 * acc,
+                         "energy": 100 * energy.get(c, float("nan"))})
     schema = pa.schema([("method", pa.string()), ("subset", pa.string()), ("class", pa.int32()),
-                        ("hits", pa.int64()), ("misses", pa.int64()), ("accuracy", pa.float64())])
+                        ("hits", pa.int64()), ("misses", pa.int64()), ("accuracy", pa.float64()), ("energy", pa.float64())])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -55,11 +66,12 @@ def counts_table(result: PartResult) -> pa.Table:
 
 def format_summary(result: PartResult) -> str:
     """The summary as text: one line per method with All / Difficult %, as TorchRay's table reads."""
-    lines = [f"{'method':<24} {'all %':>7} {'diff %':>7} {'pairs':>8}"]
+    lines = [f"{'method':<24} {'all %':>7} {'diff %':>7} {'energy %':>9} {'pairs':>8}"]
     for method in dict.fromkeys(m for m, _ in _order(result)):
         acc = {s: result.tallies[(method, s)] for s in SUBSETS if (method, s) in result.tallies}
         diff = f"{100 * acc['difficult'].accuracy():7.1f}" if "difficult" in acc else f"{'-':>7}"
-        lines.append(f"{method:<24} {100 * acc['all'].accuracy():7.1f} {diff} {acc['all'].pairs:8d}")
+        energy = 100 * _energy(result, method, "all").mean()
+        lines.append(f"{method:<24} {100 * acc['all'].accuracy():7.1f} {diff} {energy:9.1f} {acc['all'].pairs:8d}")
     lines.append(f"rows: {result.rows} ({result.errors} error rows, {result.unannotated} without annotations, "
                  f"{result.no_ground_truth} pairs without ground truth or all difficult)")
     return "\n".join(lines)

@@ -3,10 +3,12 @@ as pure functions on arrays, plus the hit/miss tally per class.
 
 - The point of a row: its maps placed back in the resized frame (its ``Geometry``: zeros
   where the model's crop did not reach), resized to the original ``H x W`` (bilinear,
-  ``align_corners=False``, no antialiasing: TorchRay's ``F.interpolate``), each smoothed with a
-  Gaussian of ``sigma = smooth * min(H, W)`` (zero padding; ``smooth = 0.09`` for extremal
-  perturbation, 0 = none: each method's card says), summed over the maps, and the argmax. Ties: the first maximum in
-  row-major order (``torch.argmax``, as TorchRay's ``_saliency_to_point``).
+  ``align_corners=False``, no antialiasing: TorchRay's ``F.interpolate``), each smoothed as the
+  method's card says (``MethodCard.smooth``, TorchRay's benchmark per method: extremal
+  perturbation ``sigma = 0.09 min(H, W)``, zero padding; gradient and guided backprop
+  ``sigma = 0.02 max(H, W)``, replicate padding; Grad-CAM, RISE none), summed over the maps, and
+  the argmax. Ties: the first maximum in row-major order (``torch.argmax``, as TorchRay's
+  ``_saliency_to_point``).
 - The ``center`` baseline: the point ``(W / 2, H / 2)`` (not a pixel centre: fractional for odd sizes).
 - A hit when some ground-truth pixel ``(u, v)`` has ``(u - x)^2 + (v - y)^2 < tolerance^2``
   (strict; float32, as TorchRay computes it); tolerance 15 px in original pixels.
@@ -25,6 +27,8 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from extremal_core.methods.card import Smoothing
 
 TOLERANCE = 15
 _SQRT2 = math.sqrt(2.0)
@@ -68,10 +72,10 @@ def resize_to_original(maps: np.ndarray, geometry: Geometry, width: int | None =
     return F.interpolate(frame[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
 
 
-def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[M, H, W]`` maps, zero padding, same size: the kernel
-    ``exp(-i^2 / (2 sigma^2))`` for ``|i| <= ceil(4 sigma)``, normalised to sum 1 (float32;
-    TorchRay's ``imsmooth``). ``sigma <= 0``: unchanged."""
+def gaussian_smooth(maps: torch.Tensor, sigma: float, padding: str = "zeros") -> torch.Tensor:
+    """Separable Gaussian blur of ``[M, H, W]`` maps, same size, ``padding`` ``"zeros"`` or
+    ``"replicate"``: the kernel ``exp(-i^2 / (2 sigma^2))`` for ``|i| <= ceil(4 sigma)``,
+    normalised to sum 1 (float32; TorchRay's ``imsmooth``). ``sigma <= 0``: unchanged."""
     if sigma <= 0:
         return maps
     radius = math.ceil(4 * sigma)
@@ -79,19 +83,29 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     kernel = torch.exp(-taps * taps)
     kernel = kernel / kernel.sum()
     x = maps[:, None].float()
-    x = F.conv2d(x, kernel.view(1, 1, -1, 1), padding=(radius, 0))  # vertical, then horizontal
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1), padding=(0, radius))
+    if padding == "replicate":
+        x = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+        pad_v, pad_h = (0, 0), (0, 0)
+    else:
+        pad_v, pad_h = (radius, 0), (0, radius)
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1), padding=pad_v)  # vertical, then horizontal
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1), padding=pad_h)
     return x[:, 0]
 
 
 def saliency_point(
-    maps: np.ndarray, geometry: Geometry, smooth: float = 0.0, width: int | None = None, height: int | None = None
+    maps: np.ndarray, geometry: Geometry, smooth: Smoothing | None = None, width: int | None = None,
+    height: int | None = None,
 ) -> tuple[int, int]:
     """(x, y) in original pixels that a row's maps ``[M, h, w]`` point at: resized to the original
-    ``H x W``, each smoothed (``sigma = smooth * min(H, W)``), summed, first argmax."""
-    full = resize_to_original(maps, geometry, width, height)
-    if smooth > 0:
-        full = gaussian_smooth(full, smooth * min(full.shape[1:]))
+    ``H x W``, each smoothed (``smooth``: the method card's; None: none), summed, first argmax."""
+    return argmax_point(resize_to_original(maps, geometry, width, height), smooth)
+
+
+def argmax_point(full: torch.Tensor, smooth: Smoothing | None = None) -> tuple[int, int]:
+    """(x, y) of maps ``[M, H, W]`` already at the original size: each smoothed, summed, first argmax."""
+    if smooth is not None and smooth.fraction > 0:
+        full = gaussian_smooth(full, smooth.sigma(*full.shape[1:]), smooth.padding)
     total = full.sum(dim=0)
     index = int(torch.argmax(total.reshape(-1)))
     w = total.shape[1]

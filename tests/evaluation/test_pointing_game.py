@@ -14,6 +14,7 @@ from torchray.benchmark.pointing_game import PointingGame, PointingGameBenchmark
 from torchray.utils import imsmooth
 from torchvision import datasets as tvd
 
+from extremal_core.methods import Smoothing
 from pipeline.datasets.voc import parse_voc_xml
 from pipeline.evaluation.difficult import in_difficult_subset, load_flags
 from pipeline.geometry import Geometry
@@ -96,7 +97,7 @@ def test_point_of_extremal_masks_matches_torchray_resize_and_smooth() -> None:
             ref = imsmooth(ref, sigma=0.09 * min(ref.shape[2:]), padding_mode="constant").sum(dim=0, keepdim=True)
             index = int(torch.argmax(ref.view(-1)))
             expected = (index % width, index // width)
-            assert saliency_point(maps[:, 0].numpy(), g, smooth=0.09) == expected
+            assert saliency_point(maps[:, 0].numpy(), g, Smoothing(0.09)) == expected
         # no smoothing: the argmax of the summed resized maps
         ref = resize_saliency(None, maps, (width, height), mode="bilinear").sum(0)[0]
         index = int(torch.argmax(ref.view(-1)))

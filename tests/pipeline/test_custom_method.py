@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from extremal_core.methods import Column, Explanation, MethodCard
+from extremal_core.methods import Column, Explanation, MethodCard, Smoothing
 from jobs.attribute import main as attribute
 from jobs.pointing_game import main as pointing_game
 from pipeline.config_load import dump_config_yaml
@@ -26,7 +26,7 @@ class BrightnessExplainer:
     objects stand out from a flat background); ``contrast`` ``[B]``: the largest such distance."""
 
     card = MethodCard(
-        columns=(Column("contrast", "float32", "[]", "the map's maximum"),), maps="positive", smooth=0.02
+        columns=(Column("contrast", "float32", "[]", "the map's maximum"),), maps="positive", smooth=Smoothing(0.02)
     )
 
     def __init__(self, model: torch.nn.Module | None, *, power: float = 1.0):
@@ -54,7 +54,7 @@ def test_a_method_outside_the_repository_through_every_job(tmp_path: Path, demo_
     assert table.schema.field("contrast").type == "float"
     assert all(c > 0 for c in good.column("contrast").to_pylist())
 
-    assert card_for(NAME).smooth == 0.02
+    assert card_for(NAME).smooth == Smoothing(0.02)
     assert pointing_game(["--results", str(out), "--local"]) == 0
     summary = pq.read_table(out / "pointing_game" / "pointing_game.parquet").to_pylist()
     assert {r["method"] for r in summary} >= {NAME, "center"}

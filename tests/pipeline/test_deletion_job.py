@@ -22,6 +22,7 @@ from jobs.deletion_insertion import main
 from pipeline.config_load import dump_config_yaml, load_config
 from pipeline.io.parts import read_results, row_maps
 from pipeline.metrics.deletion_insertion import causal_curves
+from pipeline.metrics.road import NOISE, road_curves
 from pipeline.models import load_model
 from pipeline.readahead import read_items
 from tests.pipeline.conftest import tiny_config
@@ -88,6 +89,7 @@ def test_deletion_insertion_job(attribution: tuple[str, str], capsys: pytest.Cap
     assert s["deletion_auc"] == pytest.approx(good["deletion_auc"].mean(), rel=1e-5)
     assert s["insertion_auc"] == pytest.approx(good["insertion_auc"].mean(), rel=1e-5)
     assert s["insertion_std"] == pytest.approx(good["insertion_auc"].std(ddof=0), rel=1e-4, abs=1e-7)
+    assert good["srg"].isna().all() and pd.isna(s["srg"])  # zeros for deletion, blur for insertion: no SRG
 
     # Resume: nothing to do. Another step into the same output is refused; a new output is fine.
     assert main(["--results", results, "--step", "64", "--config", config]) == 0
@@ -97,3 +99,27 @@ def test_deletion_insertion_job(attribution: tuple[str, str], capsys: pytest.Cap
     # A config that did not make these results (another max_iter) is a command-line error.
     assert main(["--results", results, "--config", config, "--set", "extremal.max_iter=6"]) == 2
     assert "did not make" in capsys.readouterr().err
+
+    # ROAD and SRG (one blur occluder) into another output: the task's numbers are road_curves'
+    # on the decoded images (to the imputation noise, drawn per chunk: the task's chunks hold
+    # several images), the rows' SRG is insertion minus deletion AUC.
+    road_out = str(Path(results) / "road")
+    assert main(["--results", results, "--config", config, "--step", "64", "--deletion-substrate", "blur", "--road",
+                 "--out", road_out]) == 0
+    capsys.readouterr()
+    rr = pq.read_table(Path(road_out) / "parts").to_pandas()
+    rr = rr[rr["error"].isna()].set_index("key")
+    np.testing.assert_allclose(rr["srg"], rr["insertion_auc"] - rr["deletion_auc"], rtol=0, atol=1e-6)
+    noise = NOISE / torch.tensor(loaded.preprocess.std)
+    for key, row in rr.iterrows():
+        x = images[key][None]
+        attr_row = next(r for r in attr if r["key"] == key)
+        sal = torch.from_numpy(row_maps(attr_row).sum(axis=0))[None]
+        for order in ("morf", "lerf"):
+            ref = road_curves(model, x, sal, torch.tensor([attr_row["target"]]), order, noise=noise)
+            np.testing.assert_allclose(np.asarray(row[f"road_{order}_curve"]), ref.curves[0].numpy(), rtol=0, atol=2e-3)
+            assert row[f"road_{order}_auc"] == pytest.approx(ref.auc.item(), abs=2e-3)
+    road_summary = pd.read_csv(Path(road_out) / "deletion_insertion.csv").iloc[0]
+    assert road_summary["road_morf_auc"] == pytest.approx(rr["road_morf_auc"].mean(), rel=1e-5)
+    assert road_summary["srg"] == pytest.approx(rr["srg"].mean(), abs=1e-6)
+    assert np.isnan(s["road_lerf_auc"])  # the first run had no --road
