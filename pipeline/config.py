@@ -97,7 +97,8 @@ class ModelConfig:
     on top (with ``weights`` too: then the weights only give the preprocessing, e.g. a model
     fine-tuned from them). ``download_weights``: fetch torchvision weights missing from the torch
     hub cache (turn it off on machines without internet, where a missing file is then a clear
-    error).
+    error). ``arch: timm/<name>`` and ``arch: hf/<folder>`` are timm and Hugging Face classifiers
+    (``pipeline.zoo``); ``options``: keyword arguments for ``timm.create_model`` (e.g. ``depth``).
     """
 
     arch: str | None = None
@@ -106,6 +107,7 @@ class ModelConfig:
     factory: str | None = None
     num_classes: int | None = None
     download_weights: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
 
     def validate(self) -> None:
@@ -117,6 +119,8 @@ class ModelConfig:
             module, sep, func = self.factory.partition(":")
             if not sep or not module or not func.isidentifier():
                 raise ConfigError(f"model.factory must look like 'package.module:function', got {self.factory!r}")
+        if self.options and not str(self.arch).startswith("timm/"):
+            raise ConfigError("model.options are keyword arguments for timm.create_model; they need model.arch: timm/<name>")
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"model.num_classes must be a positive integer or null, got {self.num_classes}")
         self.preprocessing.validate()
