@@ -30,6 +30,9 @@ class ConfigError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class InputConfig:
     """Where the WebDataset shards are.
@@ -40,11 +43,18 @@ class InputConfig:
     looked up as a field of the sample's ``json``. ``max_pixels``: the memory guard, per image:
     an image larger than this, or one that preprocessing would resize to more than this, is an
     error row (checked before the pixels are allocated; ``pipeline.images``).
+    ``format``: ``webdataset`` (tars), ``parquet`` (Parquet files: image bytes in
+    ``image_column``, default ``jpg``, and ``key_column``, default ``key``, as img2dataset writes)
+    or ``hf_datasets`` (Hugging Face ``datasets`` folders: ``image`` and ``label`` features); the
+    table formats take the label from the column ``label_key`` or ``label`` (``pipeline.tables``).
     """
 
     shards: str | tuple[str, ...] = ()
     label_key: str = "cls"
     max_pixels: int = 50_000_000
+    format: Literal["webdataset", "parquet", "hf_datasets"] = "webdataset"
+    image_column: str = AUTO
+    key_column: str | None = AUTO
 
     def validate(self) -> None:
         if not self.shards:
@@ -52,8 +62,6 @@ class InputConfig:
         if self.max_pixels < 1:
             raise ConfigError(f"input.max_pixels must be >= 1, got {self.max_pixels}")
 
-
-AUTO = "auto"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from pipeline.models import LoadedModel, Preprocess, load_model
 from pipeline.readahead import Item, Prefetcher, read_items
 from pipeline.schema import rows_to_table
 from pipeline.storage import redact_url
+from pipeline.tables import sample_reader
 from pipeline.targets import Target, pick_targets
 
 
@@ -187,7 +188,8 @@ def process_shard(
             if on_batch is not None:
                 on_batch(images)
 
-    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage, cfg.input.max_pixels)
+    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage, cfg.input.max_pixels,
+                        sample_reader(cfg.input))
     with Prefetcher(source, maxsize=cfg.worker.prefetch) as items:
         # Reading starts before the lock: while another shard computes, this one reads ahead.
         # The lock is held for the whole shard (not per batch) so shards finish one by one.

@@ -38,6 +38,7 @@ from pipeline.readahead import Item, Prefetcher, read_items
 from pipeline.results import row_stored_maps
 from pipeline.schema import restore_maps
 from pipeline.storage import url_to_fs
+from pipeline.tables import sample_reader
 
 _F32, _I32 = pa.float32(), pa.int32()
 EVAL_SCHEMA = pa.schema([
@@ -157,7 +158,7 @@ def evaluate_shard(
         if on_batch is not None:
             on_batch(images)
 
-    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage)
+    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage, reader=sample_reader(cfg.input))
     with Prefetcher(source, maxsize=cfg.worker.prefetch) as items:
         waited = time.perf_counter()
         with compute_lock if compute_lock is not None else contextlib.nullcontext():
