@@ -12,7 +12,7 @@ NUM_CLASSES = 5
 
 # timm architectures with options that keep them small (the structure, e.g. the class token and
 # the stages, is the real one).
-TIMM_CONVNEXT = {"arch": "timm/convnext_tiny", "options": {"depths": (1, 1, 1, 1), "dims": (8, 16, 32, 64)}}
+TIMM_CONVNEXT = {"arch": "timm/convnext_tiny", "options": {"depths": [1, 1, 1, 1], "dims": [8, 16, 32, 64]}}
 TIMM_VIT = {"arch": "timm/vit_tiny_patch16_224", "options": {"depth": 2, "embed_dim": 32, "num_heads": 2}}
 
 
