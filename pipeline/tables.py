@@ -54,6 +54,21 @@ def sample_reader(cfg: InputConfig) -> Callable[[str, dict[str, Any] | None], It
     return lambda url, storage: iter_table_samples(url, storage, image, key, cfg.label_key)
 
 
+def iter_any_samples(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[Sample]:
+    """A unit's samples without its job's config (the report drawing originals): tables by their
+    suffix, with the first image column of ``jpg``, ``image``, ``png``, ``webp`` and ``key`` when
+    present (else row numbers); anything else as a tar."""
+    if not url.endswith((".parquet", ".arrow")):
+        return iter_samples(url, storage_options)
+    try:
+        with open_url(url, "rb", storage_options) as f:
+            names = _schema_names(f, url)
+    except Exception as exc:
+        raise ShardReadError(f"cannot read {redact_url(url)}: {type(exc).__name__}") from None
+    image = next((c for c in ("jpg", "image", "png", "webp") if c in names), "jpg")
+    return iter_table_samples(url, storage_options, image, "key" if "key" in names else None)
+
+
 def expand_units(cfg: InputConfig, storage_options: dict[str, Any] | None = None) -> list[str]:
     """The units of work: shard / Parquet URLs as ``expand_shards`` lists them; for
     ``hf_datasets`` a folder stands for its Arrow files (``cache-*`` skipped), else its Parquet

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.config import InputConfig
 from pipeline.shards import ShardReadError
-from pipeline.tables import BATCH_ROWS, expand_units, iter_table_samples, sample_reader
+from pipeline.tables import BATCH_ROWS, expand_units, iter_any_samples, iter_table_samples, sample_reader
 from tests.shard_factory import encode_image, synthetic_image, truncate_file
 from tests.zoo.inputs import write_hf_hub_parquet, write_hf_saved, write_parquet_files
 
@@ -102,3 +102,11 @@ def test_row_groups_are_streamed(tmp_path: Path) -> None:
     assert [next(rows).error for _ in range(BATCH_ROWS)] == [None] * BATCH_ROWS
     with pytest.raises(ShardReadError, match=f"after {BATCH_ROWS} rows"):
         next(rows)
+
+
+def test_units_read_without_the_config(tmp_path: Path) -> None:
+    """The report reads originals knowing only the unit's URL: tables by suffix, tars as tars."""
+    parquet = write_parquet_files(tmp_path / "p")[1]
+    arrow = expand_units(InputConfig(shards=write_hf_saved(tmp_path / "h"), format="hf_datasets"))[0]
+    assert [(s.key, s.error) for s in iter_any_samples(parquet)] == [("s001_0000", None), ("s001_0001", None)]
+    assert [(s.key, s.label) for s in iter_any_samples(arrow)] == [("0", 0), ("1", 1)]
