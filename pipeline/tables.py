@@ -124,7 +124,7 @@ def _schema_names(f: Any, url: str) -> list[str]:
     return names
 
 
-def _image_bytes(value: Any) -> tuple[bytes | None, str | None]:
+def image_bytes(value: Any) -> tuple[bytes | None, str | None]:
     """(bytes, None) or (None, why not) for a binary cell or an HF ``Image`` struct."""
     if isinstance(value, dict):  # datasets' Image feature: {"bytes": ..., "path": ...}
         if value.get("bytes"):
@@ -191,7 +191,7 @@ def _row_sample(
         problems.append(f"duplicate key {key!r}: an earlier row of this file has it")
     seen.add(key)
     sample = Sample(key=key)
-    sample.image_bytes, why = _image_bytes(row.get(image_column))
+    sample.image_bytes, why = image_bytes(row.get(image_column))
     if why is not None:
         problems.append(why)
     # datasets' ClassLabel writes -1 for "no label" (test splits).
