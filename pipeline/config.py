@@ -35,7 +35,7 @@ AUTO = "auto"
 
 @dataclass(frozen=True)
 class InputConfig:
-    """Where the WebDataset shards are.
+    """Where the input is: WebDataset shards, or Parquet / Hugging Face datasets files (``format``).
 
     ``shards``: a brace pattern (``data/shard-{000000..000099}.tar``), a glob, ``@list.txt`` (one
     URL per line), or a list of any of these; any fsspec URL (local path, ``s3://``...).

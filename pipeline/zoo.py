@@ -23,6 +23,7 @@ The optional packages are imported on first use (``pip install -e ".[timm]"`` / 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import io
@@ -131,18 +132,24 @@ class HFClassifier(nn.Module):
         return self.hf_model(pixel_values=pixel_values).logits
 
 
+@functools.lru_cache(maxsize=4)
+def _local_copy(url: str) -> str:
+    """A remote model folder copied to a temporary folder, once per process."""
+    from pipeline.storage import url_to_fs
+
+    fs, path = url_to_fs(url, None)
+    if not fs.isdir(path):
+        raise ValueError(f"hf model folder not found: {url}")
+    local = tempfile.mkdtemp(prefix="hf-model-")
+    fs.get(path.rstrip("/") + "/", local, recursive=True)
+    return local
+
+
 def _hf_source(arch: str, download: bool) -> tuple[str, bool]:
     """(local folder or hub id, whether it is a hub id); remote folders are copied locally once."""
     where = arch[len("hf/") :]
     if "://" in where and not where.startswith("file://"):
-        from pipeline.storage import url_to_fs
-
-        fs, path = url_to_fs(where, None)
-        if not fs.isdir(path):
-            raise ValueError(f"hf model folder not found: {where}")
-        local = tempfile.mkdtemp(prefix="hf-model-")
-        fs.get(path.rstrip("/") + "/", local, recursive=True)
-        return local, False
+        return _local_copy(where), False
     local = os.path.expanduser(where.removeprefix("file://"))
     if os.path.isdir(local):
         return local, False
