@@ -106,9 +106,11 @@ def _batches(f: Any, url: str, wanted: list[str]) -> Iterator[pa.RecordBatch]:
         for batch in reader:
             yield batch.select([c for c in wanted if c in names])
         return
-    table = pq.ParquetFile(f)
+    # Buffered reads of a column chunk, no read-ahead threads: the resident memory stays at a few
+    # batches (whole column chunks and thread-local allocations grow it with the file; bench_models).
+    table = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
     present = [c for c in wanted if c in table.schema_arrow.names]
-    yield from table.iter_batches(batch_size=BATCH_ROWS, columns=present)
+    yield from table.iter_batches(batch_size=BATCH_ROWS, columns=present, use_threads=False)
 
 
 def _schema_names(f: Any, url: str) -> list[str]:
