@@ -34,7 +34,7 @@ CASES = [  # (input format, model family, method and its cheap settings)
 def test_attribute_job_on_each_input_format(tmp_path: Path, capsys: pytest.CaptureFixture, fmt, family, method) -> None:
     inputs = write_all_formats(tmp_path / "in", size=(240, 230))
     out = tmp_path / "out"
-    cfg = tiny_config(inputs[fmt], str(out), f"input.format={fmt}", "targets.mode=top1", *method)
+    cfg = tiny_config(inputs[fmt], str(out), f"input.format={fmt}", "targets.mode=top1", "cluster.num_actors=1", *method)
     cfg = dataclasses.replace(cfg, model=model_configs(tmp_path)[family])
     path = tmp_path / "job.yaml"
     path.write_text(dump_config_yaml(cfg))
