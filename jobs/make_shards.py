@@ -1,8 +1,10 @@
-"""``python -m jobs.make_shards --from voc|coco|imagefolder <path or URL> --out <uri>``
+"""``python -m jobs.make_shards --from voc|coco|imagefolder|parquet|hf <path or URL> --out <uri>``
 
 Writes WebDataset shards from a dataset in the layout users have: PASCAL VOC (``VOCdevkit/VOC2007``,
-``--split test``), COCO (an image folder plus ``--annotations instances_val2014.json``) or an
-ImageFolder tree. Each sample: the image, ``.cls`` (its first label) and ``.json`` (every label
+``--split test``), COCO (an image folder plus ``--annotations instances_val2014.json``), an
+ImageFolder tree, Parquet files (a glob; ``--image-column`` / ``--key-column``, img2dataset's
+``jpg`` / ``key`` by default) or a Hugging Face datasets folder (``image`` / ``label``).
+Each sample: the image, ``.cls`` (its first label) and ``.json`` (every label
 and the annotations: VOC boxes with difficult flags, COCO instance polygons/RLE). Resumable:
 finished shards are kept, a half-written one is written again.
 
@@ -16,6 +18,7 @@ import argparse
 import sys
 
 from pipeline.datasets import LAYOUTS, ShardSettingsError, coco_entries, imagefolder_entries, voc_entries, write_dataset_shards
+from pipeline.datasets.tables import table_entries
 from pipeline.storage import OutputError
 
 
@@ -28,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default=None, help="shard file name prefix (default: the layout, e.g. voc-000000.tar)")
     p.add_argument("--split", default=None, help="VOC: ImageSets/Main/<split>.txt (default: every annotation)")
     p.add_argument("--annotations", default=None, help="COCO: instances JSON (default ../annotations/instances_<name>.json)")
+    p.add_argument("--image-column", default="auto", help="parquet / hf: the image bytes column (default jpg / image)")
+    p.add_argument("--key-column", default="auto", help="parquet / hf: the key column (default key / row numbers)")
     p.add_argument("--workers", type=int, default=8, help="threads loading samples (default 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -46,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.layout == "coco":
             samples, classes = coco_entries(args.source, args.annotations)
             source["annotations"] = args.annotations
+        elif args.layout in ("parquet", "hf"):
+            fmt = "parquet" if args.layout == "parquet" else "hf_datasets"
+            samples, classes = table_entries(args.source, fmt, args.image_column, args.key_column)
+            source.update(image_column=args.image_column, key_column=args.key_column)
         else:
             samples, classes = imagefolder_entries(args.source)
         source["classes"] = classes

@@ -30,9 +30,12 @@ class ConfigError(ValueError):
 # ------------------------------------------------------------------------------------------------
 
 
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class InputConfig:
-    """Where the WebDataset shards are.
+    """Where the input is: WebDataset shards, or Parquet / Hugging Face datasets files (``format``).
 
     ``shards``: a brace pattern (``data/shard-{000000..000099}.tar``), a glob, ``@list.txt`` (one
     URL per line), or a list of any of these; any fsspec URL (local path, ``s3://``...).
@@ -40,11 +43,18 @@ class InputConfig:
     looked up as a field of the sample's ``json``. ``max_pixels``: the memory guard, per image:
     an image larger than this, or one that preprocessing would resize to more than this, is an
     error row (checked before the pixels are allocated; ``pipeline.images``).
+    ``format``: ``webdataset`` (tars), ``parquet`` (Parquet files: image bytes in
+    ``image_column``, default ``jpg``, and ``key_column``, default ``key``, as img2dataset writes)
+    or ``hf_datasets`` (Hugging Face ``datasets`` folders: ``image`` and ``label`` features); the
+    table formats take the label from the column ``label_key`` or ``label`` (``pipeline.tables``).
     """
 
     shards: str | tuple[str, ...] = ()
     label_key: str = "cls"
     max_pixels: int = 50_000_000
+    format: Literal["webdataset", "parquet", "hf_datasets"] = "webdataset"
+    image_column: str = AUTO
+    key_column: str | None = AUTO
 
     def validate(self) -> None:
         if not self.shards:
@@ -52,8 +62,6 @@ class InputConfig:
         if self.max_pixels < 1:
             raise ConfigError(f"input.max_pixels must be >= 1, got {self.max_pixels}")
 
-
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,8 @@ class ModelConfig:
     on top (with ``weights`` too: then the weights only give the preprocessing, e.g. a model
     fine-tuned from them). ``download_weights``: fetch torchvision weights missing from the torch
     hub cache (turn it off on machines without internet, where a missing file is then a clear
-    error).
+    error). ``arch: timm/<name>`` and ``arch: hf/<folder>`` are timm and Hugging Face classifiers
+    (``pipeline.zoo``); ``options``: keyword arguments for ``timm.create_model`` (e.g. ``depth``).
     """
 
     arch: str | None = None
@@ -106,6 +115,7 @@ class ModelConfig:
     factory: str | None = None
     num_classes: int | None = None
     download_weights: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
 
     def validate(self) -> None:
@@ -117,6 +127,8 @@ class ModelConfig:
             module, sep, func = self.factory.partition(":")
             if not sep or not module or not func.isidentifier():
                 raise ConfigError(f"model.factory must look like 'package.module:function', got {self.factory!r}")
+        if self.options and not str(self.arch).startswith("timm/"):
+            raise ConfigError("model.options are keyword arguments for timm.create_model; they need model.arch: timm/<name>")
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"model.num_classes must be a positive integer or null, got {self.num_classes}")
         self.preprocessing.validate()

@@ -53,6 +53,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         item_tp = typing.get_args(tp)[0]
         if isinstance(value, (list, tuple)):
             return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    elif origin is dict:  # free-form keyword arguments (model.options)
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
     elif tp is type(None):
         if value is None:
             return None

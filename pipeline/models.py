@@ -34,6 +34,7 @@ from torchvision.transforms import InterpolationMode
 
 from pipeline.config import AUTO, ModelConfig, PreprocessingConfig
 from pipeline.geometry import Geometry
+from pipeline.zoo import build_zoo_model, checkpoint_target, is_zoo_arch, read_weights, zoo_preprocess
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -352,6 +353,8 @@ def resolve_preprocess(model: ModelConfig) -> Preprocess:
     _check_one_source(model)
     if model.factory is not None:
         return _make_preprocess(model.preprocessing, _FACTORY_DEFAULTS)
+    if is_zoo_arch(model.arch):
+        return _make_preprocess(model.preprocessing, zoo_preprocess(model.arch, model.download_weights))
     arch = _resolve_arch(model.arch)
     weights = _resolve_weights(arch, model.weights) if model.weights is not None else None
     return _make_preprocess(model.preprocessing, _ARCH_DEFAULTS if weights is None else _weights_preprocess(weights))
@@ -368,7 +371,11 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu", *, downlo
     _check_one_source(model)
     download = model.download_weights if download is None else download
     preprocess = resolve_preprocess(model)
-    if model.arch is not None:
+    digest = None
+    if is_zoo_arch(model.arch):
+        net, name, digest = build_zoo_model(model.arch, model.options, model.num_classes, model.weights, download)
+        weights = None
+    elif model.arch is not None:
         arch = _resolve_arch(model.arch)
         weights = _resolve_weights(arch, model.weights) if model.weights is not None else None
         net = _build_torchvision(arch, weights, model.checkpoint, model.num_classes, download)
@@ -377,13 +384,13 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu", *, downlo
         net = _build_factory(model.factory, model.num_classes)
         name, weights = model.factory, None
 
-    digest = None if weights is None else f"torchvision:{os.path.basename(urlparse(weights.url).path)}"
+    digest = digest if weights is None else f"torchvision:{os.path.basename(urlparse(weights.url).path)}"
     if model.checkpoint is not None:
         what = f"checkpoint {model.checkpoint}"
         data = _open_checkpoint(str(model.checkpoint))
         digest = f"sha256:{hashlib.sha256(data.getbuffer()).hexdigest()}"
-        state = _extract_state_dict(_safe_torch_load(data, what), what)
-        _load_state_dict(net, state, what, name)
+        state = _extract_state_dict(read_weights(data, what, _safe_torch_load), what)
+        _load_state_dict(checkpoint_target(net), state, what, name)
         name = f"{name}@{Path(urlparse(str(model.checkpoint)).path).name}"
 
     net = net.to(device).eval()

@@ -19,7 +19,7 @@ from pipeline.config import ConfigError, JobConfig, storage_options
 from pipeline.config_hash import config_hash
 from pipeline.method import build_explainer
 from pipeline.models import load_model
-from pipeline.shards import expand_shards
+from pipeline.tables import expand_units
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _one_line(exc: BaseException) -> str:
 def preflight(cfg: JobConfig) -> Checked:
     """Check ``cfg`` against the world; raises ConfigError (one line, naming the key)."""
     try:
-        shards = expand_shards(cfg.input.shards, storage_options(cfg))
+        shards = expand_units(cfg.input, storage_options(cfg))
     except ValueError as exc:
         raise ConfigError(f"input.shards: {_one_line(exc)}") from None
     try:

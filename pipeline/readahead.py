@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from pipeline.geometry import Geometry
 from pipeline.images import MAX_PIXELS, check_resize, decode_image
 from pipeline.models import Preprocess
-from pipeline.shards import iter_samples
+from pipeline.shards import Sample, iter_samples
 
 
 @dataclass
@@ -44,12 +44,15 @@ def read_items(
     label_key: str = "cls",
     storage_options: dict[str, Any] | None = None,
     max_pixels: int = MAX_PIXELS,
+    reader: Callable[[str, dict[str, Any] | None], Iterator[Sample]] | None = None,
 ) -> Iterator[Item]:
     """Stream a shard's samples as ``Item``s: decode + preprocess each image; a sample that
     cannot be used gets ``error`` instead of raising. A damaged shard raises ShardReadError
     (after yielding the samples before the damage). ``max_pixels``: the memory guard, on the
-    decoded image and on the size preprocessing resizes it to (``pipeline.images``)."""
-    for index, sample in enumerate(iter_samples(shard_url, storage_options, label_key)):
+    decoded image and on the size preprocessing resizes it to (``pipeline.images``). ``reader``:
+    the unit's samples for another input format (``pipeline.tables.sample_reader``; default: a tar)."""
+    samples = reader(shard_url, storage_options) if reader else iter_samples(shard_url, storage_options, label_key)
+    for index, sample in enumerate(samples):
         item = Item(index=index, key=sample.key, label=sample.label, labels=sample.labels)
         if sample.error is not None or sample.image_bytes is None:
             item.error = sample.error or "no image"

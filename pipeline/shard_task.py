@@ -31,6 +31,7 @@ from pipeline.config_hash import config_hash
 from pipeline.lease import LeaseToken
 from pipeline.models import LoadedModel
 from pipeline.readahead import Item, Prefetcher, read_items
+from pipeline.tables import sample_reader
 
 
 @dataclass
@@ -79,7 +80,8 @@ class ShardTask:
         ctx = ctx if ctx is not None else ShardContext()
         if ctx.storage is None:
             ctx = dataclasses.replace(ctx, storage=storage_options(cfg))
-        source = read_items(shard_url, self.loaded.preprocess, cfg.input.label_key, ctx.storage, cfg.input.max_pixels)
+        source = read_items(shard_url, self.loaded.preprocess, cfg.input.label_key, ctx.storage, cfg.input.max_pixels,
+                            sample_reader(cfg.input))
         with Prefetcher(source, maxsize=cfg.worker.prefetch) as items:
             # Reading starts before the lock: while another shard computes, this one reads ahead.
             # The lock is held for the whole shard (not per batch) so shards finish one by one.

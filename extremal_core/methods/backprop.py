@@ -22,6 +22,7 @@ from ..inputs import checked_call, frozen
 from .card import MethodCard, Smoothing
 from .explanation import Explanation
 from .registry import register_method
+from .token_cam import default_layer, is_token_layer, token_grad_cam
 
 
 def captum_attr() -> ModuleType:
@@ -103,7 +104,8 @@ class GuidedBackpropExplainer(_CaptumMethod):
 
 def default_grad_cam_layer(model: torch.nn.Module) -> str:
     """The layer the paper's comparisons use: ResNets' `layer4`; for a `features` sequence (VGG,
-    whose last ReLU is `features.29` in VGG16) its last ReLU, else its last module."""
+    whose last ReLU is `features.29` in VGG16) its last ReLU, else its last module; for timm and
+    Hugging Face families `token_cam.default_layer` (a ViT's last `norm1`, ConvNeXt's last stage)."""
     children = dict(model.named_children())
     if "layer4" in children:
         return "layer4"
@@ -112,6 +114,9 @@ def default_grad_cam_layer(model: torch.nn.Module) -> str:
         names = [name for name, _ in features.named_children()]
         relus = [name for name, m in features.named_children() if isinstance(m, torch.nn.ReLU)]
         return f"features.{(relus or names)[-1]}"
+    found = default_layer(model)
+    if found is not None:
+        return found
     layers = [name for name, _ in model.named_modules() if name]
     raise ValueError(
         f"no default Grad-CAM layer for a {type(model).__name__} (defaults: ResNet layer4, VGG the last ReLU of "
@@ -122,17 +127,25 @@ def default_grad_cam_layer(model: torch.nn.Module) -> str:
 @register_method("grad_cam", card=_CARD)
 class GradCamExplainer(_CaptumMethod):
     """Grad-CAM at `layer` (Captum `LayerGradCam`, `relu_attributions=True`), upsampled
-    bilinearly to the image; `layer` defaults per family (`default_grad_cam_layer`)."""
+    bilinearly to the image; `layer` defaults per family (`default_grad_cam_layer`). At a
+    transformer's token layer (a LayerNorm) the tokens are laid out on the patch grid first
+    (`token_cam`; prefix tokens dropped)."""
 
     label = "grad_cam"
 
     def __init__(self, model: torch.nn.Module, *, layer: str | None = None):
         super().__init__(model)
         self.layer = layer if layer is not None else default_grad_cam_layer(model)
-        self._captum = captum_attr().LayerGradCam(model, find_layer(model, self.layer))
+        module = find_layer(model, self.layer)
+        self._tokens = module if is_token_layer(module) else None
+        self._captum = captum_attr().LayerGradCam(model, module)
 
     def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        cam = self._captum.attribute(images, target=targets, relu_attributions=True)
+        if self._tokens is not None:
+            prefix = getattr(self.model, "num_prefix_tokens", None)
+            cam = token_grad_cam(self.model, self._tokens, images, targets, prefix)
+        else:
+            cam = self._captum.attribute(images, target=targets, relu_attributions=True)
         if cam.dim() != 4:
             raise ValueError(f"Grad-CAM needs a layer with a spatial output [B, K, h, w]; {self.layer!r} gives {list(cam.shape)}")
         return captum_attr().LayerAttribution.interpolate(cam, tuple(images.shape[2:]), interpolate_mode="bilinear")

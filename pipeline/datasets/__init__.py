@@ -13,7 +13,7 @@ from pipeline.datasets.imagefolder import imagefolder_entries
 from pipeline.datasets.voc import VOC_CLASSES, voc_entries
 from pipeline.datasets.writer import ShardSettingsError, ShardWriteReport, write_dataset_shards
 
-LAYOUTS = ("voc", "coco", "imagefolder")
+LAYOUTS = ("voc", "coco", "imagefolder", "parquet", "hf")
 
 __all__ = [
     "LAYOUTS",

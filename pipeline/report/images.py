@@ -21,7 +21,8 @@ from pipeline.io.parts import maps_at_original_size, row_maps
 from pipeline.method import card_for
 from pipeline.metrics.ground_truth import class_mask, image_size
 from pipeline.metrics.pointing_game import TOLERANCE, is_hit, saliency_point
-from pipeline.shards import ShardReadError, decode_image, iter_samples
+from pipeline.shards import ShardReadError, decode_image
+from pipeline.tables import iter_any_samples
 
 CMAP = colormaps["inferno"]
 MIN_SIDE = 160  # display size: a 64x64 demo image is upscaled so its overlay is readable
@@ -50,7 +51,7 @@ def load_originals(
     found: dict[str, tuple[Image.Image, dict[str, Any]]] = {}
     for shard, keys in sorted(wanted.items()):
         try:
-            for sample in iter_samples(shard, storage_options):
+            for sample in iter_any_samples(shard, storage_options):
                 if sample.key in keys and sample.image_bytes is not None:
                     try:
                         found[sample.key] = (decode_image(sample.image_bytes), sample.meta)
