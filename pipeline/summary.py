@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.storage import redact_url
 
 
-@dataclass
+@dataclass(slots=True)  # one per shard: 100,000 of them in a large job
 class ShardState:
     """One shard's fate. ``status``: ``pending`` (not run), ``done``, ``failed`` (quarantined).
     ``resumed``: done by an earlier run (its numbers come from the done-marker)."""
@@ -51,6 +51,7 @@ class JobSummary:
     retries: int = 0
     replaced_workers: int = 0
     manifest: dict[str, Any] = field(default_factory=dict)
+    write_error: str | None = None  # the final index/manifest write failed (the shards are committed)
 
     def _with(self, status: str) -> list[ShardState]:
         return [s for s in self.shards.values() if s.status == status]
@@ -74,7 +75,7 @@ class JobSummary:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.ok else 1
+        return 0 if self.ok and self.write_error is None else 1
 
     @property
     def rows(self) -> int:
@@ -111,4 +112,6 @@ class JobSummary:
             lines.append(f"FAILED {url}: {reason}")
         if self.pending:
             lines.append(f"{len(self.pending)} shards not run: run the job again to resume")
+        if self.write_error is not None:
+            lines.append(f"the manifest was not written ({self.write_error}): run the job again to write it")
         return "\n".join(lines)

@@ -187,7 +187,8 @@ def process_shard(
             if on_batch is not None:
                 on_batch(images)
 
-    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage, cfg.input.max_pixels)
+    label_key = cfg.input.label_key if cfg.targets.reads_labels else None
+    source = read_items(shard_url, loaded.preprocess, label_key, storage, cfg.input.max_pixels)
     with Prefetcher(source, maxsize=cfg.worker.prefetch) as items:
         # Reading starts before the lock: while another shard computes, this one reads ahead.
         # The lock is held for the whole shard (not per batch) so shards finish one by one.
@@ -212,12 +213,13 @@ def process_shard(
         "images": images,
         "seconds": round(time.perf_counter() - start - waited, 3),  # busy time, not the wait
         "wait_seconds": round(waited, 3),
-        "config_hash": config_hash(cfg, loaded.weights_digest),
         "model": loaded.name,
         "device": str(device),
         "host": socket.gethostname(),
         **dict(extra_stats or {}),
     }
+    if "config_hash" not in stats:  # a task passes its own, computed once (a long shard list costs to hash)
+        stats["config_hash"] = config_hash(cfg, loaded.weights_digest)
     return commit_part(cfg.output.uri, shard_url, table, stats, storage, lease)
 
 
@@ -235,6 +237,8 @@ class AttributionTask:
         self.loaded = load_model(cfg.model, device)
         self.explainer = build_explainer(cfg, self.loaded.model)
         self.name = self.loaded.name
+        if self.marker_hash is None:
+            self.marker_hash = config_hash(cfg, self.loaded.weights_digest)
 
     def run(
         self,

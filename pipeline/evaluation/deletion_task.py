@@ -157,7 +157,7 @@ def evaluate_shard(
         if on_batch is not None:
             on_batch(images)
 
-    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key, storage)
+    source = read_items(shard_url, loaded.preprocess, cfg.input.label_key if cfg.targets.reads_labels else None, storage)
     with Prefetcher(source, maxsize=cfg.worker.prefetch) as items:
         waited = time.perf_counter()
         with compute_lock if compute_lock is not None else contextlib.nullcontext():
