@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that `--help` and config errors answer without loading Ray.
     import ray
 
-    from pipeline.driver import DriverError, run_job
+    from pipeline.driver import DriverError, Terminated, run_job, sigterm_as_interrupt
     from pipeline.preflight import preflight
     from pipeline.storage import OutputError
 
@@ -101,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
 
     started = connect_ray(cfg)
     try:
-        summary = run_job(cfg, max_shards=args.max_shards, checked=checked)
+        with sigterm_as_interrupt():
+            summary = run_job(cfg, max_shards=args.max_shards, checked=checked)
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated): the shards done so far are kept
+        stopped = getattr(exc, "summary", None)
+        if stopped is not None:
+            print(stopped.report())
+        print("error: interrupted: run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except (OutputError, DriverError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -19,14 +19,16 @@ The driver is generic over tasks: what an actor does to a shard is ``task_class`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import heapq
 import math
 import re
+import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -53,6 +55,25 @@ _REASON_CHARS = 500
 
 class DriverError(RuntimeError):
     """The job cannot run at all (no workers can start, the cluster lacks the resources...)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt, so that the run stops
+    the same way: the manifest written, the lease released, the summary printed."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises ``Terminated`` in the main thread (Ray's own handler, or the
+    default, would end the process without the summary, the manifest or the lease's release)."""
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,9 +135,10 @@ def num_workers(cfg: JobConfig, resources: dict[str, float], shards: int) -> int
     # Actors that the whole cluster cannot host would wait for resources forever: say so now.
     for what, per, have in (("GPU", c.num_gpus_per_actor, gpus), ("CPU", c.num_cpus_per_actor, cpus)):
         if per > 0 and n * per > have + 1e-9:
+            asked = f"cluster.num_actors={c.num_actors}" if c.num_actors is not None else "cluster.num_actors=null"
             raise DriverError(
-                f"cluster.num_actors={n} x cluster.num_{what.lower()}s_per_actor={per:g} needs {n * per:g} {what}s "
-                f"but the Ray cluster has {have:g}: lower cluster.num_actors (or null: as many as fit)"
+                f"{asked} ({n} actors for {shards} shards) x cluster.num_{what.lower()}s_per_actor={per:g} needs "
+                f"{n * per:g} {what}s but the Ray cluster has {have:g}: lower cluster.num_actors (or null: as many as fit)"
             )
     return n
 

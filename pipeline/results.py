@@ -14,10 +14,36 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.commit import PARTS_DIR
+from pipeline.commit import CONFIG_JSON, PARTS_DIR
 from pipeline.geometry import Geometry
 from pipeline.schema import restore_maps
-from pipeline.storage import url_to_fs
+from pipeline.storage import read_json, url_to_fs
+
+# What every attribution part holds (``pipeline.schema``): what an evaluation of one reads.
+ATTRIBUTION_COLUMNS = ("shard", "key", "target", "method", "maps", "error")
+
+
+class NotAnOutputError(ValueError):
+    """The folder is not an attribution output (a user's folder, another job's kind of output)."""
+
+
+def check_attribution_output(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Raise NotAnOutputError (one line) unless ``uri`` holds an attribution job's results: this
+    project's ``config.json`` and parts with the attribution columns (its first part is read)."""
+    marker = read_json(f"{uri.rstrip('/')}/{CONFIG_JSON}", storage_options)
+    if not isinstance(marker, dict) or "config_hash" not in marker:
+        raise NotAnOutputError(f"{uri} is not the output of an attribution job (no {CONFIG_JSON} of this project's run): "
+                               "give the output.uri of a python -m jobs.attribute run")
+    urls = part_urls(uri, storage_options)
+    if not urls:
+        raise NotAnOutputError(f"{uri} holds no results yet (no Parquet parts under {PARTS_DIR}/)")
+    fs, path = url_to_fs(urls[0], storage_options)
+    with fs.open(path, "rb") as f:
+        names = set(pq.ParquetFile(f).schema_arrow.names)
+    missing = [c for c in ATTRIBUTION_COLUMNS if c not in names]
+    if missing:
+        raise NotAnOutputError(f"{uri} is not the output of an attribution job: its parts lack the columns "
+                               f"{', '.join(missing)} (another job's output?)")
 
 
 def part_urls(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
