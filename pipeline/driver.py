@@ -162,6 +162,9 @@ def _start_actor(cfg: JobConfig, worker_class: type, task_class: type, lease: Le
         # One call per in-flight shard runs at once: the queued shard reads ahead while the
         # current one computes (the worker's lock keeps compute one shard at a time).
         max_concurrency=c.max_in_flight_per_actor,
+        # One actor per node before two on one: a node lost (a spot preemption) takes fewer actors
+        # with it, and their replacements find room on the others.
+        scheduling_strategy="SPREAD",
     )
     return remote.remote(cfg, task_class, lease)
 
