@@ -69,18 +69,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.evaluation.pointing_run import run_pointing_game
     from pipeline.evaluation.pointing_table import format_summary, write_tables
-    from pipeline.results import NotAnOutputError, check_attribution_output
+    from pipeline.results import refuse_unless_attribution_outputs
     from pipeline.shards import ShardReadError
     from pipeline.storage import OutputError
 
-    try:
-        check_attribution_output(results, storage)
-    except NotAnOutputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OutputError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    refused = refuse_unless_attribution_outputs([results], storage)
+    if refused:
+        return refused
     started = False if args.local else _connect_ray()
     bar = tqdm(unit="part", desc="pointing game")
     try:

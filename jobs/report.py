@@ -36,18 +36,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from pipeline.report import build_report
-    from pipeline.results import NotAnOutputError, check_attribution_output
+    from pipeline.results import refuse_unless_attribution_outputs
     from pipeline.storage import OutputError
 
-    try:
-        for uri in args.input:
-            check_attribution_output(uri)
-    except NotAnOutputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (OutputError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    refused = refuse_unless_attribution_outputs(args.input)
+    if refused:
+        return refused
     try:
         index = build_report(args.input, args.out, per_class=args.per_class, max_classes=args.max_classes, title=args.title)
     except (FileNotFoundError, OutputError, OSError) as exc:

@@ -7,6 +7,7 @@ Needs only pyarrow, numpy, torch (for the resize) and fsspec; works on any outpu
 from __future__ import annotations
 
 import io
+import sys
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,21 @@ def check_attribution_output(uri: str, storage_options: dict[str, Any] | None = 
     if missing:
         raise NotAnOutputError(f"{uri} is not the output of an attribution job: its parts lack the columns "
                                f"{', '.join(missing)} (another job's output?)")
+
+
+def refuse_unless_attribution_outputs(uris: list[str], storage_options: dict[str, Any] | None = None) -> int:
+    """For the evaluation jobs: 0 when every one of ``uris`` is an attribution output, else the
+    exit code after printing the one-line reason (2: the wrong kind of folder; 1: unreachable)."""
+    try:
+        for uri in uris:
+            check_attribution_output(uri, storage_options)
+    except NotAnOutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # OutputError included: the folder cannot be read
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def part_urls(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
