@@ -78,8 +78,10 @@ class IndexWriter:
 
     def _write(self, markers: Iterable[Mapping[str, Any]]) -> str:
         self.seq += 1
-        name = f"{time.time_ns():020d}-{self.run}-{self.seq:06d}.jsonl"
-        data = "".join(json.dumps({k: m[k] for k in KEPT if k in m}, separators=(",", ":")) + "\n" for m in markers)
+        lines = [json.dumps({k: m[k] for k in KEPT if k in m}, separators=(",", ":")) + "\n" for m in markers]
+        # The name says how many markers it holds: a resume that changed nothing sees it is whole.
+        name = f"{time.time_ns():020d}-{self.run}-{self.seq:06d}-n{len(lines)}.jsonl"
+        data = "".join(lines)
         if self.lease is not None:
             self.lease.check(self.storage_options)
         write_bytes(join(self.output_uri, INDEX_DIR, name), data.encode(), self.storage_options)
@@ -95,10 +97,14 @@ class IndexWriter:
             self._write(self.pending)
             self.pending = []
 
-    def compact(self, markers: Iterable[Mapping[str, Any]]) -> None:
-        """One segment with ``markers`` (every finished shard of the job), then the older
-        segments deleted: the next resume reads one file."""
+    def compact(self, markers: Iterable[Mapping[str, Any]], count: int | None = None) -> None:
+        """One segment with ``markers`` (every finished shard of the job: ``count`` of them), then
+        the older segments deleted: the next resume reads one file. Nothing is written when this
+        run committed nothing and the index already is one segment of ``count`` markers."""
         _, before = _segments(self.output_uri, self.storage_options)
+        whole = count is not None and len(before) == 1 and before[0].endswith(f"-n{count}.jsonl")
+        if self.seq == 0 and not self.pending and whole:
+            return
         self.pending = []
         keep = self._write(markers)
         old = [n for n in before if not n.endswith(keep)]

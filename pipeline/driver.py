@@ -294,11 +294,11 @@ def _run_claimed(
         progress.close()
         summary.seconds = time.monotonic() - start
         try:
-            index.compact(
+            index.compact((
                 {"shard": redact_url(u), "part": f"{commit.PARTS_DIR}/{shard_id(u)}.parquet", "config_hash": chash,
                  **s.manifest_entry()}
                 for u, s in states.items() if s.status == "done"
-            )
+            ), count=sum(1 for s in states.values() if s.status == "done"))
             summary.manifest = commit.write_manifest(
                 uri, resolved, chash, commit.current_code_version(), {u: s.manifest_entry() for u, s in states.items()},
                 st, lease.token,

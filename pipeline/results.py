@@ -15,10 +15,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipeline.commit import CONFIG_JSON, PARTS_DIR
+from pipeline.commit import PARTS_DIR
 from pipeline.geometry import Geometry
 from pipeline.schema import restore_maps
-from pipeline.storage import read_json, url_to_fs
+from pipeline.storage import url_to_fs
 
 # What every attribution part holds (``pipeline.schema``): what an evaluation of one reads.
 ATTRIBUTION_COLUMNS = ("shard", "key", "target", "method", "maps", "error")
@@ -29,15 +29,11 @@ class NotAnOutputError(ValueError):
 
 
 def check_attribution_output(uri: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Raise NotAnOutputError (one line) unless ``uri`` holds an attribution job's results: this
-    project's ``config.json`` and parts with the attribution columns (its first part is read)."""
-    marker = read_json(f"{uri.rstrip('/')}/{CONFIG_JSON}", storage_options)
-    if not isinstance(marker, dict) or "config_hash" not in marker:
-        raise NotAnOutputError(f"{uri} is not the output of an attribution job (no {CONFIG_JSON} of this project's run): "
-                               "give the output.uri of a python -m jobs.attribute run")
+    """Raise NotAnOutputError (one line) unless the parts under ``uri`` have the attribution
+    columns (its first part's schema is read); FileNotFoundError when there is no part."""
     urls = part_urls(uri, storage_options)
     if not urls:
-        raise NotAnOutputError(f"{uri} holds no results yet (no Parquet parts under {PARTS_DIR}/)")
+        raise FileNotFoundError(f"no Parquet parts under {uri.rstrip('/')}/{PARTS_DIR}")
     fs, path = url_to_fs(urls[0], storage_options)
     with fs.open(path, "rb") as f:
         names = set(pq.ParquetFile(f).schema_arrow.names)
@@ -56,7 +52,7 @@ def refuse_unless_attribution_outputs(uris: list[str], storage_options: dict[str
     except NotAnOutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # OutputError included: the folder cannot be read
+    except OSError as exc:  # no part yet, or the folder cannot be read (OutputError)
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
