@@ -56,6 +56,7 @@ CONFIG_JSON = "config.json"
 CONFIG_YAML = "config.yaml"
 MANIFEST_JSON = "manifest.json"
 OWNER = "extremal-saliency output"  # config.json's ``written_by``: this project's folder
+SPOT_READS = 1000  # markers read one by one at most, rather than listing them all
 
 
 class OutputConflictError(OutputError):
@@ -124,15 +125,26 @@ def commit_part(
     return marker
 
 
-def load_done(output_uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def load_done(
+    output_uri: str, storage_options: dict[str, Any] | None = None, shards: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """The finished shards: shard URL (``storage.redact_url``'s form) -> its marker's stats
-    (``done_index.KEPT``). One listing of ``_done/`` says which shards are finished; their stats
-    come from the driver's compacted index where it has them, and only the markers it lacks are
-    read (a job killed before its index was written). Unreadable markers are ignored (that shard
-    simply runs again)."""
+    (``done_index.KEPT``). Their stats come from the driver's compacted index where it has them,
+    and only the markers it lacks are read (a job killed before its index was written); which
+    markers exist comes from one listing of ``_done/``, or, when the index covers all of the job's
+    ``shards`` but at most ``SPOT_READS`` of them, from reading just those few markers (a finished
+    job of 100,000 shards resumes from its index alone: no listing). Unreadable markers are
+    ignored (that shard simply runs again)."""
     url = join(output_uri, DONE_DIR)
+    fs, path = url_to_fs(url, storage_options)
+    indexed = {m["shard"]: m for m in done_index.read(output_uri, storage_options)}
+    if indexed and shards is not None:
+        missing = [s for s in dict.fromkeys(map(redact_url, shards)) if s not in indexed]
+        if len(missing) <= SPOT_READS:
+            # The index is authoritative for what it holds (markers are deleted only by
+            # overwrite, which deletes the index first): only the others are looked at.
+            return {**indexed, **_read_markers(fs, [f"{path}/{shard_id(s)}.json" for s in missing], url)}
     try:
-        fs, path = url_to_fs(url, storage_options)
         fs.invalidate_cache(path)
         listed = {str(p).rpartition("/")[2]: p for p in fs.ls(path, detail=False) if str(p).endswith(".json")}
     except FileNotFoundError:
@@ -140,14 +152,21 @@ def load_done(output_uri: str, storage_options: dict[str, Any] | None = None) ->
     except Exception as exc:
         raise OutputError(f"cannot list {url}: {describe(exc)}") from exc
     done: dict[str, dict[str, Any]] = {}
-    for marker in done_index.read(output_uri, storage_options):
-        name = f"{shard_id(marker['shard'])}.json"
-        if listed.pop(name, None) is not None:  # indexed and still there
-            done[marker["shard"]] = marker
+    for shard, marker in indexed.items():
+        if listed.pop(f"{shard_id(shard)}.json", None) is not None:  # indexed and still there
+            done[shard] = marker
+    indexed.clear()
+    done.update(_read_markers(fs, list(listed.values()), url))
+    return done
+
+
+def _read_markers(fs: Any, paths: list[str], url: str) -> dict[str, dict[str, Any]]:
+    """The markers at ``paths`` that exist and parse."""
     try:
-        blobs = fs.cat(list(listed.values()), on_error="omit") if listed else {}
+        blobs = fs.cat(paths, on_error="omit") if paths else {}
     except Exception as exc:
         raise OutputError(f"cannot read the markers under {url}: {describe(exc)}") from exc
+    done: dict[str, dict[str, Any]] = {}
     for blob in blobs.values():
         marker = done_index.parse(blob)
         if marker is not None:
@@ -156,12 +175,12 @@ def load_done(output_uri: str, storage_options: dict[str, Any] | None = None) ->
 
 
 def resumable(
-    output_uri: str, config_hash: str, storage_options: dict[str, Any] | None = None
+    output_uri: str, config_hash: str, storage_options: dict[str, Any] | None = None, shards: list[str] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """The done-markers a run of ``config_hash`` may skip (``load_done``). Every marker must carry
-    this config hash: a marker of another config means a mixed folder, refused with
-    OutputConflictError rather than resumed into."""
-    done = load_done(output_uri, storage_options)
+    """The done-markers a run of ``config_hash`` over ``shards`` may skip (``load_done``). Every
+    marker must carry this config hash: a marker of another config means a mixed folder, refused
+    with OutputConflictError rather than resumed into."""
+    done = load_done(output_uri, storage_options, shards)
     foreign = {url: m for url, m in done.items() if m.get("config_hash") != config_hash}
     if foreign:
         url, marker = next(iter(sorted(foreign.items())))
@@ -175,7 +194,7 @@ def resumable(
 
 # What a run writes, by folder: ``overwrite`` deletes these and nothing else (a file of the user's
 # beside them stays).
-_OURS = {DONE_DIR: (".json",), PARTS_DIR: (".parquet",), done_index.INDEX_DIR: (".jsonl",)}
+_OURS = {done_index.INDEX_DIR: (".jsonl",), DONE_DIR: (".json",), PARTS_DIR: (".parquet",)}  # the index first
 _OUR_FILES = (MANIFEST_JSON, CONFIG_YAML, CONFIG_JSON)
 
 

@@ -4,8 +4,10 @@ GET per marker.
 
 Layout: ``<output>/_index/<name>.jsonl``, one marker per line (the fields in ``KEPT``). The
 driver appends a segment every ``SEGMENT_SHARDS`` commits (and at the end), and at the end of a
-run writes one segment holding every finished shard, then deletes the segments it replaces. A
-marker is the truth: an index line counts only while its marker is listed (``commit.load_done``),
+run writes one segment holding every finished shard, then deletes the segments it replaces.
+Markers are deleted only by ``overwrite``, which deletes the index first, so an index line stands
+for its marker: a job whose shards are all indexed but a few resumes from the index and those few
+markers (``commit.load_done``), without listing ``_done/``; otherwise ``_done/`` is listed once
 and a marker missing from the index (a driver killed before writing its segment) is read itself.
 Segments are written whole, under the job's lease, like every other object of the output.
 """

@@ -226,7 +226,7 @@ def run_job(
     try:
         lease.start_renewing()
         commit.check_output(uri, chash, cfg.output.overwrite, st)
-        states = _resumed_states(urls, commit.resumable(uri, chash, st))
+        states = _resumed_states(urls, commit.resumable(uri, chash, st, urls))
         resolved = config_to_dict(cfg) if evaluation is None else {**config_to_dict(cfg), "evaluation": dict(evaluation)}
         summary = _run_claimed(cfg, resolved, lease, states, max_shards, stream, tty, log_interval_s,
                                startup_timeout_s, (worker_class, task_class), start)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fsspec
 import pytest
 
 from pipeline.commit import DONE_DIR, check_output, commit_part, done_uri, load_done
@@ -85,3 +86,18 @@ def test_the_summary_survives_a_failing_final_write(tmp_path: Path) -> None:
     assert summary.write_error is not None and "manifest.json" in summary.write_error
     assert summary.exit_code == 1 and "the manifest was not written" in summary.report()
     assert not (tmp_path / "out" / DONE_DIR).exists()
+
+
+def test_a_job_covered_by_its_index_resumes_without_listing_its_markers(tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    shards = [f"/d/s-{i}.tar" for i in range(4)]
+    markers = [_commit(out, s) for s in shards[:3]]
+    IndexWriter(out, None, None).compact(markers[:2])
+    Path(done_uri(out, shards[1])).write_text("{not json")  # indexed: not read
+    listed = []
+    real_ls = type(fsspec.filesystem("file")).ls
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(fsspec.filesystem("file")), "ls", lambda self, p, *a, **k: listed.append(p) or real_ls(self, p, *a, **k))
+        done = load_done(out, None, shards)
+    assert sorted(done) == shards[:3] and done[shards[1]]["rows"] == 4  # the unindexed third read itself
+    assert not [p for p in listed if p.endswith(DONE_DIR)]  # no listing of the markers
