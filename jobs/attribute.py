@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that `--help` and config errors answer without loading Ray.
     import ray
 
-    from pipeline.driver import DriverError, Terminated, run_job, sigterm_as_interrupt
+    from pipeline.driver import DriverError, run_job
     from pipeline.preflight import preflight
+    from pipeline.stopping import Terminated, sigterm_as_interrupt
     from pipeline.storage import OutputError
 
     t0 = time.monotonic()

@@ -19,16 +19,14 @@ The driver is generic over tasks: what an actor does to a shard is ``task_class`
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import heapq
 import math
 import re
-import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -45,7 +43,7 @@ from pipeline.preflight import Checked, preflight
 from pipeline.progress import Progress
 from pipeline.shards import shard_id
 from pipeline.storage import OutputError, redact_url
-from pipeline.summary import JobSummary, ShardState
+from pipeline.summary import JobSummary, ShardState, resumed_states
 from pipeline.tasks import AttributionTask
 from pipeline.worker import ShardWorker
 
@@ -55,25 +53,6 @@ _REASON_CHARS = 500
 
 class DriverError(RuntimeError):
     """The job cannot run at all (no workers can start, the cluster lacks the resources...)."""
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt, so that the run stops
-    the same way: the manifest written, the lease released, the summary printed."""
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM raises ``Terminated`` in the main thread (Ray's own handler, or the
-    default, would end the process without the summary, the manifest or the lease's release)."""
-    def stop(signum: int, frame: Any) -> None:
-        raise Terminated(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -226,36 +205,13 @@ def run_job(
     try:
         lease.start_renewing()
         commit.check_output(uri, chash, cfg.output.overwrite, st)
-        states = _resumed_states(urls, commit.resumable(uri, chash, st, urls))
+        states = resumed_states(urls, commit.resumable(uri, chash, st, urls))
         resolved = config_to_dict(cfg) if evaluation is None else {**config_to_dict(cfg), "evaluation": dict(evaluation)}
         summary = _run_claimed(cfg, resolved, lease, states, max_shards, stream, tty, log_interval_s,
                                startup_timeout_s, (worker_class, task_class), start)
     finally:
         lease.release()
     return summary
-
-
-def _resumed_states(urls: list[str], done: dict[str, dict[str, Any]]) -> dict[str, ShardState]:
-    """Each shard's state, ``done`` for those with a marker (``done`` is emptied as it is read:
-    the markers are not kept beside the states)."""
-    states = {}
-    for url in urls:
-        marker = done.pop(redact_url(url), None)  # markers hold the URL without a signed query string
-        if marker is None:
-            states[url] = ShardState(url)
-            continue
-        states[url] = ShardState(
-            url,
-            status="done",
-            attempts=int(marker.get("attempts") or 1),
-            rows=int(marker.get("rows") or 0),
-            errors=int(marker.get("errors") or 0),
-            images=int(marker.get("images") or 0),
-            seconds=float(marker.get("seconds") or 0.0),
-            resumed=True,
-        )
-    done.clear()
-    return states
 
 
 def _run_claimed(

@@ -115,3 +115,26 @@ class JobSummary:
         if self.write_error is not None:
             lines.append(f"the manifest was not written ({self.write_error}): run the job again to write it")
         return "\n".join(lines)
+
+
+def resumed_states(urls: list[str], done: dict[str, dict[str, Any]]) -> dict[str, ShardState]:
+    """Each shard's state, ``done`` for those with a marker (``done`` is emptied as it is read:
+    the markers are not kept beside the states)."""
+    states = {}
+    for url in urls:
+        marker = done.pop(redact_url(url), None)  # markers hold the URL without a signed query string
+        if marker is None:
+            states[url] = ShardState(url)
+            continue
+        states[url] = ShardState(
+            url,
+            status="done",
+            attempts=int(marker.get("attempts") or 1),
+            rows=int(marker.get("rows") or 0),
+            errors=int(marker.get("errors") or 0),
+            images=int(marker.get("images") or 0),
+            seconds=float(marker.get("seconds") or 0.0),
+            resumed=True,
+        )
+    done.clear()
+    return states
