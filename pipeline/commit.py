@@ -25,6 +25,7 @@ The columns of a part are ``pipeline.schema``'s.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import subprocess
 import time
@@ -350,7 +351,9 @@ def write_manifest(
     if lease is not None:
         lease.check(storage_options)
     write_bytes(join(output_uri, CONFIG_YAML), yaml.safe_dump(dict(resolved_config), sort_keys=False).encode(), storage_options)
-    write_bytes(join(output_uri, MANIFEST_JSON), json_bytes(manifest), storage_options)
+    # Indented for a person while small; compact past that (json's C encoder: ~10x faster at 100k shards).
+    data = json_bytes(manifest) if len(shards) <= 1000 else json.dumps(manifest, sort_keys=True, default=str).encode()
+    write_bytes(join(output_uri, MANIFEST_JSON), data, storage_options)
     return manifest
 
 

@@ -62,10 +62,14 @@ def read(output_uri: str, storage_options: dict[str, Any] | None = None) -> Iter
             continue  # compacted away by a run that ended meanwhile: its markers are read instead
         except Exception as exc:
             raise OutputError(f"cannot read {name}: {describe(exc)}") from exc
-        for line in blob.splitlines():
-            marker = parse(line)
-            if marker is not None:
-                yield marker
+        lines = [line for line in blob.splitlines() if line.strip()]
+        try:  # one parse of the whole segment (the driver's lines are whole)...
+            whole = json.loads(b"[" + b",".join(lines) + b"]")
+        except ValueError:  # ...else line by line, skipping what does not parse
+            whole = [parse(line) for line in lines]
+        for marker in whole:
+            if isinstance(marker, dict) and isinstance(marker.get("shard"), str):
+                yield {k: marker[k] for k in KEPT if k in marker}
 
 
 class IndexWriter:
