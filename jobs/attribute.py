@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.driver import DriverError, run_job
     from pipeline.preflight import preflight
-    from pipeline.stopping import Terminated, sigterm_as_interrupt
+    from pipeline.stopping import Stop, sigterm_as_interrupt
     from pipeline.storage import OutputError
 
     t0 = time.monotonic()
@@ -101,15 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     started = connect_ray(cfg)
+    stop = Stop()
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt() as stop:
             summary = run_job(cfg, max_shards=args.max_shards, checked=checked)
     except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated): the shards done so far are kept
         stopped = getattr(exc, "summary", None)
         if stopped is not None:
             print(stopped.report())
         print("error: interrupted: run the same command again to resume", file=sys.stderr)
-        return 143 if isinstance(exc, Terminated) else 130
+        return stop.exit_code
     except (OutputError, DriverError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
