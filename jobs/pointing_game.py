@@ -68,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.evaluation.pointing_run import run_pointing_game
     from pipeline.evaluation.pointing_table import format_summary, write_tables
+    from pipeline.io.parts import refuse_unless_attribution_outputs
     from pipeline.shards import ShardReadError
     from pipeline.storage import OutputError
 
+    refused = refuse_unless_attribution_outputs([results], storage)
+    if refused:
+        return refused
     bar = tqdm(unit="part", desc="pointing game")
     try:
         def on_part(done: int, total: int) -> None:

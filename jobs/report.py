@@ -35,9 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --per-class and --max-classes must be >= 1", file=sys.stderr)
         return 2
 
+    from pipeline.io.parts import refuse_unless_attribution_outputs
     from pipeline.report import build_report
     from pipeline.storage import OutputError
 
+    refused = refuse_unless_attribution_outputs(args.input)
+    if refused:
+        return refused
     try:
         index = build_report(args.input, args.out, per_class=args.per_class, max_classes=args.max_classes, title=args.title)
     except (FileNotFoundError, OutputError, OSError) as exc:

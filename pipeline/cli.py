@@ -52,15 +52,27 @@ def one_line(exc: BaseException) -> str:
 
 def run_main(body: Callable[[], int]) -> int:
     """``body()``'s exit code, or the table's for the exception it raised, with ``error: <one
-    line>`` on stderr. Exceptions outside the table propagate (a bug shows its traceback)."""
-    try:
-        return body()
-    except Exception as exc:
-        for typ, code in _exit_codes():
-            if isinstance(exc, typ):
-                print(f"error: {one_line(exc)}", file=sys.stderr)
-                return code
-        raise
+    line>`` on stderr. Exceptions outside the table propagate (a bug shows its traceback).
+    SIGINT and SIGTERM stop the body the same way (the driver writes its manifest and releases
+    its lease on the way out): the summary so far is printed and the exit code is the shell's,
+    130 or 143."""
+    from pipeline.stopping import sigterm_as_interrupt
+
+    with sigterm_as_interrupt() as stop:
+        try:
+            return body()
+        except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM (Terminated): the shards done so far are kept
+            stopped = getattr(exc, "summary", None)
+            if stopped is not None:
+                print(stopped.report())
+            print("error: interrupted: run the same command again to resume", file=sys.stderr)
+            return stop.exit_code
+        except Exception as exc:
+            for typ, code in _exit_codes():
+                if isinstance(exc, typ):
+                    print(f"error: {one_line(exc)}", file=sys.stderr)
+                    return code
+            raise
 
 
 def add_config_arguments(p: argparse.ArgumentParser, required: bool = True, help: str = "job YAML") -> None:

@@ -143,6 +143,11 @@ class TargetsConfig:
     mode: Literal["label", "labels", "top1", "topk"] = "top1"
     k: int = 1
 
+    @property
+    def reads_labels(self) -> bool:
+        """Whether the samples' labels are used: the prediction modes never read (or parse) them."""
+        return self.mode in ("label", "labels")
+
     def validate(self) -> None:
         if self.k < 1:
             raise ConfigError(f"targets.k must be >= 1, got {self.k}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import reprlib
 import types
 import typing
 from dataclasses import fields
@@ -18,6 +19,51 @@ from extremal_core.settings import ExtremalSettings
 from pipeline.config import ConfigError, JobConfig, MethodConfig, storage_options
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
+MAX_CONFIG_BYTES = 64 << 20  # a 100,000-entry shard list is ~5 MB
+MAX_CONFIG_VALUES = 5_000_000  # values once YAML aliases are expanded (an alias bomb has 10^9)
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 8, 8, 8, 8
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 160, 160, 80
+
+
+def short_repr(value: Any, limit: int = 300) -> str:
+    """``repr(value)`` for an error message: bounded work and length, however large the value."""
+    text = _REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], path: set[int]) -> int:
+    """How many values ``node`` stands for once its aliases are expanded (shared nodes counted at
+    every use), without expanding them."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in path:
+        raise ConfigError("a YAML alias refers to a value that contains it (a recursive structure)")
+    path.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo, path) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo, path) + _expanded_size(v, memo, path) for k, v in node.value)
+    path.discard(key)
+    memo[key] = min(size, MAX_CONFIG_VALUES + 1)
+    return memo[key]
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` with limits: at most ``MAX_CONFIG_VALUES`` values once aliases are
+    expanded, no recursive aliases (ConfigError naming ``where``)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}, set()) > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_CONFIG_VALUES:,} values once YAML aliases are expanded")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -78,7 +124,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     else:  # pragma: no cover - an annotation this module does not know
         raise TypeError(f"unsupported annotation {tp!r} for {key}")
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {short_repr(value)} ({type(value).__name__})")
 
 
 def _check_keys(data: Any, cls: type, prefix: str) -> dict[str, Any]:
@@ -86,7 +132,7 @@ def _check_keys(data: Any, cls: type, prefix: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         where = prefix or "the config"
-        raise ConfigError(f"{where}: expected a mapping, got {data!r} ({type(data).__name__})")
+        raise ConfigError(f"{where}: expected a mapping, got {short_repr(data)} ({type(data).__name__})")
     valid = [f.name for f in fields(cls)]
     for key in data:
         if key not in valid:
@@ -94,7 +140,7 @@ def _check_keys(data: Any, cls: type, prefix: str) -> dict[str, Any]:
             hint = ""
             if any(w in str(key).lower() for w in _SECRET_WORDS):
                 hint = " (credentials are never read from the config: use AWS_* environment variables)"
-            raise ConfigError(f"unknown key {dotted!r}{hint}; valid keys: {', '.join(valid)}")
+            raise ConfigError(f"unknown key {short_repr(dotted)}{hint}; valid keys: {', '.join(valid)}")
     return data
 
 
@@ -143,11 +189,11 @@ def _build_method(data: Any, prefix: str) -> MethodConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: expected a mapping such as {{name: extremal}}, got {data!r}")
+        raise ConfigError(f"{prefix}: expected a mapping such as {{name: extremal}}, got {short_repr(data)}")
     params = dict(data)
     name = params.pop("name", MethodConfig.name)
     if not isinstance(name, str):
-        raise ConfigError(f"{prefix}.name: expected str, got {name!r} ({type(name).__name__})")
+        raise ConfigError(f"{prefix}.name: expected str, got {short_repr(name)} ({type(name).__name__})")
     method = MethodConfig(name=name, params={k: _plain(v) for k, v in params.items()})
     try:
         cls = method.method_class
@@ -162,7 +208,7 @@ def _build_method(data: Any, prefix: str) -> MethodConfig:
                 raise ConfigError(f"{prefix}.{key} is an engine setting of {name!r}: set extremal.{key}")
             if key not in allowed:
                 keys = ", ".join(["name", *allowed])
-                raise ConfigError(f"unknown key '{prefix}.{key}' for method {name!r}; valid keys: {keys}")
+                raise ConfigError(f"unknown key {short_repr(f'{prefix}.{key}')} for method {name!r}; valid keys: {keys}")
     return method
 
 
@@ -175,7 +221,7 @@ def _parse_value(text: str) -> Any:
     """An override value as a YAML scalar/list; text YAML cannot parse (``{000..009}.tar``) stays
     a string."""
     try:
-        value = yaml.safe_load(text)
+        value = safe_yaml(text, f"the value {short_repr(text)}")
     except yaml.YAMLError:
         return text
     # A brace pattern can parse as a YAML flow mapping; the user meant the string.
@@ -187,7 +233,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     dotted, sep, text = override.partition("=")
     dotted = dotted.strip()
     if not sep or not dotted or any(not part for part in dotted.split(".")):
-        raise ConfigError(f"bad override {override!r}: expected key.path=value, e.g. extremal.max_iter=300")
+        raise ConfigError(f"bad override {short_repr(override)}: expected key.path=value, e.g. extremal.max_iter=300")
     parts = dotted.split(".")
     node = data
     for i, part in enumerate(parts[:-1]):
@@ -195,9 +241,26 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         if child is None:
             child = node[part] = {}
         elif not isinstance(child, dict):
-            raise ConfigError(f"bad override {override!r}: {'.'.join(parts[: i + 1])} is not a section")
+            raise ConfigError(f"bad override {short_repr(override)}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
+    if _is_section(parts):
+        raise ConfigError(
+            f"bad override {short_repr(override)}: {dotted} is a section; set one of its keys ({dotted}.<key>=value)"
+        )
     node[parts[-1]] = _parse_value(text)
+
+
+def _is_section(parts: list[str]) -> bool:
+    """Whether ``a.b`` names a section of the config (a dataclass), not a value."""
+    tp: Any = JobConfig
+    for part in parts:
+        if not dataclasses.is_dataclass(tp):
+            return False
+        hints = typing.get_type_hints(tp)
+        if part not in hints:
+            return False
+        tp = hints[part]
+    return dataclasses.is_dataclass(tp)
 
 
 def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
@@ -231,10 +294,16 @@ def results_location(
 
 def _read_yaml(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MB (a long shard list belongs in input.shards: "
+                              "'@list.txt')")
+        data = safe_yaml(raw.decode("utf-8"), path)
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from exc
     if data is None:
@@ -250,7 +319,7 @@ def _read_with_base(path: str, chain: tuple[str, ...]) -> dict[str, Any]:
     if base is None:
         return data
     if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: base must be the path of another config file, got {base!r}")
+        raise ConfigError(f"{path}: base must be the path of another config file, got {short_repr(base)}")
     base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
     if base_path in chain or base_path == os.path.normpath(path):
         raise ConfigError(f"{path}: base {base!r} leads back to itself")

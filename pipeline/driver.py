@@ -25,6 +25,7 @@ import math
 import re
 import sys
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -36,11 +37,13 @@ from pipeline import commit
 from pipeline.config import JobConfig, storage_options
 from pipeline.config_hash import config_hash
 from pipeline.config_load import config_to_dict
+from pipeline.done_index import IndexWriter
 from pipeline.lease import Lease, LeaseLostError, LeaseToken
 from pipeline.preflight import Checked, preflight
 from pipeline.progress import Progress
-from pipeline.storage import redact_url
-from pipeline.summary import JobSummary, ShardState
+from pipeline.shards import shard_id
+from pipeline.storage import OutputError, redact_url
+from pipeline.summary import JobSummary, ShardState, resumed_states
 from pipeline.tasks import AttributionTask
 from pipeline.worker import ShardWorker
 
@@ -111,9 +114,10 @@ def num_workers(cfg: JobConfig, resources: dict[str, float], shards: int) -> int
     # Actors that the whole cluster cannot host would wait for resources forever: say so now.
     for what, per, have in (("GPU", c.num_gpus_per_actor, gpus), ("CPU", c.num_cpus_per_actor, cpus)):
         if per > 0 and n * per > have + 1e-9:
+            asked = f"cluster.num_actors={c.num_actors}" if c.num_actors is not None else "cluster.num_actors=null"
             raise DriverError(
-                f"cluster.num_actors={n} x cluster.num_{what.lower()}s_per_actor={per:g} needs {n * per:g} {what}s "
-                f"but the Ray cluster has {have:g}: lower cluster.num_actors (or null: as many as fit)"
+                f"{asked} ({n} actors for {shards} shards) x cluster.num_{what.lower()}s_per_actor={per:g} needs "
+                f"{n * per:g} {what}s but the Ray cluster has {have:g}: lower cluster.num_actors (or null: as many as fit)"
             )
     return n
 
@@ -137,6 +141,9 @@ def _start_actor(cfg: JobConfig, worker_class: type, task_class: type, lease: Le
         # One call per in-flight shard runs at once: the queued shard reads ahead while the
         # current one computes (the worker's lock keeps compute one shard at a time).
         max_concurrency=c.max_in_flight_per_actor,
+        # One actor per node before two on one: a node lost (a spot preemption) takes fewer actors
+        # with it, and their replacements find room on the others.
+        scheduling_strategy="SPREAD",
     )
     return remote.remote(cfg, task_class, lease)
 
@@ -198,9 +205,9 @@ def run_job(
     try:
         lease.start_renewing()
         commit.check_output(uri, chash, cfg.output.overwrite, st)
-        done = commit.resumable(uri, chash, st)
+        states = resumed_states(urls, commit.resumable(uri, chash, st, urls))
         resolved = config_to_dict(cfg) if evaluation is None else {**config_to_dict(cfg), "evaluation": dict(evaluation)}
-        summary = _run_claimed(cfg, resolved, lease, urls, done, max_shards, stream, tty, log_interval_s,
+        summary = _run_claimed(cfg, resolved, lease, states, max_shards, stream, tty, log_interval_s,
                                startup_timeout_s, (worker_class, task_class), start)
     finally:
         lease.release()
@@ -211,8 +218,7 @@ def _run_claimed(
     cfg: JobConfig,
     resolved: dict[str, Any],
     lease: Lease,
-    urls: list[str],
-    done: dict[str, dict[str, Any]],
+    states: dict[str, ShardState],
     max_shards: int | None,
     stream: TextIO,
     tty: bool | None,
@@ -221,40 +227,44 @@ def _run_claimed(
     classes: tuple[type, type],
     start: float,
 ) -> JobSummary:
-    """The run, once the output is ours: resume from ``done``, dispatch the rest, write the manifest
-    (``resolved``: the config as the manifest records it)."""
+    """The run, once the output is ours: ``states`` (resumed), dispatch the rest, write the done
+    index and the manifest (``resolved``: the config as the manifest records it)."""
     uri, st, chash = cfg.output.uri, storage_options(cfg), lease.config_hash
-    states = {u: ShardState(u) for u in urls}
-    for url in urls:
-        marker = done.get(redact_url(url))  # markers hold the URL without a signed query string
-        if marker is not None:
-            states[url] = ShardState(
-                url,
-                status="done",
-                attempts=int(marker.get("attempts") or 1),
-                rows=int(marker.get("rows") or 0),
-                errors=int(marker.get("errors") or 0),
-                images=int(marker.get("images") or 0),
-                seconds=float(marker.get("seconds") or 0.0),
-                resumed=True,
-            )
-    todo = [u for u in urls if states[u].status != "done"]
+    todo = [u for u, s in states.items() if s.status != "done"]
     if max_shards is not None:
         todo = todo[: max(0, max_shards)]
 
     summary = JobSummary(uri, chash, states, 0.0)
     already = sum(1 for s in states.values() if s.status == "done")
-    progress = Progress(len(urls), already, stream=stream, tty=tty, interval_s=log_interval_s)
+    progress = Progress(len(states), already, stream=stream, tty=tty, interval_s=log_interval_s)
+    index = IndexWriter(uri, st, lease.token)
+    stopped: BaseException | None = None
     try:
         if todo:
-            _dispatch(cfg, todo, states, summary, progress, startup_timeout_s, classes, lease)
+            _dispatch(cfg, todo, states, summary, progress, startup_timeout_s, classes, lease, index)
+    except BaseException as exc:  # an interrupt, a lost lease: the final writes still run
+        stopped = exc
+        exc.summary = summary  # type: ignore[attr-defined]  # what jobs.attribute prints on SIGINT/SIGTERM
+        raise
     finally:
         progress.close()
         summary.seconds = time.monotonic() - start
-        summary.manifest = commit.write_manifest(
-            uri, resolved, chash, commit.current_code_version(), {u: s.manifest_entry() for u, s in states.items()}, st,
-            lease.token,
-        )
+        try:
+            index.compact((
+                {"shard": redact_url(u), "part": f"{commit.PARTS_DIR}/{shard_id(u)}.parquet", "config_hash": chash,
+                 **s.manifest_entry()}
+                for u, s in states.items() if s.status == "done"
+            ), count=sum(1 for s in states.values() if s.status == "done"))
+            summary.manifest = commit.write_manifest(
+                uri, resolved, chash, commit.current_code_version(), {u: s.manifest_entry() for u, s in states.items()},
+                st, lease.token,
+            )
+        except OutputError as exc:
+            # The shards are committed (their markers are the truth): a failing final write (a full
+            # disk) is reported with the summary, never in its place, nor over what stopped the run.
+            summary.write_error = str(exc)[:_REASON_CHARS]
+            if stopped is None and isinstance(exc, LeaseLostError):
+                raise
     return summary
 
 
@@ -267,9 +277,10 @@ def _dispatch(
     startup_timeout_s: float,
     classes: tuple[type, type],
     lease: Lease,
+    index: IndexWriter,
 ) -> None:
-    """The ``ray.wait`` loop: runs ``todo`` on a pool of actors, updating ``states`` in place.
-    Stops (LeaseLostError) if the job loses the output's lease."""
+    """The ``ray.wait`` loop: runs ``todo`` on a pool of actors, updating ``states`` in place and
+    adding each done-marker to ``index``. Stops (LeaseLostError) if the job loses the output's lease."""
     c = cfg.cluster
     n = num_workers(cfg, ray.cluster_resources(), len(todo))
     start_actor = functools.partial(_start_actor, cfg, *classes, lease.token)
@@ -277,7 +288,7 @@ def _dispatch(
     summary.workers = n
     try:
         _wait_ready(slots, startup_timeout_s, progress)
-        queue: list[str] = list(todo)  # FIFO of shard URLs ready to run
+        queue: deque[str] = deque(todo)  # FIFO of shard URLs ready to run
         retry_heap: list[tuple[float, str]] = []  # (not before, url)
         in_flight: dict[Any, tuple[int, int, str]] = {}  # ref -> (slot, generation, url)
 
@@ -318,6 +329,7 @@ def _dispatch(
                 state.status, state.error = "done", None
                 state.rows, state.errors = int(marker["rows"]), int(marker["errors"])
                 state.images, state.seconds = int(marker.get("images", 0)), float(marker.get("seconds", 0.0))
+                index.add(marker)
                 progress.shard_done(state.images)
             progress.tick()
     finally:
@@ -328,7 +340,7 @@ def _dispatch(
 def _fill(
     cfg: JobConfig,
     slots: list[_Slot],
-    queue: list[str],
+    queue: deque[str],
     in_flight: dict[Any, tuple[int, int, str]],
     states: dict[str, ShardState],
 ) -> None:
@@ -343,7 +355,7 @@ def _fill(
         slot_i = min(range(len(slots)), key=lambda i: load[i])
         if load[slot_i] >= limit:
             return
-        url = queue.pop(0)
+        url = queue.popleft()
         states[url].attempts += 1
         ref = slots[slot_i].handle.process.remote(url, states[url].attempts)
         in_flight[ref] = (slot_i, slots[slot_i].generation, url)

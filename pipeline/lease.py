@@ -14,8 +14,13 @@ without one gets a best-effort check-write-verify, with a warning):
 - renew: the holder rewrites its own file with a later ``expires_at``; nobody else ever writes a
   generation that exists, so this cannot clobber another job's claim.
 - check (before every commit, in the workers and the driver): the highest generation is still
-  ours. A job that stopped renewing for ``ttl_s`` (suspended, partitioned) may be superseded by
-  ``g + 1``; its next check fails (``LeaseLostError``) and it commits nothing more.
+  ours (one LIST). A job that stopped renewing for ``ttl_s`` (suspended, partitioned) may be
+  superseded by ``g + 1``; its next check fails (``LeaseLostError``) and it commits nothing more.
+  A worker re-uses a passed check for ``reuse_s`` (``reuse_window``: at most 5 s), so a stream of
+  small shards costs far less than one request each; in exchange, a job that takes over a lease
+  that was not released waits ``reuse_s`` after creating its generation before it touches the
+  folder, so a check made before the takeover has run out before the new job writes anything
+  (durations only: no clock is compared).
 - release: rewrite our file as ``released`` (never delete it: the highest generation must not go
   back to an older job's file, or that job's check would pass again).
 
@@ -134,18 +139,38 @@ def _create_best_effort(fs: Any, path: str, data: bytes) -> bool:
     return fs.cat_file(path) == data
 
 
+def reuse_window(ttl_s: float) -> float:
+    """How long a passed check is re-used: short against the TTL (renewals every ``ttl_s / 4``)."""
+    return min(5.0, ttl_s / 4)
+
+
+# (output, generation, run) -> monotonic time until which this process's last passed check holds.
+_PASSED: dict[tuple[str, int, str], float] = {}
+
+
 @dataclass(frozen=True)
 class LeaseToken:
     """What a worker needs to check that its job still holds the output before committing
-    (picklable: it travels to the actors)."""
+    (picklable: it travels to the actors). ``reuse_s``: how long a passed check is re-used."""
 
     output_uri: str
     generation: int
     run_id: str
     config_hash: str
+    reuse_s: float = 0.0
 
-    def check(self, storage_options: dict[str, Any] | None = None) -> None:
-        """Raise LeaseLostError unless this job's generation is still the highest."""
+    def check(self, storage_options: dict[str, Any] | None = None, fresh: bool = False) -> None:
+        """Raise LeaseLostError unless this job's generation is still the highest (a check that
+        passed less than ``reuse_s`` ago counts, unless ``fresh``)."""
+        key = (self.output_uri, self.generation, self.run_id)
+        started = time.monotonic()
+        if not fresh and started < _PASSED.get(key, 0.0):
+            return
+        gens = _listing(self.output_uri, storage_options)
+        if gens and gens[-1] == self.generation:
+            _PASSED[key] = started + self.reuse_s
+            return
+        _PASSED.pop(key, None)
         current = highest(self.output_uri, storage_options)
         if current is None or current[0] != self.generation:
             other = current[1] if current else {}
@@ -222,6 +247,7 @@ class Lease:
             "machine": machine_id(),
             "pid": os.getpid(),
             "renewed_at": now,
+            "ttl_s": self.ttl_s,
             "expires_at": 0.0 if released else now + self.ttl_s,
             "released": released,
         })
@@ -232,7 +258,7 @@ class Lease:
     @property
     def token(self) -> LeaseToken:
         assert self.generation is not None, "acquire() first"
-        return LeaseToken(self.output_uri, self.generation, self.run_id, self.config_hash)
+        return LeaseToken(self.output_uri, self.generation, self.run_id, self.config_hash, reuse_window(self.ttl_s))
 
     def acquire(self, attempts: int = 5) -> LeaseToken:
         """Take the lease or raise OutputBusyError (another live holder)."""
@@ -250,6 +276,9 @@ class Lease:
             # finds its own file: that is ours too.
             if created or _read(self.output_uri, gen, self.storage_options).get("run_id") == self.run_id:
                 self.generation = gen
+                if current is not None and not current[1].get("released"):
+                    # Taken over (expired, or its driver died): its workers' passed checks run out first.
+                    time.sleep(reuse_window(float(current[1].get("ttl_s") or self.ttl_s)))
                 return self.token
             # Someone else created this generation first: re-read (it is live: busy).
         raise OutputBusyError(f"{self.output_uri}: could not take the lease after {attempts} tries (other jobs racing)")
@@ -258,7 +287,7 @@ class Lease:
         """Raise LeaseLostError unless we still hold the lease."""
         if self.lost:
             raise LeaseLostError(self.lost)
-        self.token.check(self.storage_options)
+        self.token.check(self.storage_options, fresh=True)
 
     def renew(self) -> None:
         self.check()
@@ -287,7 +316,7 @@ class Lease:
         if self.generation is None:
             return
         try:
-            self.token.check(self.storage_options)
+            self.token.check(self.storage_options, fresh=True)
             write_bytes(self._url(), self._record(released=True), self.storage_options)
         except OutputError:
             pass  # lost or unreachable: the TTL frees it

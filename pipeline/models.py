@@ -87,12 +87,23 @@ class LoadedModel:
     attribution optimizes masks, never weights). ``preprocess``: PIL image -> (input, geometry).
     ``name``: for outputs. ``weights_digest``: what the weights are, for the config hash
     (``sha256:<hex>`` of the checkpoint's bytes as loaded; ``torchvision:<file>`` for pretrained
-    weights alone; None for a factory's own initialisation)."""
+    weights alone; ``state:<hex>`` of the state_dict's tensors for a factory's own weights or an
+    architecture's initialisation)."""
 
     model: nn.Module
     preprocess: Preprocess
     name: str
     weights_digest: str | None = None
+
+
+def state_digest(net: nn.Module) -> str:
+    """sha256 of a model's state_dict: every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(net.state_dict().items()):
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return f"state:{h.hexdigest()}"
 
 
 def _first_line(err: BaseException) -> str:
@@ -392,6 +403,11 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu", *, downlo
         state = _extract_state_dict(read_weights(data, what, _safe_torch_load), what)
         _load_state_dict(checkpoint_target(net), state, what, name)
         name = f"{name}@{Path(urlparse(str(model.checkpoint)).path).name}"
+    if digest is None:
+        # A factory's own weights (or an architecture's initialisation): what the model *is*, so
+        # new weights behind the same factory are another config, and workers that built different
+        # weights (an unseeded initialisation) are caught at their first commit.
+        digest = state_digest(net)
 
     net = net.to(device).eval()
     net.requires_grad_(False)

@@ -41,7 +41,7 @@ class Item:
 def read_items(
     shard_url: str,
     preprocess: Preprocess,
-    label_key: str = "cls",
+    label_key: str | None = "cls",
     storage_options: dict[str, Any] | None = None,
     max_pixels: int = MAX_PIXELS,
     reader: Callable[[str, dict[str, Any] | None], Iterator[Sample]] | None = None,

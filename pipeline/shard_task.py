@@ -80,8 +80,9 @@ class ShardTask:
         ctx = ctx if ctx is not None else ShardContext()
         if ctx.storage is None:
             ctx = dataclasses.replace(ctx, storage=storage_options(cfg))
-        source = read_items(shard_url, self.loaded.preprocess, cfg.input.label_key, ctx.storage, cfg.input.max_pixels,
-                            sample_reader(cfg.input))
+        reader = sample_reader(cfg.input, cfg.targets.reads_labels)
+        source = read_items(shard_url, self.loaded.preprocess, storage_options=ctx.storage,
+                            max_pixels=cfg.input.max_pixels, reader=reader)
         with Prefetcher(source, maxsize=cfg.worker.prefetch) as items:
             # Reading starts before the lock: while another shard computes, this one reads ahead.
             # The lock is held for the whole shard (not per batch) so shards finish one by one.

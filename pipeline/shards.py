@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -87,11 +88,25 @@ def _read_list_file(url: str, storage_options: dict[str, Any] | None) -> list[st
     return [line for line in lines if line and not line.startswith("#")]
 
 
+def canonical_url(url: str) -> str:
+    """One spelling per local shard, so that a shard listed in two spellings runs once and has one
+    identity (its rows' ``shard``, its part's name): ``file://`` dropped, and the path's ``//``,
+    ``/./`` and ``dir/..`` collapsed (``a//b.tar``, ``a/./b.tar``, ``a/x/../b.tar``,
+    ``file://a/b.tar`` -> ``a/b.tar``); a relative path stays relative. Remote URLs are kept as
+    they are: an object store's key is literal (``s3://b/a//x.tar`` and ``s3://b/a/x.tar`` are two
+    objects)."""
+    if protocol(url) != "file":
+        return url
+    path = url.split("://", 1)[1] if "://" in url else url
+    return posixpath.normpath(path) if path else url
+
+
 def expand_shards(spec: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[str]:
     """Shard URLs from a brace pattern, a glob (local or remote), ``@list.txt`` (one URL, brace
     pattern or glob per line; ``#`` comments), or a list of these. Order is kept (glob matches
-    sorted), duplicates dropped. Brace-expanded URLs are not checked for existence (a missing shard
-    fails when read); a glob that matches nothing, or an empty result, is a ValueError.
+    sorted), local paths canonicalised (``canonical_url``), duplicates dropped. Brace-expanded
+    URLs are not checked for existence (a missing shard fails when read); a glob that matches
+    nothing, or an empty result, is a ValueError.
     """
     items = [spec] if isinstance(spec, str) else list(spec)
     urls: list[str] = []
@@ -114,7 +129,7 @@ def expand_shards(spec: str | Sequence[str], storage_options: dict[str, Any] | N
                 urls.append(url)
     if not urls:
         raise ValueError(f"no shards in {spec!r}")
-    return list(dict.fromkeys(urls))
+    return list(dict.fromkeys(canonical_url(u) for u in urls))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,11 +163,12 @@ def _parse_label(text: bytes | str, what: str) -> int:
 
 
 def _make_sample(
-    key: str, members: dict[str, bytes], label_key: str, problems: list[str] | None = None, present: set[str] | None = None
+    key: str, members: dict[str, bytes], label_key: str | None, problems: list[str] | None = None, present: set[str] | None = None
 ) -> Sample:
     """One sample from its members (extension -> bytes); ``problems`` found while grouping
     (a non-UTF-8 name, a duplicate key) become its error with whatever else is wrong.
-    ``present``: every member extension of the sample, read or not (for the error message)."""
+    ``present``: every member extension of the sample, read or not (for the error message).
+    ``label_key`` None: labels are not read (a job explaining the model's predictions)."""
     sample = Sample(key=key)
     problems = list(problems or [])
     for ext in IMAGE_EXTENSIONS:
@@ -170,6 +186,8 @@ def _make_sample(
             sample.meta = meta
         except ValueError as exc:
             problems.append(f"bad json member: {exc}")
+    if label_key is None:
+        return _with_problems(sample, problems)
     try:
         for ext in (label_key, f"{label_key}.txt"):
             if ext in members:
@@ -190,13 +208,17 @@ def _make_sample(
             sample.labels = list(dict.fromkeys(labels))  # a class present twice is one target
     except ValueError as exc:
         problems.append(str(exc))
+    return _with_problems(sample, problems)
+
+
+def _with_problems(sample: Sample, problems: list[str]) -> Sample:
     if problems:
         sample.error = "; ".join(problems)
     return sample
 
 
 def iter_samples(
-    url: str, storage_options: dict[str, Any] | None = None, label_key: str = "cls"
+    url: str, storage_options: dict[str, Any] | None = None, label_key: str | None = "cls"
 ) -> Iterator[Sample]:
     """Stream the samples of one shard, in tar order.
 
@@ -205,7 +227,8 @@ def iter_samples(
     samples before the damage are yielded and then ShardReadError is raised (the last, possibly
     incomplete, sample is dropped).
     """
-    wanted = {*IMAGE_EXTENSIONS, "json", label_key, f"{label_key}.txt", "label"}
+    labels = () if label_key is None else (label_key, f"{label_key}.txt", "label")
+    wanted = {*IMAGE_EXTENSIONS, "json", *labels}
     count = 0
     ended = {"clean": False}
 

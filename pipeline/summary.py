@@ -9,7 +9,7 @@ from typing import Any
 from pipeline.storage import redact_url
 
 
-@dataclass
+@dataclass(slots=True)  # one per shard: 100,000 of them in a large job
 class ShardState:
     """One shard's fate. ``status``: ``pending`` (not run), ``done``, ``failed`` (quarantined).
     ``resumed``: done by an earlier run (its numbers come from the done-marker)."""
@@ -51,6 +51,7 @@ class JobSummary:
     retries: int = 0
     replaced_workers: int = 0
     manifest: dict[str, Any] = field(default_factory=dict)
+    write_error: str | None = None  # the final index/manifest write failed (the shards are committed)
 
     def _with(self, status: str) -> list[ShardState]:
         return [s for s in self.shards.values() if s.status == status]
@@ -74,7 +75,7 @@ class JobSummary:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.ok else 1
+        return 0 if self.ok and self.write_error is None else 1
 
     @property
     def rows(self) -> int:
@@ -111,4 +112,29 @@ class JobSummary:
             lines.append(f"FAILED {url}: {reason}")
         if self.pending:
             lines.append(f"{len(self.pending)} shards not run: run the job again to resume")
+        if self.write_error is not None:
+            lines.append(f"the manifest was not written ({self.write_error}): run the job again to write it")
         return "\n".join(lines)
+
+
+def resumed_states(urls: list[str], done: dict[str, dict[str, Any]]) -> dict[str, ShardState]:
+    """Each shard's state, ``done`` for those with a marker (``done`` is emptied as it is read:
+    the markers are not kept beside the states)."""
+    states = {}
+    for url in urls:
+        marker = done.pop(redact_url(url), None)  # markers hold the URL without a signed query string
+        if marker is None:
+            states[url] = ShardState(url)
+            continue
+        states[url] = ShardState(
+            url,
+            status="done",
+            attempts=int(marker.get("attempts") or 1),
+            rows=int(marker.get("rows") or 0),
+            errors=int(marker.get("errors") or 0),
+            images=int(marker.get("images") or 0),
+            seconds=float(marker.get("seconds") or 0.0),
+            resumed=True,
+        )
+    done.clear()
+    return states

@@ -46,12 +46,14 @@ def columns(cfg: InputConfig) -> tuple[str, str | None]:
     return image, key
 
 
-def sample_reader(cfg: InputConfig) -> Callable[[str, dict[str, Any] | None], Iterator[Sample]]:
-    """``reader(url, storage_options)`` -> the unit's samples, for the configured format."""
+def sample_reader(cfg: InputConfig, reads_labels: bool = True) -> Callable[[str, dict[str, Any] | None], Iterator[Sample]]:
+    """``reader(url, storage_options)`` -> the unit's samples, for the configured format.
+    ``reads_labels`` False: labels are not read (a job explaining the model's predictions)."""
+    label_key = cfg.label_key if reads_labels else None
     if cfg.format == "webdataset":
-        return lambda url, storage: iter_samples(url, storage, cfg.label_key)
+        return lambda url, storage: iter_samples(url, storage, label_key)
     image, key = columns(cfg)
-    return lambda url, storage: iter_table_samples(url, storage, image, key, cfg.label_key)
+    return lambda url, storage: iter_table_samples(url, storage, image, key, label_key)
 
 
 def iter_any_samples(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[Sample]:
@@ -148,7 +150,7 @@ def _label(value: Any) -> int:
 
 
 def iter_table_samples(
-    url: str, storage_options: dict[str, Any] | None, image_column: str, key_column: str | None, label_key: str = "cls"
+    url: str, storage_options: dict[str, Any] | None, image_column: str, key_column: str | None, label_key: str | None = "cls"
 ) -> Iterator[Sample]:
     """Stream one Parquet / Arrow file's rows as ``Sample``s, in file order. Raises
     ShardReadError (after the rows before the damage) when the file cannot be read, and at once
@@ -165,7 +167,7 @@ def iter_table_samples(
                 )
                 error.permanent = True
                 raise error
-            label = next((c for c in (label_key, "label") if c in names), None)
+            label = None if label_key is None else next((c for c in (label_key, "label") if c in names), None)
             wanted = [c for c in (image_column, key_column, label) if c is not None]
             seen: set[str] = set()
             for batch in _batches(f, url, wanted):

@@ -50,6 +50,13 @@ class ShardWorker:
         # Once per actor, not per shard: loading the model and preparing the method dominate a
         # small shard's time.
         self.task: ShardTask = task_class(cfg, self.device)
+        built = getattr(self.task, "marker_hash", None)  # the hash of what this worker loaded
+        if lease is not None and built is not None and built != lease.config_hash:
+            raise RuntimeError(
+                f"this worker's model is not the driver's (config hash {built[:12]}, the job's {lease.config_hash[:12]}): "
+                "a model.factory that builds unseeded weights, or a checkpoint changed since the job started; "
+                "seed the factory or give model.checkpoint"
+            )
         self.storage = storage_options(cfg)
         # The driver runs this actor with max_concurrency = max_in_flight_per_actor: the next
         # shard's reader starts while the current shard computes; the lock serialises compute.

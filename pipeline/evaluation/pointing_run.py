@@ -60,8 +60,13 @@ class PartResult:
 
 
 def shard_annotations(shard_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """key -> the sample's json of one shard (its annotations)."""
-    return {s.key: s.meta for s in iter_samples(shard_url, storage_options) if s.meta}
+    """key -> the sample's json of one shard (its annotations). A key repeated in the shard keeps
+    its first sample's json: the job's row for that key is the first sample's (the repeat is an
+    error row), so the repeat's annotations must never score it."""
+    found: dict[str, dict[str, Any]] = {}
+    for s in iter_samples(shard_url, storage_options):
+        found.setdefault(s.key, s.meta)
+    return {k: meta for k, meta in found.items() if meta}
 
 
 def evaluate_part(

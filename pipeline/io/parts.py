@@ -12,6 +12,7 @@ Needs only pyarrow, numpy, torch (for the resize) and fsspec; works on any outpu
 from __future__ import annotations
 
 import io
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -24,6 +25,43 @@ from pipeline.commit import PARTS_DIR
 from pipeline.geometry import Geometry
 from pipeline.schema import restore_maps
 from pipeline.storage import redact_url, url_to_fs
+
+# What every attribution part holds (``pipeline.schema``): what an evaluation of one reads.
+ATTRIBUTION_COLUMNS = ("shard", "key", "target", "method", "maps", "error")
+
+
+class NotAnOutputError(ValueError):
+    """The folder is not an attribution output (a user's folder, another job's kind of output)."""
+
+
+def check_attribution_output(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Raise NotAnOutputError (one line) unless the parts under ``uri`` have the attribution
+    columns (its first part's schema is read); FileNotFoundError when there is no part."""
+    urls = part_urls(uri, storage_options)
+    if not urls:
+        raise FileNotFoundError(f"no Parquet parts under {uri.rstrip('/')}/{PARTS_DIR}")
+    fs, path = url_to_fs(urls[0], storage_options)
+    with fs.open(path, "rb") as f:
+        names = set(pq.ParquetFile(f).schema_arrow.names)
+    missing = [c for c in ATTRIBUTION_COLUMNS if c not in names]
+    if missing:
+        raise NotAnOutputError(f"{uri} is not the output of an attribution job: its parts lack the columns "
+                               f"{', '.join(missing)} (another job's output?)")
+
+
+def refuse_unless_attribution_outputs(uris: list[str], storage_options: dict[str, Any] | None = None) -> int:
+    """For the evaluation jobs: 0 when every one of ``uris`` is an attribution output, else the
+    exit code after printing the one-line reason (2: the wrong kind of folder; 1: unreachable)."""
+    try:
+        for uri in uris:
+            check_attribution_output(uri, storage_options)
+    except NotAnOutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # no part yet, or the folder cannot be read (OutputError)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def part_urls(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:

@@ -123,10 +123,11 @@ def _comparison(primary: list[dict[str, Any]], others: list[tuple[RunScan, dict]
     header = ["image", *(f"{r['method']}" for r in primary[:1]), *(s.method for s, _ in others)]
     lines = []
     for n, row in enumerate(primary):
-        original = originals.get(row["key"], (None, None))[0]
+        original = originals.get((row["shard"], row["key"]), (None, None))[0]
         what = f"{row['key']} (class {row['target']})"
         cells = [h.img(f"img/p{n}_orig.png", f"original image {what}", f"{row['key']} · class {row['target']}", width=THUMB)]
-        columns = [(row["method"], row), *((s.method, found.get((row["key"], row["target"]))) for s, found in others)]
+        sample = (row["shard"], row["key"], row["target"])
+        columns = [(row["method"], row), *((s.method, found.get(sample)) for s, found in others)]
         for j, (method, r) in enumerate(columns):
             if r is None:
                 cells.append(f"<span class=\"note\">no {h.esc(method)} row</span>")
@@ -160,7 +161,7 @@ def build_report(
     drawn = [item for c in classes for item in primary.sample[c]]
     rows = read_rows([loc for _, _, _, loc in drawn], storage_options)
     originals = im.load_originals(rows, storage_options)
-    wanted = {(k, t) for _, k, t, _ in drawn}
+    wanted = {(r["shard"], r["key"], r["target"]) for r in rows}
     others = []
     for scan in scans[1:]:
         located = locate_rows(scan.uri, wanted, storage_options)
@@ -185,7 +186,7 @@ def build_report(
         samples.append(f"<h3>{h.esc(_class_name(c))}</h3>")
         for n, row in enumerate(rows):
             if int(row["target"]) == c:
-                original, meta = originals.get(row["key"], (None, None))
+                original, meta = originals.get((row["shard"], row["key"]), (None, None))
                 samples.append(_image_row(row, original, meta, w, f"img/p{n}"))
     add("images", f"Sampled images ({per_class} per class, by hash of key and target)",
         "".join(samples) if rows else h.note("no good rows"))

@@ -40,24 +40,28 @@ def png_bytes(image: Image.Image | np.ndarray) -> bytes:
 
 def load_originals(
     rows: list[dict[str, Any]], storage_options: dict[str, Any] | None = None
-) -> dict[str, tuple[Image.Image, dict[str, Any]]]:
-    """key -> (RGB image, the sample's json) for the drawn rows, read from their shards: one pass
+) -> dict[tuple[str, str], tuple[Image.Image, dict[str, Any]]]:
+    """(shard, key) -> (RGB image, the sample's json) for the drawn rows (a key may be in two
+    shards; a key repeated in one shard keeps its first sample, the one its row is of), read from their shards: one pass
     per shard that holds a drawn row, stopping once its drawn keys are found. A shard that cannot
     be read (moved, deleted) leaves its keys out: the report draws their maps on grey."""
     wanted: dict[str, set[str]] = defaultdict(set)
     for r in rows:
         if r.get("shard"):
             wanted[r["shard"]].add(r["key"])
-    found: dict[str, tuple[Image.Image, dict[str, Any]]] = {}
+    found: dict[tuple[str, str], tuple[Image.Image, dict[str, Any]]] = {}
     for shard, keys in sorted(wanted.items()):
+        seen: set[str] = set()
         try:
             for sample in iter_any_samples(shard, storage_options):
-                if sample.key in keys and sample.image_bytes is not None:
-                    try:
-                        found[sample.key] = (decode_image(sample.image_bytes), sample.meta)
-                    except ValueError:
-                        continue
-                    if keys <= found.keys():
+                if sample.key in keys and sample.key not in seen:
+                    seen.add(sample.key)
+                    if sample.image_bytes is not None and sample.error is None:
+                        try:
+                            found[(shard, sample.key)] = (decode_image(sample.image_bytes), sample.meta)
+                        except ValueError:
+                            pass
+                    if keys <= seen:
                         break
         except (ShardReadError, OSError):
             continue

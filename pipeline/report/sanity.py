@@ -51,7 +51,7 @@ def _grid(uri, rows, originals, stages, put, thumb, storage_options) -> str:
     """One line per drawn image: the trained model's map, then each cascading stage's."""
     if not rows or not stages:
         return ""
-    wanted = {(r["key"], r["target"]) for r in rows}
+    wanted = {(r["shard"], r["key"], r["target"]) for r in rows}
     by_stage = []
     for s in sorted(stages, key=lambda s: s["stage"]):
         folder = Stage(s["mode"], int(s["stage"]), s["layer"], ()).folder
@@ -61,12 +61,12 @@ def _grid(uri, rows, originals, stages, put, thumb, storage_options) -> str:
     header = ["trained", *(f"+ {s['layer']}" for s, _ in by_stage)]
     lines = []
     for n, row in enumerate(rows):
-        original = originals.get(row["key"], (None, None))[0]
+        original = originals.get((row["shard"], row["key"]), (None, None))[0]
         what = f"{row['key']} (class {row['target']})"
         cells = [h.img(put(f"img/sanity{n}_0.png", im.comparison_png(row, original)), f"trained model's map of {what}",
                        width=thumb)]
         for j, (s, found) in enumerate(by_stage, 1):
-            r = found.get((row["key"], row["target"]))
+            r = found.get((row["shard"], row["key"], row["target"]))
             cells.append(h.note("no row") if r is None else h.img(
                 put(f"img/sanity{n}_{j}.png", im.comparison_png(r, original)),
                 f"map of {what} with the layers down to {s['layer']} randomized", width=thumb))

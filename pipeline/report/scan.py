@@ -180,20 +180,22 @@ def scan_output(
 
 
 def locate_rows(
-    uri: str, wanted: set[tuple[str, int]], storage_options: dict[str, Any] | None = None
-) -> dict[tuple[str, int], Location]:
-    """Where the good rows with these ``(key, target)`` pairs are in another output (the method
-    comparison): reads the ``key``, ``target`` and ``error`` columns only, one row group at a time."""
-    found: dict[tuple[str, int], Location] = {}
+    uri: str, wanted: set[tuple[str, str, int]], storage_options: dict[str, Any] | None = None
+) -> dict[tuple[str, str, int], Location]:
+    """Where the good rows with these ``(shard, key, target)`` triples are in another output (the
+    method comparison): a sample is its shard and key (one key may be in two shards). Reads the
+    ``shard``, ``key``, ``target`` and ``error`` columns only, one row group at a time."""
+    found: dict[tuple[str, str, int], Location] = {}
+    names = ("shard", "key", "target", "error")
     for part in part_urls(uri, storage_options):
         fs, path = url_to_fs(part, storage_options)
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             for rg in range(pf.num_row_groups):
-                table = pf.read_row_group(rg, columns=["key", "target", "error"])
-                for i, (k, t, e) in enumerate(zip(*(table.column(c).to_pylist() for c in ("key", "target", "error")))):
-                    if e is None and (k, t) in wanted:
-                        found.setdefault((k, t), Location(part, rg, i))
+                table = pf.read_row_group(rg, columns=list(names))
+                for i, (s, k, t, e) in enumerate(zip(*(table.column(c).to_pylist() for c in names))):
+                    if e is None and (s, k, t) in wanted:
+                        found.setdefault((s, k, t), Location(part, rg, i))
     return found
 
 

@@ -19,7 +19,7 @@ from pipeline.config_load import load_config
 
 # Small enough that an engine call takes a fraction of a second on a loaded 2-core machine.
 TINY = (
-    "model.factory=demo.model:build_demo_model",
+    "model.factory=tests.pipeline.factories:seeded_demo_model",
     "model.num_classes=4",
     "model.preprocessing.resize=null",
     "model.preprocessing.crop=32",

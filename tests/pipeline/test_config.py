@@ -124,7 +124,7 @@ def test_credentials_are_refused_with_a_hint(tmp_path: Path) -> None:
         ("extremal.max_iter=abc", "extremal.max_iter: expected int"),
         ("extremal.areas=[0.1,abc]", "extremal.areas"),
         ("model.preprocessing.mean=[0.5,0.5]", "model.preprocessing.mean"),
-        ("cluster=3", "cluster: expected a mapping"),
+        ("cluster=3", "cluster is a section; set one of its keys"),
     ],
 )
 def test_wrong_types_are_config_errors(override: str, expected: str) -> None:

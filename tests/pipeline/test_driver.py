@@ -185,9 +185,11 @@ def test_the_cluster_must_have_the_gpus_asked_for(tmp_path: Path) -> None:
 
 def test_more_actors_than_the_cluster_can_host_fail_at_once(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", num_shards=3, per_shard=1)
-    cfg = tiny_config(shards, str(tmp_path / "out"), "cluster.num_actors=3")  # 3 x 1 CPU, the cluster has 2
+    cfg = tiny_config(shards, str(tmp_path / "out"), "cluster.num_actors=8")  # 3 shards: 3 x 1 CPU, the cluster has 2
     start = time.monotonic()
-    with pytest.raises(DriverError, match=r"num_actors=3 x cluster.num_cpus_per_actor=1 needs 3 CPUs but the Ray cluster has 2"):
+    # The error names the user's value, and what it came to.
+    with pytest.raises(DriverError, match=r"num_actors=8 \(3 actors for 3 shards\) x cluster.num_cpus_per_actor=1 needs 3 CPUs "
+                       "but the Ray cluster has 2"):
         _run(cfg)
     assert time.monotonic() - start < 60
 

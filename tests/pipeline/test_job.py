@@ -230,10 +230,12 @@ def test_every_registered_method_through_the_job(tmp_path: Path, method: str, ex
 
 
 @pytest.mark.usefixtures("ray_cluster")
-def test_driver_interrupted_with_sigint_releases_the_output_and_a_restart_resumes(tmp_path: Path) -> None:
-    """A real ``python -m jobs.attribute`` (its own private Ray) stopped with SIGINT after its first
-    shard: the lease is released on the way out, and the same command then finishes the job
-    (on the session's cluster), every key exactly once."""
+@pytest.mark.parametrize(("stop", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_driver_interrupted_releases_the_output_and_a_restart_resumes(tmp_path: Path, stop: int, code: int) -> None:
+    """A real ``python -m jobs.attribute`` (its own private Ray) stopped with SIGINT or SIGTERM
+    after its first shard: the summary is printed with how to resume, the lease is released on the
+    way out, and the same command then finishes the job (on the session's cluster), every key
+    exactly once."""
     from collections import Counter
 
     from pipeline.lease import highest
@@ -258,13 +260,15 @@ def test_driver_interrupted_with_sigint_releases_the_output_and_a_restart_resume
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no shard finished in time"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)  # the group we started, nothing else
             proc.wait()
-    assert proc.returncode != 0
+    said = proc.stdout.read().decode()
+    assert proc.returncode == code, said[-3000:]
+    assert "shards: " in said and "run the same command again to resume" in said and "Traceback" not in said
     gen, record = highest(str(out))
     assert gen == 1 and record["released"]  # freed on the way out: no TTL to wait for
 
