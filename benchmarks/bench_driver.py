@@ -51,15 +51,14 @@ class NoopTask:
     exist): the driver's and the commit protocol's cost alone."""
 
     def __init__(self, cfg: Any, device: Any) -> None:
-        self.cfg, self.name = cfg, "noop"
+        self.cfg, self.name, self.output_hash = cfg, "noop", None
 
-    def run(self, shard_url: str, *, attempt: int, storage: dict, on_batch: Any, extra_stats: dict,
-            compute_lock: Any, lease: Any = None) -> dict[str, Any]:
+    def run(self, shard_url: str, ctx: Any) -> dict[str, Any]:
         from pipeline.commit import commit_part
         from pipeline.schema import rows_to_table
 
-        stats = {"attempts": attempt, "images": 0, "seconds": 0.0, "config_hash": lease.config_hash}
-        return commit_part(self.cfg.output.uri, shard_url, rows_to_table([], "tensor", None), stats, storage, lease)
+        stats = {"attempts": ctx.attempt, "images": 0, "seconds": 0.0, "config_hash": ctx.lease.config_hash}
+        return commit_part(self.cfg.output.uri, shard_url, rows_to_table([], "tensor", None), stats, ctx.storage, ctx.lease)
 
 
 def job_config(n: int, out: str, endpoint: str | None) -> Any:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -101,11 +103,16 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         yield
         return
     target = os.environ.get("RAY_ADDRESS") or address
+    # ray.init installs its own SIGTERM handler, which ends the process at once (no summary, no
+    # manifest, the lease held): ours (``run_main``'s) is put back.
+    on_term = signal.getsignal(signal.SIGTERM)
     if target:
         ray.init(address=target)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", include_dashboard=False)
+    if on_term is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
     try:
         yield
     finally:

@@ -50,7 +50,9 @@ class ShardWorker:
         # Once per actor, not per shard: loading the model and preparing the method dominate a
         # small shard's time.
         self.task: ShardTask = task_class(cfg, self.device)
-        built = getattr(self.task, "marker_hash", None)  # the hash of what this worker loaded
+        # The hash of what this worker loaded (model weights included) against the job's; a task
+        # without a model of its own (None) has nothing to check.
+        built = getattr(self.task, "output_hash", None)
         if lease is not None and built is not None and built != lease.config_hash:
             raise RuntimeError(
                 f"this worker's model is not the driver's (config hash {built[:12]}, the job's {lease.config_hash[:12]}): "

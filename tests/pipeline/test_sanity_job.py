@@ -68,7 +68,7 @@ def test_sanity_check_job(demo_model_and_data, tmp_path: Path, capsys: pytest.Ca
     assert (table["rows"] == 8).all()
     stage = read_results(str(tmp_path / "attr" / "sanity_check" / "cascading" / "002-features.0"))
     assert stage.num_rows == 8 and set(stage.column("model").to_pylist()) == {
-        f"demo.model:build_demo_model@{Path(assets.checkpoint).name}+random(3 layers)"}
+        f"{cfg.model.factory}@{Path(assets.checkpoint).name}+random(3 layers)"}
     stage_dir = tmp_path / "attr" / "sanity_check" / "cascading" / "002-features.0"
     guard = json.loads((stage_dir / "config.json").read_text())["config_hash"]
     (marker,) = stage_dir.glob("_done/*.json")

@@ -29,10 +29,27 @@ def hf_vit_folder(folder: str | Path) -> Path:
     return folder
 
 
+def timm_checkpoint(spec: dict, folder: str | Path) -> Path:
+    """The random weights of a timm spec saved once as a state_dict: every worker of a job must
+    load the same model (a job refuses workers whose weights differ from the driver's)."""
+    import torch
+
+    from pipeline.zoo import build_zoo_model
+
+    path = Path(folder) / f"{spec['arch'].replace('/', '_')}.pt"
+    if not path.exists():
+        torch.manual_seed(0)
+        net, _, _ = build_zoo_model(spec["arch"], spec["options"], NUM_CLASSES, None, False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), path)
+    return path
+
+
 def model_configs(tmp: str | Path) -> dict[str, ModelConfig]:
     """The three families' model sections, by family name."""
     return {
-        "timm_convnext": ModelConfig(**TIMM_CONVNEXT, num_classes=NUM_CLASSES),
-        "timm_vit": ModelConfig(**TIMM_VIT, num_classes=NUM_CLASSES),
+        "timm_convnext": ModelConfig(**TIMM_CONVNEXT, num_classes=NUM_CLASSES,
+                                     checkpoint=str(timm_checkpoint(TIMM_CONVNEXT, tmp))),
+        "timm_vit": ModelConfig(**TIMM_VIT, num_classes=NUM_CLASSES, checkpoint=str(timm_checkpoint(TIMM_VIT, tmp))),
         "hf_vit": ModelConfig(arch=f"hf/{hf_vit_folder(Path(tmp) / 'hf_vit')}"),
     }
