@@ -137,7 +137,8 @@ def test_mprt_task_in_process(demo_model_and_data, tmp_path: Path) -> None:
     part = read_results(str(tmp_path / "mprt")).to_pandas()
 
     def summed(name: str) -> torch.Tensor:
-        rows = iter_part_rows(part_urls(str(tmp_path / name))[0], None, ["maps", "map_min", "map_max", "map_height", "map_width", "error"])
+        columns = ["maps", "map_min", "map_max", "map_height", "map_width", "error"]
+        rows = iter_part_rows(part_urls(str(tmp_path / name))[0], None, columns)
         return torch.stack([torch.from_numpy(restore_maps(r["stored"], r["map_min"], r["map_max"]).sum(0)) for r in rows])
 
     assert part["explanation_entropy"].tolist() == pytest.approx(discrete_entropy(summed("orig")).tolist(), rel=1e-6)
