@@ -1,8 +1,9 @@
 """eMPRT / sMPRT in the sanity check (docs/evaluations.md, "eMPRT and sMPRT"): the fully randomized
 model is the cascade's last stage (every listed layer re-initialised; run here when the cascade
-was not), sMPRT's denoised outputs of the trained and of that model under ``<out>/smprt/``, the
-per-row scores under ``<out>/mprt/`` (``pipeline.evaluation.mprt_task``), each a resumable job
-through the driver; then the per-method table ``<out>/mprt.csv`` / ``.parquet``, read part by part.
+was not), sMPRT's denoised outputs of the trained and of that model under
+``<out>/smprt/n<N>-noise<σ>/``, the per-row scores under ``<out>/mprt/`` (``mprt-smprt-n<N>-noise<σ>/``
+with sMPRT; ``pipeline.evaluation.mprt_task``), each a resumable job through the driver; then the
+per-method table ``<out>/mprt.csv`` / ``.parquet`` (the latest run's), read part by part.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def run_mprt(
 
     full = fully_randomized(top)
     summaries = [run_stage(full)]
-    smooth = {"original": join(out_uri, "smprt", "original"), "random": join(out_uri, "smprt", full.folder)}
+    # Folders named by sMPRT's settings (hashed with the config): another N or noise is another output, not a conflict.
+    tag = f"n{samples}-noise{magnitude:g}"
+    smooth = {"original": join(out_uri, "smprt", tag, "original"), "random": join(out_uri, "smprt", tag, full.folder)}
     if samples > 0:
         for uri, layers in ((smooth["original"], ()), (smooth["random"], full.randomized)):
             evaluation = {"smprt": samples, "noise": magnitude, "randomized": list(layers), "seed": seed}
@@ -56,7 +59,7 @@ def run_mprt(
             summaries.append(run_job(at(uri), progress_stream=progress_stream, task_class=task, evaluation=evaluation))
     settings = MPRTSettings(cfg.output.uri, join(out_uri, full.folder), full.randomized, seed,
                             smooth["original"], smooth["random"], samples, magnitude)
-    uri = join(out_uri, SUMMARY)
+    uri = join(out_uri, SUMMARY if samples <= 0 else f"{SUMMARY}-smprt-{tag}")
     summaries.append(run_job(at(uri), progress_stream=progress_stream, evaluation=settings.hashed(),
                              task_class=functools.partial(MPRTTask, settings=settings)))
     return summary_table(uri, storage_options(cfg), samples, magnitude), summaries
