@@ -72,7 +72,7 @@ class SmoothedExplainer:
     def explain(self, images: torch.Tensor, targets: Any) -> Explanation:
         generator = torch.Generator(device=images.device).manual_seed(self.seed)
         total, e = None, None
-        for x in noisy_copies(images, self.samples, self.magnitude, generator):  # one copy at a time: memory of one call
+        for x in noisy_copies(images, self.samples, self.magnitude, generator):
             e = self.explainer.explain(x, targets)
             maps = e.maps.detach().float()
             total = maps if total is None else total + maps

@@ -25,6 +25,7 @@ ignore).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -117,13 +118,14 @@ def smprt_similarity(original: torch.Tensor, randomized: torch.Tensor) -> torch.
 
 
 def noisy_copies(x: torch.Tensor, n: int, magnitude: float = SMOOTH_MAGNITUDE,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` copies of each input ``[B, C, H, W]`` -> ``[n, B, C, H, W]``: Gaussian noise of σ =
-    ``magnitude`` x (the input's max - min) added to the first ``n - 1``, the last one clean (so
-    N = 1 is the plain explanation)."""
+                 generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """``n`` copies of the inputs ``[B, C, H, W]``, one at a time (memory of one): Gaussian noise
+    of σ = ``magnitude`` x (each input's max - min) added to the first ``n - 1``, the last one
+    clean (so N = 1 is the plain explanation)."""
     if n < 1:
         raise ValueError(f"sMPRT needs at least one sample, got {n}")
     dims = tuple(range(1, x.dim()))
     std = magnitude * (x.amax(dim=dims, keepdim=True) - x.amin(dim=dims, keepdim=True))
-    noise = torch.randn((n - 1, *x.shape), generator=generator, dtype=x.dtype, device=x.device) * std
-    return torch.cat([x + noise, x[None]], dim=0)
+    for _ in range(n - 1):
+        yield x + torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device) * std
+    yield x

@@ -53,7 +53,9 @@ def pointing_section(uri: str, storage_options: dict[str, Any] | None = None) ->
                       f"(from {url})")
     cols = [c for c in ("method", "subset", "accuracy", "energy", "hits", "misses", "pairs", "classes")
             if c in summary.column_names]
-    rows = [[h.fmt(r[c], 4) if c in ("accuracy", "energy") else r[c] for c in cols] for r in summary.select(cols).to_pylist()]
+    # energy is NaN for the centre baseline (no map): a dash
+    rows = [[h.fmt(None if r[c] != r[c] else r[c], 4) if c in ("accuracy", "energy") else r[c] for c in cols]
+            for r in summary.select(cols).to_pylist()]
     names = {"accuracy": "accuracy % (class mean)", "energy": "energy % (class mean)"}
     parts = [h.table([names.get(c, c) for c in cols], rows),
              h.note(f"from {url}. accuracy %: hits / (hits + misses) per class, then the mean over the classes "

@@ -87,7 +87,7 @@ def test_batched_spearman_and_noisy_copies() -> None:
     assert [v for i, v in enumerate(got) if i != 2] == pytest.approx([v for i, v in enumerate(want) if i != 2], abs=1e-12)
 
     x = torch.rand(2, 3, 16, 16, generator=g) * torch.tensor([1.0, 4.0])[:, None, None, None]
-    c = noisy_copies(x, 41, 0.1, torch.Generator().manual_seed(1))
+    c = torch.stack(list(noisy_copies(x, 41, 0.1, torch.Generator().manual_seed(1))))
     assert c.shape == (41, 2, 3, 16, 16) and torch.equal(c[-1], x)
     ranges = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))
     noise_std = (c[:-1] - x).std(dim=(0, 2, 3, 4))
@@ -110,7 +110,7 @@ def test_smoothed_explainer_averages_maps_keeps_clean_values() -> None:
     e = SmoothedExplainer(_Doubling(), samples=5, magnitude=0.1, seed=3)
     assert e.num_maps == 1  # the wrapped explainer's attributes
     out = e.explain(x, torch.zeros(2))
-    copies = noisy_copies(x, 5, 0.1, torch.Generator().manual_seed(3))
+    copies = torch.stack(list(noisy_copies(x, 5, 0.1, torch.Generator().manual_seed(3))))
     assert torch.allclose(out.maps, 2 * copies[:, :, :1].mean(dim=0), atol=1e-6)
     assert torch.equal(out.values["score"], x.sum(dim=(1, 2, 3)))
     assert torch.equal(e.explain(x, torch.zeros(2)).maps, out.maps)  # seeded: the same noise each call
