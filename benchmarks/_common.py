@@ -363,5 +363,22 @@ def write_json(path: str | None, payload: dict) -> None:
     print(f"wrote {path}")
 
 
+def timed(device, fn):
+    """(fn(), its seconds), the device synchronised before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def print_and_write(path: str | None, result: dict) -> None:
+    """Print a benchmark's numbers (not the environment, printed at the start), then ``write_json``."""
+    for k, v in result.items():
+        if k != "environment":
+            print(f"{k}: {v}")
+    write_json(path, result)
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")

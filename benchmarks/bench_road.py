@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import smooth_images, start_run, sync, write_json  # noqa: E402
+from _common import print_and_write, smooth_images, start_run, timed  # noqa: E402
 
 from pipeline.metrics.road import FRACTIONS, NEIGHBOURS, linear_impute, removal_masks  # noqa: E402
 
@@ -81,30 +80,20 @@ def main() -> None:
     n = src.shape[0]
     result: dict = {"environment": env, "device": str(dev), "images": args.images, "size": args.size, "pairs": n}
 
-    def timed(fn):
-        sync(dev)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(dev)
-        return out, time.perf_counter() - t0
-
     linear_impute(src[:1], masks[:1], noise=0.0)  # warm-up
-    batched, t = timed(lambda: torch.cat([linear_impute(src[i : i + args.chunk], masks[i : i + args.chunk], noise=0.0)
+    batched, t = timed(dev, lambda: torch.cat([linear_impute(src[i : i + args.chunk], masks[i : i + args.chunk], noise=0.0)
                                           for i in range(0, n, args.chunk)]))
     result["batched_images_per_s"] = args.images / t
-    _, t = timed(lambda: [linear_impute(src[i : i + 1], masks[i : i + 1], noise=0.0) for i in range(n)])
+    _, t = timed(dev, lambda: [linear_impute(src[i : i + 1], masks[i : i + 1], noise=0.0) for i in range(n)])
     result["one_cg_images_per_s"] = args.images / t
     if not args.skip_spsolve:
         cpu_src, cpu_masks = src.double().cpu().numpy(), masks.cpu().numpy()
-        ref, t = timed(lambda: [spsolve_impute(cpu_src[i], cpu_masks[i]) for i in range(n)])
+        ref, t = timed(dev, lambda: [spsolve_impute(cpu_src[i], cpu_masks[i]) for i in range(n)])
         result["one_spsolve_images_per_s"] = args.images / t
         result["max_abs_diff_batched_vs_spsolve"] = float(np.max(np.abs(batched.double().cpu().numpy() - np.stack(ref))))
         result["batched_over_spsolve"] = result["batched_images_per_s"] / result["one_spsolve_images_per_s"]
     result["batched_over_one_cg"] = result["batched_images_per_s"] / result["one_cg_images_per_s"]
-    for k, v in result.items():
-        if k != "environment":
-            print(f"{k}: {v}")
-    write_json(args.out, result)
+    print_and_write(args.out, result)
 
 
 if __name__ == "__main__":

@@ -12,5 +12,7 @@ runners that read outputs (``pipeline.io.parts``) and shards and run them.
   over the parts. ``python -m jobs.area_growth``.
 - ``randomization``: layers, stages and the randomized attribution task; ``sanity_run``: the
   stages through the driver, compared with ``metrics.similarity``, and the table.
-  ``python -m jobs.sanity_check``.
+  ``python -m jobs.sanity_check``. ``mprt_task``: eMPRT / sMPRT's per-shard tasks (the denoised
+  attribution, the per-row scores, ``metrics.mprt``); ``mprt_run``: them through the driver and
+  the per-method table (``jobs.sanity_check --emprt / --smprt``).
 """

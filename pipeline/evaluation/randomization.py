@@ -86,13 +86,13 @@ class RandomizedAttributionTask(AttributionTask):
     """The attribution task with ``layers`` of the job's model re-initialised (``randomize``);
     built as ``functools.partial(RandomizedAttributionTask, layers=..., seed=..., evaluation=...)``
     (``evaluation``: the stage's settings given to ``run_job``). Rows name the model
-    ``<name>+random(<n> layers)``."""
+    ``<name>+random(<n> layers)`` (``<name>`` with no layer)."""
 
     def __init__(self, cfg: JobConfig, device: torch.device, layers: Sequence[str], seed: int = 0,
                  evaluation: Mapping[str, Any] | None = None) -> None:
         loaded = load_model(cfg.model, "cpu")  # CPU: the same seeded weights on every worker
         randomize(loaded.model, layers, seed)
-        name = f"{loaded.name}+random({len(layers)} layers)"
+        name = f"{loaded.name}+random({len(layers)} layers)" if layers else loaded.name
         # The done-markers name the hash that guards the stage's folder (config + stage), not the job's.
         self.setup(cfg, device, dataclasses.replace(loaded, model=loaded.model.to(device), name=name), evaluation)
         self.explainer = build_explainer(cfg, self.loaded.model)

@@ -76,26 +76,40 @@ def run_sanity_check(
     layers: Sequence[str] | None = None,
     seed: int = 0,
     hog_cell: int = 16,
+    mprt: bool = False,
+    smprt_samples: int = 0,
+    smprt_noise: float = 0.1,
     progress_stream: TextIO | None = None,
-) -> tuple[pa.Table, list[Any]]:
+) -> tuple[pa.Table, list[Any], pa.Table | None]:
     """Run (or resume) the original attribution and every stage on the connected Ray cluster,
-    then compare. Returns the table (``summary_table``) and the jobs' summaries (original first).
-    Raises what ``run_job`` raises, ValueError for an unknown layer or mode."""
+    then compare. ``mprt``: also eMPRT (and sMPRT with ``smprt_samples`` noisy copies of noise
+    ``smprt_noise``, ``pipeline.evaluation.mprt_run``). Returns the table (``summary_table``), the
+    jobs' summaries (original first) and eMPRT's table (None without ``mprt``). Raises what
+    ``run_job`` raises, ValueError for an unknown layer or mode."""
     from pipeline.driver import run_job
 
     top = top_down_layers(cfg, layers)
     plan = stages(top, modes)
     summaries = [run_job(cfg, progress_stream=progress_stream)]
     st = storage_options(cfg)
-    results: list[tuple[Stage, dict[str, list[float]]]] = []
-    for stage in plan:
-        uri = join(out_uri, stage.folder)
-        stage_cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=uri))
+
+    def run_stage(stage: Stage) -> Any:
+        stage_cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=join(out_uri, stage.folder)))
         evaluation = {"sanity_check": stage.mode, "randomized": list(stage.randomized), "seed": seed}
         task = functools.partial(RandomizedAttributionTask, layers=stage.randomized, seed=seed, evaluation=evaluation)
-        summaries.append(run_job(stage_cfg, progress_stream=progress_stream, task_class=task, evaluation=evaluation))
-        results.append((stage, compare_outputs(cfg.output.uri, uri, st, hog_cell)))
-    return summary_table(results), summaries
+        return run_job(stage_cfg, progress_stream=progress_stream, task_class=task, evaluation=evaluation)
+
+    results: list[tuple[Stage, dict[str, list[float]]]] = []
+    for stage in plan:
+        summaries.append(run_stage(stage))
+        results.append((stage, compare_outputs(cfg.output.uri, join(out_uri, stage.folder), st, hog_cell)))
+    if mprt:
+        from pipeline.evaluation.mprt_run import run_mprt
+
+        mprt_table, more = run_mprt(cfg, out_uri, top, run_stage, seed=seed, samples=smprt_samples,
+                                    magnitude=smprt_noise, progress_stream=progress_stream)
+        return summary_table(results), summaries + more, mprt_table
+    return summary_table(results), summaries, None
 
 
 def summary_table(results: Sequence[tuple[Stage, dict[str, list[float]]]]) -> pa.Table:
@@ -126,6 +140,7 @@ def format_table(table: pa.Table) -> str:
     return "\n".join(lines)
 
 
-def write_table(out_uri: str, table: pa.Table, storage: dict[str, Any] | None = None) -> list[str]:
-    """``<out>/sanity_check.csv`` and ``.parquet``; returns the URLs."""
-    return write_table_files(out_uri, {SUMMARY: table}, storage)
+def write_table(out_uri: str, table: pa.Table, storage: dict[str, Any] | None = None,
+                mprt: pa.Table | None = None) -> list[str]:
+    """``<out>/sanity_check.csv`` and ``.parquet`` (and ``mprt.*`` when given); returns the URLs."""
+    return write_table_files(out_uri, {SUMMARY: table, **({"mprt": mprt} if mprt is not None else {})}, storage)

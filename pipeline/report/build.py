@@ -18,6 +18,7 @@ import numpy as np
 from pipeline.report import figures
 from pipeline.report import html as h
 from pipeline.report import images as im
+from pipeline.report.evaluations import deletion_section, mprt_section
 from pipeline.report.facts import pointing_section, read_manifest, run_facts
 from pipeline.report.sanity import sanity_section
 from pipeline.report.scan import RunScan, locate_rows, read_rows, scan_output
@@ -198,9 +199,15 @@ def build_report(
     found_tables = [f"<h3>{h.esc(s.method)}</h3>{body}" for s, body in pointing if body]
     add("pointing", "Pointing game", "".join(found_tables) or h.note(
         "no pointing_game.csv|parquet beside the outputs (python -m jobs.pointing_game writes them)"))
+    deletion = deletion_section(scans, rows, w.put, storage_options)
+    if deletion is not None:
+        add("deletion", "Deletion / insertion, SRG and ROAD", deletion)
     sanity = sanity_section(primary.uri, rows, originals, w.put, THUMB, storage_options)
     if sanity is not None:
         add("sanity", "Sanity checks (model parameter randomization)", sanity)
+    mprt = mprt_section(scans, storage_options)
+    if mprt is not None:
+        add("mprt", "eMPRT and sMPRT", mprt)
     channel_rows = [r for r in rows if r.get("channel_masks") is not None]
     if channel_rows:
         add("channels", "Channel attribution", h.note(

@@ -51,12 +51,17 @@ def pointing_section(uri: str, storage_options: dict[str, Any] | None = None) ->
     if summary.num_rows == 0:
         return h.note(f"no (image, class) pair was scored: {unscored or 'python -m jobs.pointing_game prints why'} "
                       f"(from {url})")
-    cols = [c for c in ("method", "subset", "accuracy", "hits", "misses", "pairs", "classes") if c in summary.column_names]
-    rows = [[h.fmt(r[c], 4) if c == "accuracy" else r[c] for c in cols] for r in summary.select(cols).to_pylist()]
-    parts = [h.table([c if c != "accuracy" else "accuracy % (class mean)" for c in cols], rows),
+    cols = [c for c in ("method", "subset", "accuracy", "energy", "hits", "misses", "pairs", "classes")
+            if c in summary.column_names]
+    # energy is NaN for the centre baseline (no map): a dash
+    rows = [[h.fmt(None if r[c] != r[c] else r[c], 4) if c in ("accuracy", "energy") else r[c] for c in cols]
+            for r in summary.select(cols).to_pylist()]
+    names = {"accuracy": "accuracy % (class mean)", "energy": "energy % (class mean)"}
+    parts = [h.table([names.get(c, c) for c in cols], rows),
              h.note(f"from {url}. accuracy %: hits / (hits + misses) per class, then the mean over the classes "
                     "(TorchRay's protocol), so it is not hits / pairs; a hit: a ground-truth pixel within 15 px of the "
-                    "map's maximum. 'center' is the centre baseline on the same pairs."
+                    "map's maximum. energy %: the share of the map's positive values inside the ground truth, "
+                    "averaged per class then over the classes. 'center' is the centre baseline on the same pairs."
                     + (f" Not scored: {unscored}." if unscored else ""))]
     per_class = read_table_beside(uri, PER_CLASS, storage_options)
     if per_class is not None:

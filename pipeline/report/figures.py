@@ -150,3 +150,21 @@ def similarity_curves(stages: Sequence[dict], metrics: Sequence[str]) -> bytes:
     axes[0][-1].legend(fontsize=FONT, loc="upper right")
     fig.tight_layout()
     return _png(fig)
+
+
+def evaluation_curves(panels: Sequence[tuple[str, dict[str, tuple[Sequence[float], Sequence[float]]]]]) -> bytes:
+    """Per drawn row, its deletion / insertion curves (and ROAD's MoRF / LeRF where present): one
+    panel per row, x = the share of pixels removed (inserted), y = the model's probability for
+    the target. ``panels``: (title, {curve name: (x, y)})."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.9 * len(panels), 2.7), squeeze=False, dpi=DPI)
+    for ax, (title, curves) in zip(axes[0], panels):
+        for name, (x, y) in curves.items():
+            ax.plot(x, y, marker="o" if len(x) < 12 else None, ms=3, label=name)
+        ax.set_xlim(0, 1)
+        ax.set_title(title, fontsize=TITLE)
+        ax.set_xlabel("share of pixels", fontsize=FONT)
+        ax.tick_params(labelsize=FONT)
+    axes[0][0].set_ylabel("probability of the target", fontsize=FONT)
+    axes[0][-1].legend(fontsize=FONT, loc="best")
+    fig.tight_layout()
+    return _png(fig)

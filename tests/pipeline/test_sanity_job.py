@@ -17,8 +17,9 @@ from demo import build_demo_model
 from jobs.sanity_check import main
 from pipeline.config_load import dump_config_yaml
 from pipeline.evaluation.randomization import learnable_layers, randomize, stages
-from pipeline.io.parts import read_results
+from pipeline.io.parts import iter_part_rows, part_urls, read_results
 from pipeline.report.build import build_report
+from pipeline.schema import restore_maps
 from tests.pipeline.conftest import tiny_config
 from tests.report.chromium import check_page, chromium_binary
 
@@ -82,11 +83,18 @@ def test_sanity_check_job(demo_model_and_data, tmp_path: Path, capsys: pytest.Ca
     last = table.iloc[-1]
     assert last["spearman_abs"] < 0.4 and last["ssim"] < 0.3 and last["hog_spearman"] < 0.4
 
-    # Resume: every job's shards come from the earlier run; the table is the same.
-    assert main(["--config", str(path), "--mode", "cascading", "--layers", layers]) == 0
-    assert capsys.readouterr().out.count("from an earlier run") == 0  # run_job's report is not printed here
+    # Resume: every job's shards come from the earlier run; the table is the same. eMPRT runs
+    # against the cascade's last stage, already there (sMPRT: test_mprt_task_in_process).
+    assert main(["--config", str(path), "--mode", "cascading", "--layers", layers, "--emprt"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("from an earlier run") == 0 and "eMPRT" in printed  # run_job's report is not printed here
     again = pd.read_csv(tmp_path / "attr" / "sanity_check" / "sanity_check.csv")
     pd.testing.assert_frame_equal(again, table)
+    (mprt,) = pd.read_csv(tmp_path / "attr" / "sanity_check" / "mprt.csv").to_dict("records")
+    # The random model's gradients spread wider than the trained one's, its outputs flatter
+    # (measured: entropy 2.61 -> 3.89, eMPRT 0.52; output entropy 0.38 -> 1.38).
+    assert mprt["method"] == "gradient" and mprt["scored"] == 8 and mprt["smprt_rows"] == 0
+    assert mprt["emprt"] > 0.2 and mprt["output_entropy_random"] > mprt["output_entropy"] > 0
     assert main(["--config", str(path), "--layers", "nope"]) == 2
     assert "no learnable layer named nope" in capsys.readouterr().err
 
@@ -99,3 +107,42 @@ def test_sanity_check_job(demo_model_and_data, tmp_path: Path, capsys: pytest.Ca
         from tests.report.test_report_browser import _assert_page_is_whole
 
         _assert_page_is_whole(index, check_page(index, tmp_path / "report.png"))
+
+
+def test_mprt_task_in_process(demo_model_and_data, tmp_path: Path) -> None:
+    """sMPRT's denoised outputs and the per-row eMPRT / sMPRT part, each task run on one shard in
+    this process (no Ray; the job runs them through the driver): the part's numbers are the
+    metrics of the stored maps."""
+    import functools
+
+    from pipeline.evaluation.mprt_task import MPRTSettings, MPRTTask, SmoothedAttributionTask
+    from pipeline.metrics.mprt import discrete_entropy, smprt_similarity
+
+    assets = demo_model_and_data.assets
+    shard = assets.shards[0]
+
+    def cfg(name: str):
+        return tiny_config([shard], str(tmp_path / name), f"model.checkpoint={assets.checkpoint}",
+                           "model.preprocessing.crop=32", "method.name=gradient")
+
+    layers = ("classifier", "features.6")
+    runs = {"orig": (), "rand": layers, "smooth_orig": (), "smooth_rand": layers}
+    for name, randomized in runs.items():
+        samples = 3 if name.startswith("smooth") else 1  # one sample: the plain maps
+        SmoothedAttributionTask(cfg(name), "cpu", layers=randomized, samples=samples, seed=0).run(shard)
+    settings = MPRTSettings(str(tmp_path / "orig"), str(tmp_path / "rand"), layers, 0, str(tmp_path / "smooth_orig"),
+                            str(tmp_path / "smooth_rand"), samples=3)
+    marker = functools.partial(MPRTTask, settings=settings)(cfg("mprt"), "cpu").run(shard)
+    assert marker["rows"] == 8 and marker["errors"] == 0
+    part = read_results(str(tmp_path / "mprt")).to_pandas()
+
+    def summed(name: str) -> torch.Tensor:
+        columns = ["maps", "map_min", "map_max", "map_height", "map_width", "error"]
+        rows = iter_part_rows(part_urls(str(tmp_path / name))[0], None, columns)
+        return torch.stack([torch.from_numpy(restore_maps(r["stored"], r["map_min"], r["map_max"]).sum(0)) for r in rows])
+
+    assert part["explanation_entropy"].tolist() == pytest.approx(discrete_entropy(summed("orig")).tolist(), rel=1e-6)
+    assert part["explanation_entropy_random"].tolist() == pytest.approx(discrete_entropy(summed("rand")).tolist(), rel=1e-6)
+    want = smprt_similarity(summed("smooth_orig"), summed("smooth_rand")).tolist()
+    assert part["smprt"].tolist() == pytest.approx(want, abs=1e-6) and max(want) < 0.9
+    assert part["output_entropy_random"].gt(0).all() and part["emprt"].notna().all()
