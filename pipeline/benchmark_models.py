@@ -33,6 +33,8 @@ from torch import nn
 from torch.nn.utils import skip_init
 from torchvision.models.vgg import cfgs, make_layers
 
+from pipeline.config import ModelConfig
+
 PREFIX = "torchray/"
 ARCHS = ("vgg16", "resnet50")
 DATASETS = {"voc07": 20, "coco14": 80}
@@ -121,18 +123,18 @@ def _arch(arch: str) -> str:
     return name
 
 
-def build_benchmark_model(
-    arch: str, dataset: str | None, num_classes: int | None, options: dict[str, Any], checkpoint: str | None
-) -> tuple[nn.Module, str]:
-    """(model, name) for ``torchray/<arch>``, its weights still to load from ``checkpoint``
-    (``fit_checkpoint``). ValueError (one line) for a bad combination or no checkpoint."""
+def build_benchmark_model(model: ModelConfig) -> tuple[nn.Module, str, None]:
+    """(model, name, None: the checkpoint's digest comes later) for ``torchray/<arch>``, its
+    weights still to load from ``model.checkpoint`` (``fit_checkpoint``). ValueError (one line)
+    for a bad combination or no checkpoint."""
+    arch, dataset, num_classes, options = model.arch, model.dataset, model.num_classes, model.options
     name = _arch(arch)
     if dataset not in DATASETS:
         raise ValueError(f"model.arch {arch} needs model.dataset: one of {', '.join(DATASETS)}, got {dataset!r}")
     classes = DATASETS[dataset]
     if num_classes is not None and num_classes != classes:
         raise ValueError(f"{arch} on {dataset} has {classes} classes, but num_classes={num_classes}")
-    if checkpoint is None:
+    if model.checkpoint is None:
         file = CHECKPOINT_FILES[(name, dataset)]
         raise ValueError(
             f"{arch} on {dataset} needs model.checkpoint: TorchRay's {file} (download {CHECKPOINT_URL}{file} once)"
@@ -144,8 +146,8 @@ def build_benchmark_model(
             f"model.options for {arch}: only pool ({' | '.join(POOLS)}; sliding for resnet50 only), got {options}"
         )
     if name == "vgg16":
-        return FullyConvolutionalVGG16(classes), f"{arch}-{dataset}"
-    return FullyConvolutionalResNet50(classes, pool), f"{arch}-{dataset}" + ("-sliding" if pool == "sliding" else "")
+        return FullyConvolutionalVGG16(classes), f"{arch}-{dataset}", None
+    return FullyConvolutionalResNet50(classes, pool), f"{arch}-{dataset}" + ("-sliding" if pool == "sliding" else ""), None
 
 
 def caffe_vgg16_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -32,8 +32,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from pipeline.benchmark_models import PREPROCESS as BENCHMARK_PREPROCESS
-from pipeline.benchmark_models import build_benchmark_model, fit_checkpoint, is_benchmark_arch
+from pipeline import benchmark_models as bench
 from pipeline.config import AUTO, ModelConfig, PreprocessingConfig
 from pipeline.geometry import Geometry
 from pipeline.zoo import build_zoo_model, checkpoint_target, is_zoo_arch, read_weights, zoo_preprocess
@@ -57,8 +56,7 @@ class Preprocess:
     std: tuple[float, ...]
     # Only the image resize uses it: torchvision's EfficientNet weights, e.g., expect bicubic.
     interpolation: str = "bilinear"
-    # False: resize the [0, 1] float image without antialiasing (TorchRay's Caffe-model transform).
-    antialias: bool = True
+    antialias: bool = True  # False: resize the [0, 1] float image, no antialias (TorchRay's Caffe models)
 
     def __call__(self, img: Image.Image | np.ndarray) -> tuple[torch.Tensor, Geometry]:
         """``img``: PIL image (any mode; converted to RGB) or uint8 [H, W, 3] array.
@@ -355,8 +353,8 @@ def _make_preprocess(pp: PreprocessingConfig, defaults: dict[str, Any]) -> Prepr
     interpolation = str(pick("interpolation")).lower()
     if interpolation not in ("nearest", "bilinear", "bicubic"):
         raise ValueError(f"interpolation must be nearest, bilinear or bicubic, got {interpolation!r}")
-    return Preprocess(None if resize is None else int(resize), None if crop is None else int(crop), mean, std, interpolation,
-                      defaults.get("antialias", True))
+    resize, crop = None if resize is None else int(resize), None if crop is None else int(crop)
+    return Preprocess(resize, crop, mean, std, interpolation, defaults.get("antialias", True))
 
 
 def _check_one_source(model: ModelConfig) -> None:
@@ -372,8 +370,8 @@ def resolve_preprocess(model: ModelConfig) -> Preprocess:
     _check_one_source(model)
     if model.factory is not None:
         return _make_preprocess(model.preprocessing, _FACTORY_DEFAULTS)
-    if is_benchmark_arch(model.arch):
-        return _make_preprocess(model.preprocessing, BENCHMARK_PREPROCESS)
+    if bench.is_benchmark_arch(model.arch):
+        return _make_preprocess(model.preprocessing, bench.PREPROCESS)
     if is_zoo_arch(model.arch):
         return _make_preprocess(model.preprocessing, zoo_preprocess(model.arch, model.download_weights))
     arch = _resolve_arch(model.arch)
@@ -393,11 +391,9 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu", *, downlo
     download = model.download_weights if download is None else download
     preprocess = resolve_preprocess(model)
     digest = None
-    if is_benchmark_arch(model.arch):
-        net, name = build_benchmark_model(model.arch, model.dataset, model.num_classes, model.options, model.checkpoint)
-        weights = None
-    elif is_zoo_arch(model.arch):
-        net, name, digest = build_zoo_model(model.arch, model.options, model.num_classes, model.weights, download)
+    if is_zoo_arch(model.arch) or bench.is_benchmark_arch(model.arch):
+        net, name, digest = (bench.build_benchmark_model(model) if bench.is_benchmark_arch(model.arch) else
+                             build_zoo_model(model.arch, model.options, model.num_classes, model.weights, download))
         weights = None
     elif model.arch is not None:
         arch = _resolve_arch(model.arch)
@@ -414,7 +410,7 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu", *, downlo
         data = _open_checkpoint(str(model.checkpoint))
         digest = f"sha256:{hashlib.sha256(data.getbuffer()).hexdigest()}"
         state = _extract_state_dict(read_weights(data, what, _safe_torch_load), what)
-        _load_state_dict(checkpoint_target(net), fit_checkpoint(net, state), what, name)
+        _load_state_dict(checkpoint_target(net), bench.fit_checkpoint(net, state), what, name)
         name = f"{name}@{Path(urlparse(str(model.checkpoint)).path).name}"
     if digest is None:
         # A factory's own weights (or an architecture's initialisation): what the model *is*, so
