@@ -14,6 +14,10 @@ from torchray.benchmark import models as torchray_models
 from pipeline.benchmark_models import CHECKPOINT_FILES, FullyConvolutionalResNet50
 
 TORCHRAY_DATASET = {"voc07": "voc_2007", "coco14": "coco"}
+# The models see Caffe's 0-255 inputs: the first convolution's random weights are scaled down so
+# that the scores stay where the trained models' are (TorchRay's pointing gradient, exp of the
+# scores unnormalised, overflows beyond ~88).
+INPUT_SCALE = 100.0
 
 
 def _he(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
@@ -31,6 +35,7 @@ def vgg16_checkpoint(classes: int, hidden: int, seed: int = 0) -> dict[str, torc
     for i, (n_out, n_in) in enumerate(((hidden, 512 * 49), (hidden, hidden), (classes, hidden))):
         state[f"classifier.{2 * i}.weight"] = _he((n_out, n_in), g)
         state[f"classifier.{2 * i}.bias"] = 0.01 * torch.randn(n_out, generator=g)
+    state["features.0.weight"] /= INPUT_SCALE
     return state
 
 
@@ -51,6 +56,10 @@ def resnet50_checkpoint(classes: int, seed: int = 0) -> dict[str, torch.Tensor]:
             value = 0.05 * torch.randn(value.shape, generator=g)
         if key == "fc.weight":
             value = value.flatten(1)
+        elif key == "conv1.weight":
+            value = value / INPUT_SCALE
+        if key == "fc.weight":
+            value = value / 20  # BatchNorm's random statistics leave scores of hundreds otherwise
         found = re.fullmatch(r"(.*(?:bn\d|downsample\.1))\.(weight|bias|running_mean|running_var)", key)
         if found:
             key = f"{found.group(1)}.{0 if found.group(2).startswith('running') else 1}.{found.group(2)}"
