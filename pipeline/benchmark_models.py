@@ -158,9 +158,10 @@ def caffe_vgg16_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         found = re.fullmatch(r"classifier\.([024])\.(weight|bias)", key)
         if found:
             key = f"classifier.{_VGG_FC[int(found.group(1)) // 2]}.{found.group(2)}"
-            if found.group(2) == "weight":
-                out_channels = value.shape[0]
-                value = value.reshape(out_channels, 512, 7, 7) if found.group(1) == "0" else value.reshape(out_channels, -1, 1, 1)
+            if found.group(2) == "weight" and value.dim() >= 2:  # else the shape check names the key
+                n = value.shape[0]
+                fits = found.group(1) != "0" or value.numel() == n * 512 * 49
+                value = value.reshape(n, 512, 7, 7) if found.group(1) == "0" and fits else value.reshape(n, -1, 1, 1)
         elif key == "features.0.weight":
             value = value[:, [2, 1, 0]]  # Caffe's BGR input channels -> RGB
         out[key] = value
@@ -176,8 +177,8 @@ def caffe_resnet50_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         key = re.sub(r"downsample\.(\d)\.[01]\.", r"downsample.\1.", key)
         if key == "conv1.weight":
             value = value[:, [2, 1, 0]]
-        elif key == "fc.weight":
-            value = value.reshape(*value.shape[:2], 1, 1)
+        elif key == "fc.weight" and value.dim() == 2:
+            value = value[:, :, None, None]
         out[key] = value
     return out
 

@@ -74,3 +74,11 @@ def test_benchmark_model_config_errors(vgg16_voc):
         load_model(ModelConfig(arch="torchray/vgg16", dataset="voc07", checkpoint=str(path), options={"pool": "sliding"}))
     with pytest.raises(ValueError, match="unknown torchray architecture"):
         load_model(ModelConfig(arch="torchray/alexnet", dataset="voc07", checkpoint=str(path)))
+
+
+def test_a_checkpoint_of_another_shape_is_one_line(tmp_path):
+    bad = vgg16_checkpoint(classes=20, hidden=8)
+    bad["classifier.0.weight"] = bad["classifier.0.weight"][:, :100]
+    path = save_checkpoint(bad, tmp_path, "vgg16", "voc07")
+    with pytest.raises(ValueError, match=r"does not match torchray/vgg16-voc07: .*classifier.0.weight"):
+        load_model(ModelConfig(arch="torchray/vgg16", dataset="voc07", checkpoint=str(path)))
