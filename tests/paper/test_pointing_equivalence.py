@@ -10,15 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
-import torchray.attribution.extremal_perturbation as elp
-from PIL import Image
-from torchray.attribution.common import get_pointing_gradient
-from torchray.attribution.grad_cam import grad_cam
-from torchray.attribution.gradient import gradient
-from torchray.attribution.guided_backprop import guided_backprop
-from torchray.attribution.rise import rise
 from torchray.benchmark.models import get_transform
 
 from pipeline.config_load import load_config
@@ -27,9 +19,12 @@ from pipeline.metrics.pointing_game import center_point, saliency_point
 from pipeline.models import load_model
 from tests.paper.torchray_reference import (
     TORCHRAY_DATASET,
+    blob_image,
     resnet50_checkpoint,
     save_checkpoint,
+    torchray_call,
     torchray_get_model,
+    torchray_point,
     torchray_vgg16,
     vgg16_checkpoint,
 )
@@ -41,39 +36,6 @@ GRADIENT_FAMILY = ("gradient", "guided_backprop", "grad_cam")
 RISE_MASKS, EP_ITERATIONS = 32, 5
 
 
-def _image(width: int, height: int, seed: int) -> Image.Image:
-    """Smooth random colour blobs (a noise image would make every gradient map a near-tie)."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.rand(1, 3, 6, 6, generator=g)
-    img = torch.nn.functional.interpolate(low, (height, width), mode="bicubic", align_corners=False)[0].clamp(0, 1)
-    return Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
-
-
-def _torchray_point(saliency: torch.Tensor) -> tuple[int, int]:
-    """The benchmark script's ``_saliency_to_point``: the first argmax of ``[1, 1, H, W]``."""
-    index = int(torch.argmax(saliency.reshape(-1)))
-    return index % saliency.shape[-1], index // saliency.shape[-1]
-
-
-def _torchray_call(model: torch.nn.Module, layer: str, areas: list[float]):
-    """The benchmark script's call per method, as ``(method, x, class_id, image_size (W, H)) ->
-    saliency [1, 1, H, W]`` (a few masks or iterations for RISE and extremal perturbation)."""
-
-    def call(method: str, x: torch.Tensor, class_id: int, size: tuple[int, int]) -> torch.Tensor:
-        torch.manual_seed(0)  # the script seeds every image
-        if method in ("gradient", "guided_backprop"):
-            fn = gradient if method == "gradient" else guided_backprop
-            return fn(model, x, class_id, resize=size, smooth=0.02, get_backward_gradient=get_pointing_gradient)
-        if method == "grad_cam":
-            return grad_cam(model, x, class_id, saliency_layer=layer, resize=size, get_backward_gradient=get_pointing_gradient)
-        if method == "rise":
-            return rise(model, x, resize=size, seed=0, num_masks=RISE_MASKS)[:, class_id:class_id + 1]
-        mask, _ = elp.extremal_perturbation(
-            model, x, class_id, areas=areas, num_levels=8, step=7, sigma=7 * 3, max_iter=EP_ITERATIONS, jitter=True,
-            smooth=0.09, resize=size, perturbation="blur", reward_func=elp.simple_reward, variant=elp.PRESERVE_VARIANT)
-        return mask.sum(dim=0, keepdim=True)
-
-    return call
 
 
 def _points(configs: dict, images: dict[str, list], size: int, reference) -> dict[str, list]:
@@ -88,12 +50,12 @@ def _points(configs: dict, images: dict[str, list], size: int, reference) -> dic
         explainer = build_explainer(cfg, loaded.model)
         out[method] = []
         for seed, (width, height, classes) in images[method]:
-            img = _image(width, height, seed)
+            img = blob_image(width, height, seed)
             x, geom = loaded.preprocess(img)
             for class_id in classes:
                 maps = explainer.explain(x[None], [class_id]).maps[0].numpy()
                 ours = saliency_point(maps, geom, card_for(method).smooth, width, height)
-                out[method].append((ours, _torchray_point(reference(method, transform(img)[None], class_id, (width, height)))))
+                out[method].append((ours, torchray_point(reference(method, transform(img)[None], class_id, (width, height)))))
     return out
 
 
@@ -120,7 +82,7 @@ def test_vgg16_voc07_points_equal_torchrays(tmp_path):
     path = save_checkpoint(state, tmp_path, "vgg16", "voc07")
     # One image with two classes: VGG16's 224-px passes are the cost of this test.
     images = dict.fromkeys(GRADIENT_FAMILY, [(1, IMAGES[1])])
-    reference = _torchray_call(torchray_vgg16(state, 20), "features.29", [])
+    reference = torchray_call(torchray_vgg16(state, 20), "features.29", [])
     _check(_points(_configs("voc07_vgg16", GRADIENT_FAMILY, [f"model.checkpoint={path}"]), images, 224, reference))
 
 
@@ -131,7 +93,7 @@ def test_resnet50_coco14_points_equal_torchrays(tmp_path, monkeypatch):
     theirs.avgpool = torch.nn.AvgPool2d((7, 7), stride=1)  # the script's patch for these methods
     images = dict.fromkeys(GRADIENT_FAMILY, list(enumerate(IMAGES)))
     configs = _configs("coco14_resnet50", GRADIENT_FAMILY, [f"model.checkpoint={path}"])
-    _check(_points(configs, images, 224, _torchray_call(theirs, "layer4", [])))
+    _check(_points(configs, images, 224, torchray_call(theirs, "layer4", [])))
 
 
 def test_resnet50_rise_and_extremal_points_equal_torchrays(tmp_path, monkeypatch):
@@ -146,7 +108,8 @@ def test_resnet50_rise_and_extremal_points_equal_torchrays(tmp_path, monkeypatch
     configs = {"rise": _configs("voc07_resnet50", ["rise"], overrides)["rise"],
                "extremal": _configs("voc07_resnet50", ["extremal"], overrides[:2] + overrides[3:])["extremal"]}
     images = {"rise": [(2, (60, 60, (7, 2)))], "extremal": [(1, (60, 80, (11,)))]}
-    _check(_points(configs, images, 64, _torchray_call(theirs, "layer4", list(configs["extremal"].extremal.areas))))
+    reference = torchray_call(theirs, "layer4", list(configs["extremal"].extremal.areas), RISE_MASKS, EP_ITERATIONS)
+    _check(_points(configs, images, 64, reference))
 
 
 def test_center_point_is_torchrays():

@@ -1,14 +1,23 @@
-"""TorchRay's benchmark models built by TorchRay's own code, and checkpoints in TorchRay's file
-format (Caffe's names, BGR first convolution, linear classifier weights) with random weights."""
+"""TorchRay's benchmark models built by TorchRay's own code, checkpoints in TorchRay's file
+format (Caffe's names, BGR first convolution, linear classifier weights) with random weights, and
+the benchmark script's method calls (``examples/attribution_benchmark.py``)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
+import torchray.attribution.extremal_perturbation as elp
 import torchvision
+from PIL import Image
 from torch import nn
+from torchray.attribution.common import get_pointing_gradient
+from torchray.attribution.grad_cam import grad_cam
+from torchray.attribution.gradient import gradient
+from torchray.attribution.guided_backprop import guided_backprop
+from torchray.attribution.rise import rise
 from torchray.benchmark import models as torchray_models
 
 from pipeline.benchmark_models import CHECKPOINT_FILES, FullyConvolutionalResNet50
@@ -99,3 +108,38 @@ def torchray_get_model(arch: str, dataset: str, checkpoint_folder: Path, monkeyp
     (hub / "hub" / "checkpoints" / name).write_bytes((checkpoint_folder / name).read_bytes())
     monkeypatch.setenv("TORCH_HOME", str(hub))
     return torchray_models.get_model(arch, TORCHRAY_DATASET[dataset], convert_to_fully_convolutional=True)
+
+
+def blob_image(width: int, height: int, seed: int) -> Image.Image:
+    """Smooth random colour blobs (a noise image would make every gradient map a near-tie)."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(1, 3, 6, 6, generator=g)
+    img = torch.nn.functional.interpolate(low, (height, width), mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    return Image.fromarray((img.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+
+
+def torchray_point(saliency: torch.Tensor) -> tuple[int, int]:
+    """The benchmark script's ``_saliency_to_point``: the first argmax of ``[1, 1, H, W]``."""
+    index = int(torch.argmax(saliency.reshape(-1)))
+    return index % saliency.shape[-1], index // saliency.shape[-1]
+
+
+def torchray_call(model: nn.Module, layer: str, areas: list[float], rise_masks: int = 8000, ep_iterations: int = 800):
+    """The benchmark script's call per method, as ``(method, x, class_id, image_size (W, H)) ->
+    saliency [1, 1, H, W]`` (RISE's masks and extremal perturbation's iterations settable)."""
+
+    def call(method: str, x: torch.Tensor, class_id: int, size: tuple[int, int]) -> torch.Tensor:
+        torch.manual_seed(0)  # the script seeds every image
+        if method in ("gradient", "guided_backprop"):
+            fn = gradient if method == "gradient" else guided_backprop
+            return fn(model, x, class_id, resize=size, smooth=0.02, get_backward_gradient=get_pointing_gradient)
+        if method == "grad_cam":
+            return grad_cam(model, x, class_id, saliency_layer=layer, resize=size, get_backward_gradient=get_pointing_gradient)
+        if method == "rise":
+            return rise(model, x, resize=size, seed=0, num_masks=rise_masks)[:, class_id:class_id + 1]
+        mask, _ = elp.extremal_perturbation(
+            model, x, class_id, areas=areas, num_levels=8, step=7, sigma=7 * 3, max_iter=ep_iterations, jitter=True,
+            smooth=0.09, resize=size, perturbation="blur", reward_func=elp.simple_reward, variant=elp.PRESERVE_VARIANT)
+        return mask.sum(dim=0, keepdim=True)
+
+    return call
