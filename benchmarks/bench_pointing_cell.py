@@ -36,16 +36,7 @@ from torchray.benchmark.models import get_transform  # noqa: E402
 from pipeline.config_load import load_config  # noqa: E402
 from pipeline.method import build_explainer  # noqa: E402
 from pipeline.models import load_model  # noqa: E402
-from tests.paper.torchray_reference import (  # noqa: E402
-    TORCHRAY_DATASET,
-    blob_image,
-    resnet50_checkpoint,
-    save_checkpoint,
-    torchray_call,
-    torchray_get_model,
-    torchray_vgg16,
-    vgg16_checkpoint,
-)
+from tests.paper import torchray_reference as ref  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "benchmark"
 METHODS = ("gradient", "guided_backprop", "grad_cam", "rise", "extremal")
@@ -57,12 +48,12 @@ def _models(cell: str, folder: Path, hidden: int):
     dataset, arch = cell.split("_")
     classes = 20 if dataset == "voc07" else 80
     if arch == "vgg16":
-        state = vgg16_checkpoint(classes, hidden)
-        model = torchray_vgg16(state, classes)
-        return save_checkpoint(state, folder, arch, dataset), model, model
-    path = save_checkpoint(resnet50_checkpoint(classes), folder, arch, dataset)
+        state = ref.vgg16_checkpoint(classes, hidden)
+        model = ref.torchray_vgg16(state, classes)
+        return ref.save_checkpoint(state, folder, arch, dataset), model, model
+    path = ref.save_checkpoint(ref.resnet50_checkpoint(classes), folder, arch, dataset)
     env = pytest.MonkeyPatch()  # TORCH_HOME for TorchRay's get_model, restored after
-    model = torchray_get_model(arch, dataset, folder, env)
+    model = ref.torchray_get_model(arch, dataset, folder, env)
     env.undo()
     sliding = copy.deepcopy(model)
     sliding.avgpool = torch.nn.AvgPool2d((7, 7), stride=1)  # the script's patch for the gradient family
@@ -105,12 +96,12 @@ def main() -> None:
             explainer = build_explainer(cfg, loaded.model)
             theirs = (sliding if cfg.model.options.get("pool") == "sliding" else global_pool).to(device)
             layer, areas = cfg.method.params.get("layer", ""), list(cfg.extremal.areas)
-            call = torchray_call(theirs, layer, areas, args.rise_masks, args.ep_iters)
-            transform = get_transform(TORCHRAY_DATASET[cfg.model.dataset], 224)
+            call = ref.torchray_call(theirs, layer, areas, args.rise_masks, args.ep_iters)
+            transform = get_transform(ref.TORCHRAY_DATASET[cfg.model.dataset], 224)
             ours_s, theirs_s = [], []
             for i in range(args.pairs + 1):
                 size = (500, 375) if i % 2 == 0 else (375, 500)
-                img = blob_image(*size, i)
+                img = ref.blob_image(*size, i)
                 x = loaded.preprocess(img)[0][None].to(device)
                 a = _time(lambda: explainer.explain(x, [i % 20]), device)
                 b = _time(lambda: call(method, transform(img)[None].to(device), i % 20, size), device)
