@@ -69,3 +69,17 @@ def test_rise_averages_a_score_map():
     a = make_explainer("rise", model, num_masks=16).explain(x, [2]).maps
     b = make_explainer("rise", pooled, num_masks=16).explain(x, [2]).maps
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_extremal_reward_on_a_score_map_is_torchrays_simple_reward():
+    """TorchRay's ``simple_reward`` takes the target's map and its optimizer averages it over the
+    positions; ours averages the map (``class_scores``) and takes the target's score."""
+    import torchray.attribution.extremal_perturbation as elp
+
+    from extremal_core.optimize import variant_reward
+    from extremal_core.rewards import class_scores, simple_reward
+
+    y = torch.randn(4, 6, 2, 3)  # 4 masks (areas) of one image, a 2 x 3 score map
+    theirs = elp.simple_reward(y, 5, variant=elp.PRESERVE_VARIANT).reshape(4, -1).mean(dim=1)
+    ours = variant_reward(class_scores(y), torch.full((4,), 5), simple_reward, "preserve")
+    assert torch.allclose(ours, theirs, rtol=1e-6, atol=1e-6)
