@@ -61,3 +61,37 @@ def contrastive_reward(scores: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     """Φ_c - max_{c' != c} Φ_c'."""
     others = scores.scatter(1, targets[:, None], float("-inf")).amax(dim=1)
     return simple_reward(scores, targets) - others
+
+
+BACKWARDS = ("logit", "pointing")
+
+
+class ScoreHead(torch.nn.Module):
+    """``model`` with its output as class scores ``[B, C]`` for the gradient methods, from a
+    fully convolutional score map ``y`` ``[B, C, h, w]`` by ``backward``:
+
+    - ``logit``: the map's mean over positions (as ``class_scores``); its gradient is TorchRay's
+      default one-hot backward signal over every position, divided by h·w;
+    - ``pointing``: Σ_u p_u y_u with p = softmax_u(y) held constant, whose gradient with respect
+      to the map is TorchRay's ``get_pointing_gradient`` (exp of the target's map normalised to sum
+      to 1: the positions that score the class highest are followed back).
+
+    A ``[B, C]`` output passes unchanged (one position: both signals are the logit's).
+    """
+
+    def __init__(self, model: torch.nn.Module, backward: str = "logit"):
+        super().__init__()
+        if backward not in BACKWARDS:
+            raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}, got {backward!r}")
+        self.model, self.backward = model, backward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model(x)
+        if isinstance(y, (tuple, list)):
+            y = y[0]
+        if y.dim() != 4:
+            return y
+        flat = y.flatten(2)  # [B, C, h*w]
+        if self.backward == "logit":
+            return flat.mean(dim=2)
+        return (torch.softmax(flat.detach(), dim=2) * flat).sum(dim=2)

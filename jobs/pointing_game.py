@@ -6,7 +6,8 @@ method, against the annotations in the shards the rows came from, with the ``cen
 the same pairs: per-class accuracy averaged over classes, all pairs and EBP's difficult subset.
 Prints the table and writes it as CSV and Parquet under ``--out`` (default
 ``<results>/pointing_game``). One Ray task per part (``RAY_ADDRESS`` or a local Ray), or
-``--local`` in this process.
+``--local`` in this process. For TorchRay's benchmark models (``model.arch: torchray/...``, or
+``--published voc07/vgg16``) each method's line has the published numbers of its cell beside it.
 
 Exit codes: 0 done; 1 no parts, or a part or shard could not be read; 2 bad command line or config.
 """
@@ -18,7 +19,6 @@ import contextlib
 import sys
 
 from pipeline.cli import ray_session
-from pipeline.config import ConfigError
 from pipeline.config_load import results_location
 from pipeline.storage import join
 
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
                    "(default: the card's, as TorchRay's benchmark: 0.09 min(H, W) for extremal, 0.02 max(H, W) for "
                    "gradient and guided backprop)")
     p.add_argument("--difficult-flags", default=None, help="EBP difficult flag file (default: TorchRay's, by format)")
+    p.add_argument("--published", default=None, metavar="DATASET/ARCH",
+                   help="print TorchRay's published numbers of this cell beside ours (e.g. voc07/vgg16; default: "
+                   "the config's model when it is torchray/<arch> with model.dataset)")
     p.add_argument("--local", action="store_true", help="evaluate the parts in this process, without Ray")
     p.add_argument("--max-in-flight", type=int, default=16, help="Ray tasks at once (default 16)")
     return p
@@ -53,11 +56,27 @@ def _job_shards(config: str | None, overrides: list[str], storage: dict | None) 
     return tuple(expand_shards(load_config(config, overrides).input.shards, storage))
 
 
+def _published(cell: str | None, config: str | None, overrides: list[str]) -> dict | None:
+    """The published numbers of the cell named, or of the config's benchmark model; else None."""
+    from pipeline.config_load import load_config
+    from pipeline.evaluation.published import cell_of_model, parse_cell, published_table
+
+    if cell is not None:
+        found = parse_cell(cell)
+    elif config is not None:
+        model = load_config(config, overrides).model
+        found = cell_of_model(model.arch, model.dataset)
+    else:
+        return None
+    return None if found is None else published_table()[found]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         results, storage = results_location(args.results, args.config, args.overrides)
-    except ConfigError as exc:
+        published = _published(args.published, args.config, args.overrides)
+    except ValueError as exc:  # a ConfigError, or --published naming no cell
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.tolerance <= 0 or (args.smooth is not None and args.smooth < 0) or args.max_in_flight < 1:
@@ -95,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         bar.close()
-    print(format_summary(result))
+    print(format_summary(result, published))
     out = args.out or join(results, "pointing_game")
     try:
         urls = write_tables(out, result, storage)

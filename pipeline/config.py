@@ -107,6 +107,8 @@ class ModelConfig:
     hub cache (turn it off on machines without internet, where a missing file is then a clear
     error). ``arch: timm/<name>`` and ``arch: hf/<folder>`` are timm and Hugging Face classifiers
     (``pipeline.zoo``); ``options``: keyword arguments for ``timm.create_model`` (e.g. ``depth``).
+    ``arch: torchray/vgg16 | torchray/resnet50`` with ``dataset: voc07 | coco14`` are TorchRay's
+    pointing-game benchmark models from their checkpoint (``pipeline.benchmark_models``).
     """
 
     arch: str | None = None
@@ -114,6 +116,7 @@ class ModelConfig:
     checkpoint: str | None = None
     factory: str | None = None
     num_classes: int | None = None
+    dataset: str | None = None
     download_weights: bool = True
     options: dict[str, Any] = field(default_factory=dict)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
@@ -127,8 +130,10 @@ class ModelConfig:
             module, sep, func = self.factory.partition(":")
             if not sep or not module or not func.isidentifier():
                 raise ConfigError(f"model.factory must look like 'package.module:function', got {self.factory!r}")
-        if self.options and not str(self.arch).startswith("timm/"):
+        if self.options and not str(self.arch).startswith(("timm/", "torchray/")):
             raise ConfigError("model.options are keyword arguments for timm.create_model; they need model.arch: timm/<name>")
+        if (self.dataset is not None) != str(self.arch).startswith("torchray/"):
+            raise ConfigError("model.dataset (voc07 | coco14) goes with model.arch: torchray/vgg16 | torchray/resnet50")
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"model.num_classes must be a positive integer or null, got {self.num_classes}")
         self.preprocessing.validate()

@@ -32,6 +32,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
+from pipeline import benchmark_models as bench
 from pipeline.config import AUTO, ModelConfig, PreprocessingConfig
 from pipeline.geometry import Geometry
 from pipeline.zoo import build_zoo_model, checkpoint_target, is_zoo_arch, read_weights, zoo_preprocess
@@ -55,6 +56,7 @@ class Preprocess:
     std: tuple[float, ...]
     # Only the image resize uses it: torchvision's EfficientNet weights, e.g., expect bicubic.
     interpolation: str = "bilinear"
+    antialias: bool = True  # False: resize the [0, 1] float image, no antialias (TorchRay's Caffe models)
 
     def __call__(self, img: Image.Image | np.ndarray) -> tuple[torch.Tensor, Geometry]:
         """``img``: PIL image (any mode; converted to RGB) or uint8 [H, W, 3] array.
@@ -66,12 +68,15 @@ class Preprocess:
         if img.mode != "RGB":
             img = img.convert("RGB")
         geom = Geometry.of(img.size[0], img.size[1], self.resize, self.crop)
-        if (geom.resized_width, geom.resized_height) != img.size:
-            mode = InterpolationMode(self.interpolation)
-            img = TF.resize(img, [geom.resized_height, geom.resized_width], interpolation=mode, antialias=True)
-        if self.crop is not None:
-            img = TF.center_crop(img, [geom.out_height, geom.out_width])
+        size, mode = [geom.resized_height, geom.resized_width], InterpolationMode(self.interpolation)
+        resize = (geom.resized_width, geom.resized_height) != img.size
+        if resize and self.antialias:
+            img = TF.resize(img, size, interpolation=mode, antialias=True)
         x = TF.to_dtype(TF.pil_to_tensor(img), torch.float32, scale=True)
+        if resize and not self.antialias:
+            x = TF.resize(x, size, interpolation=mode, antialias=False)
+        if self.crop is not None:
+            x = TF.center_crop(x, [geom.out_height, geom.out_width])
         x = TF.normalize(x, mean=list(self.mean), std=list(self.std))
         return x, geom
 
@@ -348,7 +353,8 @@ def _make_preprocess(pp: PreprocessingConfig, defaults: dict[str, Any]) -> Prepr
     interpolation = str(pick("interpolation")).lower()
     if interpolation not in ("nearest", "bilinear", "bicubic"):
         raise ValueError(f"interpolation must be nearest, bilinear or bicubic, got {interpolation!r}")
-    return Preprocess(None if resize is None else int(resize), None if crop is None else int(crop), mean, std, interpolation)
+    resize, crop = None if resize is None else int(resize), None if crop is None else int(crop)
+    return Preprocess(resize, crop, mean, std, interpolation, defaults.get("antialias", True))
 
 
 def _check_one_source(model: ModelConfig) -> None:
@@ -364,6 +370,8 @@ def resolve_preprocess(model: ModelConfig) -> Preprocess:
     _check_one_source(model)
     if model.factory is not None:
         return _make_preprocess(model.preprocessing, _FACTORY_DEFAULTS)
+    if bench.is_benchmark_arch(model.arch):
+        return _make_preprocess(model.preprocessing, bench.PREPROCESS)
     if is_zoo_arch(model.arch):
         return _make_preprocess(model.preprocessing, zoo_preprocess(model.arch, model.download_weights))
     arch = _resolve_arch(model.arch)
@@ -383,8 +391,9 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu", *, downlo
     download = model.download_weights if download is None else download
     preprocess = resolve_preprocess(model)
     digest = None
-    if is_zoo_arch(model.arch):
-        net, name, digest = build_zoo_model(model.arch, model.options, model.num_classes, model.weights, download)
+    if is_zoo_arch(model.arch) or bench.is_benchmark_arch(model.arch):
+        net, name, digest = (bench.build_benchmark_model(model) if bench.is_benchmark_arch(model.arch) else
+                             build_zoo_model(model.arch, model.options, model.num_classes, model.weights, download))
         weights = None
     elif model.arch is not None:
         arch = _resolve_arch(model.arch)
@@ -401,7 +410,7 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu", *, downlo
         data = _open_checkpoint(str(model.checkpoint))
         digest = f"sha256:{hashlib.sha256(data.getbuffer()).hexdigest()}"
         state = _extract_state_dict(read_weights(data, what, _safe_torch_load), what)
-        _load_state_dict(checkpoint_target(net), state, what, name)
+        _load_state_dict(checkpoint_target(net), bench.fit_checkpoint(net, state), what, name)
         name = f"{name}@{Path(urlparse(str(model.checkpoint)).path).name}"
     if digest is None:
         # A factory's own weights (or an architecture's initialisation): what the model *is*, so

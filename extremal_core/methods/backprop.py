@@ -5,7 +5,9 @@ Captum computes the attributions; this module only turns them into saliency maps
 comparisons (and TorchRay) do: the largest |attribution| over the colour channels for the two
 input-space methods, Grad-CAM's ReLU'd map upsampled bilinearly to the image for the third.
 The caller's model is used as it is (no rewrites, no copy): guided backprop hooks its `nn.ReLU`
-modules, so a model whose ReLUs are functions would silently give plain gradients.
+modules, so a model whose ReLUs are functions would silently give plain gradients. A fully
+convolutional model's score map `[B, C, h, w]` is followed back by `backward` (`ScoreHead`):
+`logit` (its mean) or `pointing` (TorchRay's pointing-game gradient, as its benchmark runs them).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from ..channels import find_layer
 from ..inputs import checked_call, frozen
+from ..rewards import ScoreHead
 from .card import MethodCard, Smoothing
 from .explanation import Explanation
 from .registry import register_method
@@ -40,16 +43,18 @@ _CARD = MethodCard(maps="positive")
 
 class _CaptumMethod:
     """What the three share: the call contract, the caller's model frozen during the call (eval
-    mode, no parameter gradients), an out-of-range target reported as a ValueError."""
+    mode, no parameter gradients), an out-of-range target reported as a ValueError, the class
+    scores Captum differentiates (`ScoreHead(model, backward)`)."""
 
     num_maps = 1
 
     label = ""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, backward: str = "logit"):
         if model is None:
             raise ValueError(f"method {self.label!r} needs a model")
         self.model = model
+        self.scores = ScoreHead(model, backward)
 
     def explain(self, images: torch.Tensor, targets: int | Sequence[int] | torch.Tensor) -> Explanation:
         """maps `[B, 1, H, W]` (non-negative), labels `(name,)`."""
@@ -77,9 +82,9 @@ class GradientExplainer(_CaptumMethod):
 
     label = "gradient"
 
-    def __init__(self, model: torch.nn.Module):
-        super().__init__(model)
-        self._captum = captum_attr().Saliency(model)
+    def __init__(self, model: torch.nn.Module, *, backward: str = "logit"):
+        super().__init__(model, backward)
+        self._captum = captum_attr().Saliency(self.scores)
 
     def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self._captum.attribute(images, target=targets, abs=True).amax(dim=1, keepdim=True)
@@ -92,11 +97,11 @@ class GuidedBackpropExplainer(_CaptumMethod):
 
     label = "guided_backprop"
 
-    def __init__(self, model: torch.nn.Module):
-        super().__init__(model)
+    def __init__(self, model: torch.nn.Module, *, backward: str = "logit"):
+        super().__init__(model, backward)
         if not any(isinstance(m, torch.nn.ReLU) for m in model.modules()):
             raise ValueError("guided backprop changes the backward pass of nn.ReLU modules, and the model has none")
-        self._captum = captum_attr().GuidedBackprop(model)
+        self._captum = captum_attr().GuidedBackprop(self.scores)
 
     def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self._captum.attribute(images, target=targets).abs().amax(dim=1, keepdim=True)
@@ -133,12 +138,12 @@ class GradCamExplainer(_CaptumMethod):
 
     label = "grad_cam"
 
-    def __init__(self, model: torch.nn.Module, *, layer: str | None = None):
-        super().__init__(model)
+    def __init__(self, model: torch.nn.Module, *, layer: str | None = None, backward: str = "logit"):
+        super().__init__(model, backward)
         self.layer = layer if layer is not None else default_grad_cam_layer(model)
         module = find_layer(model, self.layer)
         self._tokens = module if is_token_layer(module) else None
-        self._captum = captum_attr().LayerGradCam(model, module)
+        self._captum = captum_attr().LayerGradCam(self.scores, module)
 
     def saliency(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self._tokens is not None:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..inputs import check_targets, checked_call
 from ..network import engine_model
+from ..rewards import class_scores
 from ..settings import ExtremalSettings
 from .card import MethodCard
 from .explanation import Explanation
@@ -113,9 +114,10 @@ class RiseExplainer:
         return Explanation(maps=(saliency / self.num_masks).view(b, 1, h, w), labels=("rise",))
 
     def _weights(self, images: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        """The target's probability for each image seen through each mask, `[G, K]`."""
+        """The target's probability for each image seen through each mask, `[G, K]` (a fully
+        convolutional model's score map averaged over its positions: TorchRay's 1 x 1 at 224²)."""
         g, k = images.shape[0], masks.shape[0]
         masked = (images[:, None] * masks[None, :, None]).flatten(0, 1)  # [G*K, C, H, W]
-        logits = self.model(masked).view(g, k, -1)
+        logits = class_scores(self.model(masked)).view(g, k, -1)
         probs = torch.sigmoid(logits) if self.probability == "sigmoid" else torch.softmax(logits, dim=-1)
         return probs.gather(2, targets.view(g, 1, 1).expand(g, k, 1)).squeeze(2)

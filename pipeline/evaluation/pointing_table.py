@@ -64,14 +64,19 @@ def counts_table(result: PartResult) -> pa.Table:
                                   "no_ground_truth": result.no_ground_truth}])
 
 
-def format_summary(result: PartResult) -> str:
-    """The summary as text: one line per method with All / Difficult %, as TorchRay's table reads."""
-    lines = [f"{'method':<24} {'all %':>7} {'diff %':>7} {'energy %':>9} {'pairs':>8}"]
+def format_summary(result: PartResult, published: dict[str, tuple[float, float]] | None = None) -> str:
+    """The summary as text: one line per method with All / Difficult %, as TorchRay's table reads;
+    with ``published`` (a cell of ``published.published_table()``), TorchRay's numbers beside."""
+    paper = f" {'paper all':>9} {'paper diff':>10}" if published is not None else ""
+    lines = [f"{'method':<24} {'all %':>7} {'diff %':>7} {'energy %':>9} {'pairs':>8}{paper}"]
     for method in dict.fromkeys(m for m, _ in _order(result)):
         acc = {s: result.tallies[(method, s)] for s in SUBSETS if (method, s) in result.tallies}
         diff = f"{100 * acc['difficult'].accuracy():7.1f}" if "difficult" in acc else f"{'-':>7}"
         energy = 100 * _energy(result, method, "all").mean()
-        lines.append(f"{method:<24} {100 * acc['all'].accuracy():7.1f} {diff} {energy:9.1f} {acc['all'].pairs:8d}")
+        if published is not None:
+            a, d = published.get(method, (float("nan"), float("nan")))
+            paper = f" {a:9.1f} {d:10.1f}"
+        lines.append(f"{method:<24} {100 * acc['all'].accuracy():7.1f} {diff} {energy:9.1f} {acc['all'].pairs:8d}{paper}")
     lines.append(f"rows: {result.rows} ({result.errors} error rows, {result.unannotated} without annotations, "
                  f"{result.no_ground_truth} pairs without ground truth or all difficult)")
     return "\n".join(lines)
