@@ -168,17 +168,32 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _build_extremal(data: Any, prefix: str) -> ExtremalSettings:
-    data = _check_keys(data, ExtremalSettings, prefix)
-    hints = typing.get_type_hints(ExtremalSettings)
+    """The ``extremal:`` section: flat setting names (``max_iter: 300``) or a group's mapping
+    (``optim: {max_iter: 300}``), each checked against its group's annotation."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping, got {short_repr(data)} ({type(data).__name__})")
+    groups, where = ExtremalSettings.groups(), ExtremalSettings.group_of()
+    flat: dict[str, tuple[Any, str]] = {}
+    for key, value in data.items():
+        if key in groups:
+            for name, v in _check_keys(value, groups[key], f"{prefix}.{key}").items():
+                flat[name] = (v, f"{prefix}.{key}.{name}")
+        elif key in where:
+            flat[key] = (value, f"{prefix}.{key}")
+        else:
+            valid = ", ".join([*where, *groups])
+            raise ConfigError(f"unknown key {short_repr(f'{prefix}.{key}')}; valid keys: {valid}")
     kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
+    for name, (value, key) in flat.items():
+        tp = typing.get_type_hints(groups[where[name]])[name]
         # The engine accepts a single number for `areas`; so does the config.
         if name == "areas" and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
-        kwargs[name] = _coerce(value, tp, f"{prefix}.{name}")
+        kwargs[name] = _coerce(value, tp, key)
     try:
-        return ExtremalSettings(**kwargs)
+        return ExtremalSettings.from_flat(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{prefix}: {exc}") from exc
 
@@ -201,7 +216,7 @@ def _build_method(data: Any, prefix: str) -> MethodConfig:
         raise ConfigError(f"{prefix}.name: {exc}") from None
     valid = parameter_names(cls)
     if valid is not None:
-        settings = {f.name for f in fields(ExtremalSettings)} if method.uses_engine_settings else set()
+        settings = set(ExtremalSettings.group_of()) if method.uses_engine_settings else set()
         allowed = [v for v in valid if v != "settings" and v not in settings]
         for key in params:
             if key in settings:
@@ -340,6 +355,8 @@ def _read_with_base(path: str, chain: tuple[str, ...]) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if isinstance(value, MethodConfig):
         return value.to_dict()
+    if isinstance(value, ExtremalSettings):  # flat, as users write it
+        return {k: _plain(v) for k, v in value.flat().items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, (list, tuple)):

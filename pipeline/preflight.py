@@ -66,7 +66,7 @@ def preflight(cfg: JobConfig) -> Checked:
     digest = loaded.weights_digest
     if cfg.method.uses_engine_settings:
         try:
-            get_reward(cfg.extremal.reward)
+            get_reward(cfg.extremal.optim.reward)
         except ValueError as exc:
             raise ConfigError(f"extremal.reward: {_one_line(exc)}") from None
     try:
