@@ -18,8 +18,7 @@ import sys
 import time
 
 from pipeline.cli import UsageError, add_config_arguments, job_config, ray_session, run_main
-from pipeline.config import storage_options
-from pipeline.storage import join
+from pipeline.storage import Storage, join
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             table, summaries = run_sanity_check(cfg, out, modes=modes, layers=layers, seed=args.seed,
                                                 hog_cell=args.hog_cell)
         print(format_table(table))
-        urls = write_table(out, table, storage_options(cfg))
+        urls = write_table(out, table, Storage.from_config(cfg))
         print(f"tables: {', '.join(urls)}")
         print(f"wall time: {time.monotonic() - t0:.1f} s")
         failed = [s for s in summaries if not s.ok]

@@ -16,7 +16,8 @@ import yaml
 
 from extremal_core.methods.registry import parameter_names
 from extremal_core.settings import ExtremalSettings
-from pipeline.config import ConfigError, JobConfig, MethodConfig, storage_options
+from pipeline.config import ConfigError, JobConfig, MethodConfig
+from pipeline.storage import Storage
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 MAX_CONFIG_BYTES = 64 << 20  # a 100,000-entry shard list is ~5 MB
@@ -293,18 +294,18 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
 
 def results_location(
     results: str | None, config: str | None, overrides: list[str] | tuple[str, ...] = ()
-) -> tuple[str, dict[str, Any] | None]:
-    """Where an evaluation reads a job's results: ``results`` as given (storage options from the
+) -> tuple[str, Storage]:
+    """Where an evaluation reads a job's results: ``results`` as given (``Storage()``: fsspec defaults and the
     environment), or the ``output.uri`` and storage of the job's ``config`` (with ``--set``
-    overrides, which need a config). Returns (uri, storage options or None); ConfigError otherwise."""
+    overrides, which need a config). Returns (uri, ``Storage``); ConfigError otherwise."""
     if config is not None:
         cfg = load_config(config, overrides)
-        return cfg.output.uri, storage_options(cfg)
+        return cfg.output.uri, Storage.from_config(cfg)
     if overrides:
         raise ConfigError("--set needs --config")
     if not results:
         raise ConfigError("give --results <output uri> or --config <job yaml>")
-    return results, None
+    return results, Storage()
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

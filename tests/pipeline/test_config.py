@@ -3,6 +3,7 @@ tree, and back) and pipeline.config_hash (which settings guard an output folder)
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import fields
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pytest
 import yaml
 
 from extremal_core.settings import Execution, ExtremalSettings
-from pipeline.config import ConfigError, JobConfig, storage_options
+from pipeline.config import ConfigError, JobConfig
 from pipeline.config_hash import _hashed_dict, config_hash
 from pipeline.config_load import config_from_dict, config_to_dict, dump_config_yaml, load_config
+from pipeline.storage import Storage
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 MINIMAL = ["input.shards=data/shard-{000000..000003}.tar", "model.arch=resnet50", "output.uri=/tmp/out"]
@@ -204,7 +206,7 @@ def test_config_hash_tracks_only_what_changes_outputs() -> None:
     assert not {"schedule", "stop_tolerance", "stop_window", "stop_finish"} & set(hashed)
 
 
-def test_storage_options_hold_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_holds_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSECRETVALUE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret")
     cfg = load_config(
@@ -212,14 +214,18 @@ def test_storage_options_hold_no_credentials(monkeypatch: pytest.MonkeyPatch) ->
         [*MINIMAL, "storage.endpoint_url=http://127.0.0.1:9000", "storage.region=eu-west-1", "storage.anon=true",
          "storage.connect_timeout_s=2", "storage.max_attempts=1"],
     )
-    opts = storage_options(cfg)
+    storage = Storage.from_config(cfg)
+    opts = storage.options
     assert opts["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"}
     assert opts["anon"] is True
     assert opts["config_kwargs"]["connect_timeout"] == 2.0
     assert opts["config_kwargs"]["retries"]["max_attempts"] == 1
     text = repr(opts) + dump_config_yaml(cfg)
     assert "AKIDSECRETVALUE" not in text and "very-secret" not in text
-    plain = storage_options(load_config(None, MINIMAL))
+    assert repr(storage) == "Storage()"  # its options are never printed
+    assert pickle.loads(pickle.dumps(storage)) == storage  # it travels to Ray actors
+    assert storage.options_for("s3://b/k") == opts and storage.options_for("/local/path") == {}
+    plain = Storage.from_config(load_config(None, MINIMAL)).options
     assert "client_kwargs" not in plain and "anon" not in plain
 
 
