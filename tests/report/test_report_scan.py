@@ -60,7 +60,6 @@ def test_the_sample_is_the_smallest_hashes_per_class_whatever_the_partitioning(t
 _MEASURE = """
 import json, sys, time
 from pipeline.report import build_report
-from pipeline.storage import Storage
 
 def status(name):  # this process's own numbers (getrusage's maxrss carries the forking parent's over exec)
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(name))
