@@ -60,7 +60,7 @@ class _Rows:
             return table.column(self.column)[row - first].as_py()
 
 
-def _listing(url: str, key_column: str | None, label_key: str, storage) -> list[tuple[str | None, int | None]]:
+def _listing(url: str, key_column: str | None, label_key: str, storage: Storage) -> list[tuple[str | None, int | None]]:
     """(key, label) of every row, reading only those columns."""
     with storage.open(url, "rb") as f:
         if url.endswith(".arrow"):
