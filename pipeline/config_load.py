@@ -179,13 +179,17 @@ def _build_extremal(data: Any, prefix: str) -> ExtremalSettings:
     flat: dict[str, tuple[Any, str]] = {}
     for key, value in data.items():
         if key in groups:
-            for name, v in _check_keys(value, groups[key], f"{prefix}.{key}").items():
-                flat[name] = (v, f"{prefix}.{key}.{name}")
+            mapping = _check_keys(value, groups[key], f"{prefix}.{key}")
+            given = [(name, v, f"{prefix}.{key}.{name}") for name, v in mapping.items()]
         elif key in where:
-            flat[key] = (value, f"{prefix}.{key}")
+            given = [(key, value, f"{prefix}.{key}")]
         else:
             valid = ", ".join([*where, *groups])
             raise ConfigError(f"unknown key {short_repr(f'{prefix}.{key}')}; valid keys: {valid}")
+        for name, v, dotted in given:
+            if name in flat:
+                raise ConfigError(f"{dotted}: set twice (also as {flat[name][1]})")
+            flat[name] = (v, dotted)
     kwargs = {}
     for name, (value, key) in flat.items():
         tp = typing.get_type_hints(groups[where[name]])[name]

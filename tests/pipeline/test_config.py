@@ -272,3 +272,4 @@ def test_engine_settings_by_flat_name_or_group() -> None:
     assert flat == grouped and flat.extremal.optim.max_iter == 300 and flat.extremal.masks.sigma == 5.0
     assert config_to_dict(grouped)["extremal"]["max_iter"] == 300
     assert "extremal.optim.step" in _error(None, [*MINIMAL, "extremal.optim.step=3"])  # step is a mask setting
+    assert "set twice" in _error(None, [*MINIMAL, "extremal.sigma=4", "extremal.masks.sigma=5"])
