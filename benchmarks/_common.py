@@ -134,9 +134,9 @@ def run_torchray(model, images, targets, areas, iters, step, sigma, variant="pre
 
 def evaluate_masks(model, image, target, masks, settings_extra=None):
     """Our engine's reward evaluation of given masks `[A, H, W]` on one image `[1, 3, H, W]`: Φ_c(m ⊗ x), no jitter."""
-    settings = ExtremalSettings(**(settings_extra or {}))
+    settings = ExtremalSettings.from_flat(**(settings_extra or {}))
     with torch.no_grad():
-        pyramid = build_pyramid(image, settings.num_levels, settings.max_blur, settings.perturbation)
+        pyramid = build_pyramid(image, settings.masks.num_levels, settings.masks.max_blur, settings.masks.perturbation)
         x = perturb(pyramid, masks.to(image.device)[None]).reshape(-1, *image.shape[1:])
         scores = model_scores(model, x, settings)
     return scores[:, int(target)].float().cpu()
@@ -183,11 +183,11 @@ def split_ours(model, images, targets, areas, step, sigma, reps=5, settings_extr
     dev = images.device
     b, _, h, w = images.shape
     a = len(areas)
-    settings = ExtremalSettings(areas=tuple(areas), step=step, sigma=sigma, **(settings_extra or {}))
-    fused = settings.compiles(dev)  # the engine's generator: the compiled fused map where compile is on
-    gen = SmoothMaskGenerator(h, w, step, sigma, settings.smooth_max_coldness, fused=fused)
+    settings = ExtremalSettings.from_flat(areas=tuple(areas), step=step, sigma=sigma, **(settings_extra or {}))
+    fused = settings.execution.compiles(dev)  # the engine's generator: the compiled fused map where compile is on
+    gen = SmoothMaskGenerator(h, w, step, sigma, settings.masks.smooth_max_coldness, fused=fused)
     model = engine_model(model, settings)  # the network the engine runs (rewrites, layout, weights cast once)
-    pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
+    pyramid = build_pyramid(images, settings.masks.num_levels, settings.masks.max_blur, settings.masks.perturbation)
     params = torch.full((b * a, *gen.geometry.param_shape), 0.7, device=dev)
     params = (params + 0.3 * torch.rand_like(params)).clamp(0, 1).requires_grad_(True)
     mask_areas = area_plan(torch.tensor(areas).repeat(b).tolist(), gen.geometry.num_entries, dev)
@@ -200,7 +200,7 @@ def split_ours(model, images, targets, areas, step, sigma, reps=5, settings_extr
         d0, (masks, full) = _clock(dev, lambda: gen.generate(params))
         m_leaf = masks.detach().requires_grad_(True)
         f_leaf = full.detach().requires_grad_(True)
-        native = settings.native_cpu_kernels and not fused
+        native = settings.execution.native_cpu_kernels and not fused
         d1, x = _clock(dev, lambda: perturb(pyramid, m_leaf.view(b, a, h, w), native).reshape(-1, 3, h, w))
         x_leaf = x.detach().requires_grad_(True)
         d2, gain = _clock(dev, lambda: model_scores(model, torch.flip(x_leaf, dims=(3,)), settings).gather(1, tgt[:, None]))

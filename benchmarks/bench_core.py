@@ -224,7 +224,7 @@ def bench_gpu(args):
     if args.max_masks_per_batch:
         extra["max_masks_per_batch"] = args.max_masks_per_batch
     a = len(AREAS)
-    flags = configure_backends(ExtremalSettings(**{k: v for k, v in extra_split.items()}), dev)
+    flags = configure_backends(ExtremalSettings.from_flat(**{k: v for k, v in extra_split.items()}), dev)
 
     fwd, both = count_flops(model, size, dev, args.channels_last)
     if args.peak_tflops:

@@ -65,7 +65,7 @@ def op_counts(settings: ExtremalSettings, size: int, images: int) -> Counter:
 
 def per_iteration(size: int = 32, images: int = 2) -> dict:
     """Syncs and aten ops per iteration: the difference of a 6- and a 2-iteration run over 4."""
-    base = ExtremalSettings(areas=AREAS, step=4, sigma=10.0, native_cpu_kernels=False)
+    base = ExtremalSettings.from_flat(areas=AREAS, step=4, sigma=10.0, native_cpu_kernels=False)
     short, long = (op_counts(base.with_overrides(max_iter=n), size, images) for n in (2, 6))
     syncs = {name: (long[name] - short[name]) / 4 for name in SYNC_OPS}
     aten = sum(v for k, v in long.items() if k.startswith("aten::")) - sum(
@@ -95,7 +95,7 @@ def generator_bytes(size: int, masks: int, fused: bool) -> float:
 
 def graph_breaks(size: int = 32, images: int = 2) -> dict:
     """Graph breaks of one iteration's forward (the PyTorch-ops path) under dynamo."""
-    settings = ExtremalSettings(areas=AREAS, step=4, sigma=10.0, native_cpu_kernels=False)
+    settings = ExtremalSettings.from_flat(areas=AREAS, step=4, sigma=10.0, native_cpu_kernels=False)
     model = engine_model(tiny_cnn(), settings)
     x = torch.randn(images, 3, size, size)
     gen = SmoothMaskGenerator(size, size, 4, 10.0, 20.0, False)

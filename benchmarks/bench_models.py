@@ -91,6 +91,7 @@ def write_table(path: str, rows: int, row_group: int) -> int:
 
 def _child(path: str) -> None:
     """Read one table in this fresh process; print rows, seconds and peak RSS above the baseline."""
+    from pipeline.storage import Storage
     from pipeline.tables import iter_table_samples
 
     def rss_mb() -> float:  # resident now (ru_maxrss would hold the imports' peak)
@@ -100,7 +101,7 @@ def _child(path: str) -> None:
     base = peak = rss_mb()
     start = time.perf_counter()
     rows = 0
-    for sample in iter_table_samples(path, None, "jpg", "key"):
+    for sample in iter_table_samples(path, Storage(), "jpg", "key"):
         rows += sample.error is None
         if rows % 1000 == 0:
             peak = max(peak, rss_mb())

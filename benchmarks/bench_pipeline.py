@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in args.cases.split(","):
             if case == "demo":
                 cfg = demo_config(work, args.iters, args.batch)
-                desc = f"demo 64x64, {len(cfg.extremal.areas)} areas, {args.iters} iterations, 4 shards x 8 images"
+                desc = f"demo 64x64, {len(cfg.extremal.optim.areas)} areas, {args.iters} iterations, 4 shards x 8 images"
             elif case == "224":
                 cfg = config_224(work, args.iters224, args.n224, args.shards224, args.batch)
                 desc = (f"224x224 mobilenet_v3_small, 3 areas, {args.iters224} iterations (lr 0.1), "

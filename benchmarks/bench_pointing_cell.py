@@ -95,7 +95,7 @@ def main() -> None:
             loaded = load_model(cfg.model, device)
             explainer = build_explainer(cfg, loaded.model)
             theirs = (sliding if cfg.model.options.get("pool") == "sliding" else global_pool).to(device)
-            layer, areas = cfg.method.params.get("layer", ""), list(cfg.extremal.areas)
+            layer, areas = cfg.method.params.get("layer", ""), list(cfg.extremal.optim.areas)
             call = ref.torchray_call(theirs, layer, areas, args.rise_masks, args.ep_iters)
             transform = get_transform(ref.TORCHRAY_DATASET[cfg.model.dataset], 224)
             ours_s, theirs_s = [], []

@@ -71,11 +71,11 @@ def optimize_channels(
     """Channel masks of one micro-batch at `module` (a module of `model`, which must be frozen):
     images `[B, C, H, W]`, targets `[B]` -> the ChannelResult fields, batched (saliency None for a
     layer without spatial extent)."""
-    if settings.schedule != "paper" or settings.stop_tolerance is not None or settings.warm_start is not None:
+    if settings.optim.schedule != "paper" or settings.optim.stop_tolerance is not None or settings.optim.warm_start is not None:
         raise ValueError("schedule='fast', stop_tolerance and warm_start are measured for extremal perturbation only; "
                          "channel perturbation runs the paper schedule")
     b, _, h, w = images.shape
-    a = len(settings.areas)
+    a = len(settings.optim.areas)
     captured: list[torch.Tensor] = []
     grab = module.register_forward_hook(lambda m, i, o: captured.append(o.detach()))
     try:
@@ -89,23 +89,23 @@ def optimize_channels(
         raise ValueError(f"layer output must be [B, K, ...] to mask channels, got shape {list(activations.shape)}")
     k = activations.shape[1]
 
-    copies = 2 if settings.variant == "dual" else 1
+    copies = 2 if settings.optim.variant == "dual" else 1
     per_mask = activations.repeat_interleave(a, dim=0)
     hook = _ChannelMask(per_mask.repeat(copies, *([1] * (per_mask.dim() - 1))))
     handle = module.register_forward_hook(hook)
     inputs = images.repeat_interleave(a, dim=0).repeat(copies, 1, 1, 1)
-    mask_areas = area_plan(torch.tensor(settings.areas).repeat(b).tolist(), k, images.device)  # once: no sync per step
+    mask_areas = area_plan(torch.tensor(settings.optim.areas).repeat(b).tolist(), k, images.device)  # once: no sync per step
     mask_targets = targets.repeat_interleave(a)
     params = torch.ones(b * a, k, device=images.device, requires_grad=True)
     stepper = MaskStepper(params, settings)
     try:
-        for _ in range(settings.max_iter):
-            hook.masks = _variant_masks(params, settings.variant)
-            gain = variant_reward(model_scores(model, inputs, settings), mask_targets, reward, settings.variant)
-            stepper.step(gain, area_loss(params, mask_areas, settings.tie_tolerance))
+        for _ in range(settings.optim.max_iter):
+            hook.masks = _variant_masks(params, settings.optim.variant)
+            gain = variant_reward(model_scores(model, inputs, settings), mask_targets, reward, settings.optim.variant)
+            stepper.step(gain, area_loss(params, mask_areas, settings.optim.tie_tolerance))
         with torch.no_grad():
-            hook.masks = _variant_masks(params, settings.variant)
-            rewards = variant_reward(model_scores(model, inputs, settings), mask_targets, reward, settings.variant)
+            hook.masks = _variant_masks(params, settings.optim.variant)
+            rewards = variant_reward(model_scores(model, inputs, settings), mask_targets, reward, settings.optim.variant)
     finally:
         handle.remove()
 

@@ -77,4 +77,4 @@ def resolve_settings(
     if isinstance(reward, str):
         overrides = {**overrides, "reward": reward}
     resolved = base.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
-    return resolved, get_reward(reward if callable(reward) else resolved.reward)
+    return resolved, get_reward(reward if callable(reward) else resolved.optim.reward)

@@ -35,8 +35,8 @@ def engine_model(model: torch.nn.Module, settings: ExtremalSettings, rewrites: b
     """
     prepared = model
     has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    fold = rewrites and settings.fuse_batchnorm and has_bn
-    move = rewrites and settings.pool_before_relu
+    fold = rewrites and settings.execution.fuse_batchnorm and has_bn
+    move = rewrites and settings.execution.pool_before_relu
     if fold or move:
         try:
             prepared = _rewritten(model, fold, move)
@@ -44,10 +44,10 @@ def engine_model(model: torch.nn.Module, settings: ExtremalSettings, rewrites: b
             warnings.warn(f"graph rewrites skipped, the model could not be traced: {exc}", stacklevel=3)
     if prepared is model:  # freezing below must not reach the caller's model, which an explainer keeps using
         prepared = copy.deepcopy(model)
-    if settings.channels_last:
+    if settings.execution.channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
-    if settings.autocast:
-        dtype = getattr(torch, settings.autocast)
+    if settings.execution.autocast:
+        dtype = getattr(torch, settings.execution.autocast)
         for module in prepared.modules():
             if isinstance(module, _AUTOCAST_LOW_PRECISION):
                 module.to(dtype)  # the rounding autocast would apply per call, applied once
@@ -61,12 +61,12 @@ _AUTOCAST_LOW_PRECISION = (torch.nn.modules.conv._ConvNd, torch.nn.Linear)
 
 def configure_backends(settings: ExtremalSettings, device: torch.device) -> dict[str, bool]:
     """On CUDA: cuDNN picks the fastest convolution algorithms for the fixed shapes of the loop
-    (`cudnn.benchmark`), and TF32 follows `settings.tf32` when it is set. Returns the flags in
+    (`cudnn.benchmark`), and TF32 follows `settings.execution.tf32` when it is set. Returns the flags in
     force (recorded with a run's timings)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        if settings.tf32 is not None:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = settings.tf32
+        if settings.execution.tf32 is not None:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = settings.execution.tf32
     return {
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -39,11 +39,11 @@ _CPU_CALL_BYTES = 1 << 19
 
 def model_scores(model: torch.nn.Module, x: torch.Tensor, settings: ExtremalSettings) -> torch.Tensor:
     """Class scores `[N, C]` (float32) with the settings' autocast and memory format."""
-    if settings.channels_last:
+    if settings.execution.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     cast = (
-        torch.autocast(device_type=x.device.type, dtype=getattr(torch, settings.autocast))
-        if settings.autocast
+        torch.autocast(device_type=x.device.type, dtype=getattr(torch, settings.execution.autocast))
+        if settings.execution.autocast
         else nullcontext()
     )
     with cast:
@@ -88,9 +88,9 @@ class MaskStepper:
         self.params = params
         self.settings = settings
         self.optimizer = torch.optim.SGD(
-            [params], lr=settings.learning_rate, momentum=settings.momentum, dampening=settings.dampening
+            [params], lr=settings.optim.learning_rate, momentum=settings.optim.momentum, dampening=settings.optim.dampening
         )
-        self.weight = settings.lambda0
+        self.weight = settings.optim.lambda0
         self.history: list[torch.Tensor] = []
 
     def step(self, gain: torch.Tensor, area_term: torch.Tensor) -> None:
@@ -101,9 +101,9 @@ class MaskStepper:
         self.optimizer.step()
         with torch.no_grad():
             self.params.clamp_(0.0, 1.0)
-        if self.settings.keep_history:
+        if self.settings.optim.keep_history:
             self.history.append(torch.stack((gain.detach(), -penalty.detach()), dim=1))
-        self.weight *= self.settings.lambda_growth
+        self.weight *= self.settings.optim.lambda_growth
 
     def history_tensor(self, b: int, a: int) -> torch.Tensor | None:
         """`[B, A, 2, T]` (reward, area penalty) on the CPU, or None when not kept."""
@@ -125,36 +125,35 @@ def optimize_masks(
     """
     settings = settings.scheduled()
     b, _, h, w = images.shape
-    areas = settings.areas
+    areas = settings.optim.areas
     a = len(areas)
     # A compiled iteration keeps to PyTorch ops (the C loops are opaque to the compiler); the
     # stop rule's batches shrink as masks freeze, so it keeps the eager generator.
-    fused = settings.compiles(images.device) and settings.stop_tolerance is None
+    fused = settings.execution.compiles(images.device) and settings.optim.stop_tolerance is None
     if fused:
-        settings = replace(settings, native_cpu_kernels=False)
-    generator = SmoothMaskGenerator(
-        h, w, settings.step, settings.sigma, settings.smooth_max_coldness, settings.native_cpu_kernels, fused
-    )
+        settings = settings.with_overrides(native_cpu_kernels=False)
+    m = settings.masks
+    generator = SmoothMaskGenerator(h, w, m.step, m.sigma, m.smooth_max_coldness, settings.execution.native_cpu_kernels, fused)
     if pyramid is None:
-        pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
+        pyramid = build_pyramid(images, settings.masks.num_levels, settings.masks.max_blur, settings.masks.perturbation)
     mask_areas = torch.tensor(areas).repeat(b)  # [B·A], image-major, float32 as the area constraint reads them
     mask_targets = targets.repeat_interleave(a)
 
-    if settings.stop_tolerance is not None:
+    if settings.optim.stop_tolerance is not None:
         return _optimize_with_stop(
             model, pyramid, mask_targets, mask_areas.to(images.device), reward, settings, generator, b, a
         )
-    if settings.warm_start is not None and a > 1:
+    if settings.optim.warm_start is not None and a > 1:
         return _optimize_warm(model, pyramid, targets, reward, settings, generator)
     params = torch.ones(b * a, *generator.geometry.param_shape, device=images.device, requires_grad=True)
     plan = area_plan(mask_areas.tolist(), generator.geometry.num_entries, images.device)
     masks, full, stepper = _descend(model, pyramid, params, mask_targets, plan, reward, settings, generator,
-                                    settings.lambda0, settings.lambda_growth, settings.max_iter)
+                                    settings.optim.lambda0, settings.optim.lambda_growth, settings.optim.max_iter)
     return MaskBatch(
         masks=masks.detach().view(b, a, h, w),
         achieved_areas=mask_area(full.detach()).view(b, a),
         history=stepper.history_tensor(b, a),
-        iterations=torch.full((b, a), settings.max_iter, dtype=torch.long),
+        iterations=torch.full((b, a), settings.optim.max_iter, dtype=torch.long),
     )
 
 
@@ -175,12 +174,12 @@ def _descend(
     `pyramid` `[B, L, C, H, W]`) with λ from `lambda0` growing by `lambda_growth`; returns the last
     iteration's masks `[K, H, W]`, full-resolution masks and the stepper. Nothing in the loop
     reads a value back from the device (no host sync)."""
-    stepper = MaskStepper(params, replace(settings, lambda0=lambda0, lambda_growth=lambda_growth))
+    stepper = MaskStepper(params, settings.with_overrides(lambda0=lambda0, lambda_growth=lambda_growth))
     step = IterationStep(model, pyramid, mask_targets, plan, reward, settings, generator)
     if generator.fused:
         step = compiled_step(step)
     for t in range(iters):
-        masks, full, gain, area_term = step(params, settings.jitter and t % 2 == 0)
+        masks, full, gain, area_term = step(params, settings.optim.jitter and t % 2 == 0)
         stepper.step(gain, area_term)
     return masks, full, stepper
 
@@ -205,13 +204,13 @@ class IterationStep:
         b, (h, w) = self.pyramid.shape[0], self.pyramid.shape[-2:]
         settings = self.settings
         masks, full = self.generator.generate(params)
-        x = variant_inputs(self.pyramid, masks.view(b, -1, h, w), settings.variant, settings.native_cpu_kernels)
+        x = variant_inputs(self.pyramid, masks.view(b, -1, h, w), settings.optim.variant, settings.execution.native_cpu_kernels)
         if isinstance(flip, torch.Tensor):
             x = x.index_select(3, flip)
         elif flip:
             x = torch.flip(x, dims=(3,))
-        gain = variant_reward(model_scores(self.model, x, settings), self.mask_targets, self.reward, settings.variant)
-        return masks, full, gain, area_loss(full, self.plan, settings.tie_tolerance)
+        gain = variant_reward(model_scores(self.model, x, settings), self.mask_targets, self.reward, settings.optim.variant)
+        return masks, full, gain, area_loss(full, self.plan, settings.optim.tie_tolerance)
 
 
 def compiled_step(step: IterationStep):
@@ -246,26 +245,26 @@ def _optimize_warm(
     settings: ExtremalSettings,
     generator: SmoothMaskGenerator,
 ) -> MaskBatch:
-    """`optimize_masks` with `settings.warm_start`: one area at a time (`"up"`: smallest first),
+    """`optimize_masks` with `settings.optim.warm_start`: one area at a time (`"up"`: smallest first),
     the first over the whole schedule, each next one from the previous one's final parameters for
     `warm_iter` iterations: the schedule's last ones (`warm_lambda="tail"`, λ from
     `lambda0·lambda_growth^(max_iter - warm_iter)`) or its whole λ range compressed (`"range"`).
     One mask per image per pass: B·(max_iter + (A - 1)·warm_iter) passes instead of B·A·max_iter."""
     b, (h, w) = pyramid.shape[0], pyramid.shape[-2:]
-    areas, total, growth = settings.areas, settings.max_iter, settings.lambda_growth
-    order = sorted(range(len(areas)), key=lambda j: areas[j], reverse=settings.warm_start == "down")
-    warm = min(settings.warm_iter, total)
+    areas, total, growth = settings.optim.areas, settings.optim.max_iter, settings.optim.lambda_growth
+    order = sorted(range(len(areas)), key=lambda j: areas[j], reverse=settings.optim.warm_start == "down")
+    warm = min(settings.optim.warm_iter, total)
     masks = torch.zeros(b, len(areas), h, w, device=pyramid.device)
     achieved = torch.zeros(b, len(areas), device=pyramid.device)
     iterations = torch.zeros(b, len(areas), dtype=torch.long)
     params = torch.ones(b, *generator.geometry.param_shape, device=pyramid.device)
     for n, j in enumerate(order):
         if n == 0:
-            iters, lambda0, step = total, settings.lambda0, growth
-        elif settings.warm_lambda == "tail":
-            iters, lambda0, step = warm, settings.lambda0 * growth ** (total - warm), growth
+            iters, lambda0, step = total, settings.optim.lambda0, growth
+        elif settings.optim.warm_lambda == "tail":
+            iters, lambda0, step = warm, settings.optim.lambda0 * growth ** (total - warm), growth
         else:
-            iters, lambda0, step = warm, settings.lambda0, growth ** (total / warm)
+            iters, lambda0, step = warm, settings.optim.lambda0, growth ** (total / warm)
         params = params.detach().clone().requires_grad_(True)
         plan = area_plan(torch.tensor(areas[j]).repeat(b).tolist(), generator.geometry.num_entries, pyramid.device)
         last, full, _ = _descend(model, pyramid, params, targets, plan, reward, settings, generator, lambda0, step, iters)
@@ -286,7 +285,7 @@ def _optimize_with_stop(
     b: int,
     a: int,
 ) -> MaskBatch:
-    """`optimize_masks` with a per-mask convergence stop (`settings.stop_tolerance`).
+    """`optimize_masks` with a per-mask convergence stop (`settings.optim.stop_tolerance`).
 
     The same iteration and the same SGD step (momentum with dampening, written out here so that
     a subset of the masks can be stepped: with nothing frozen it gives the fixed schedule's
@@ -300,7 +299,7 @@ def _optimize_with_stop(
     """
     h, w = pyramid.shape[-2:]
     k = b * a
-    lr, momentum, dampening = settings.learning_rate, settings.momentum, settings.dampening
+    lr, momentum, dampening = settings.optim.learning_rate, settings.optim.momentum, settings.optim.dampening
     params = torch.ones(k, *generator.geometry.param_shape, device=pyramid.device)
     velocity = torch.zeros_like(params)
     anchor = params.clone()
@@ -310,21 +309,21 @@ def _optimize_with_stop(
     iterations = torch.zeros(k, dtype=torch.long)
     stepped = torch.arange(k, device=pyramid.device)  # masks that still take steps
     in_network = torch.ones(k, dtype=torch.bool, device=pyramid.device)  # ... of which with the reward
-    weight = settings.lambda0
-    for t in range(settings.max_iter):
+    weight = settings.optim.lambda0
+    for t in range(settings.optim.max_iter):
         p = params[stepped].requires_grad_(True)
         masks, full = generator.generate(p)
         net = in_network[stepped]
         ids = stepped[net]
         gain = torch.zeros(len(stepped), device=pyramid.device)
         if len(ids):
-            x = variant_inputs(mask_pyramid[ids], masks[net].view(-1, 1, h, w), settings.variant,
-                               settings.native_cpu_kernels)
-            if settings.jitter and t % 2 == 0:
+            x = variant_inputs(mask_pyramid[ids], masks[net].view(-1, 1, h, w), settings.optim.variant,
+                               settings.execution.native_cpu_kernels)
+            if settings.optim.jitter and t % 2 == 0:
                 x = torch.flip(x, dims=(3,))
-            net_gain = variant_reward(model_scores(model, x, settings), mask_targets[ids], reward, settings.variant)
+            net_gain = variant_reward(model_scores(model, x, settings), mask_targets[ids], reward, settings.optim.variant)
             gain = net_gain if len(ids) == len(stepped) else gain.index_put((net.nonzero()[:, 0],), net_gain)
-        penalty = weight * area_loss(full, mask_areas[stepped], settings.tie_tolerance)
+        penalty = weight * area_loss(full, mask_areas[stepped], settings.optim.tie_tolerance)
         (penalty - gain).sum().backward()
         with torch.no_grad():
             grad = p.grad
@@ -337,12 +336,12 @@ def _optimize_with_stop(
             final_masks[stepped] = masks.detach().view(-1, h, w)
             final_area[stepped] = mask_area(full.detach())
             iterations[ids.cpu()] += 1
-            weight *= settings.lambda_growth
-            if (t + 1) % settings.stop_window == 0 and t + 1 < settings.max_iter and len(ids):
+            weight *= settings.optim.lambda_growth
+            if (t + 1) % settings.optim.stop_window == 0 and t + 1 < settings.optim.max_iter and len(ids):
                 moved = (params[ids] - anchor[ids]).flatten(1).abs().amax(dim=1)
                 anchor[ids] = params[ids]
-                in_network[ids[moved < settings.stop_tolerance]] = False
-                if settings.stop_finish == "freeze":
+                in_network[ids[moved < settings.optim.stop_tolerance]] = False
+                if settings.optim.stop_finish == "freeze":
                     stepped = stepped[in_network[stepped]]
                 if len(stepped) == 0:
                     break

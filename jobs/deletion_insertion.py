@@ -22,9 +22,9 @@ import time
 
 import yaml
 
-from pipeline.config import ConfigError, JobConfig, storage_options
+from pipeline.config import ConfigError, JobConfig
 from pipeline.config_load import apply_override, config_from_dict, load_config
-from pipeline.storage import OutputError, join, open_url, read_json
+from pipeline.storage import OutputError, Storage, join
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def results_config(results: str, path: str | None, overrides: list[str]) -> JobC
         return load_config(path, overrides)
     url = join(results, "config.yaml")
     try:
-        with open_url(url, "rb") as f:
+        with Storage().open(url) as f:
             data = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read {url} (give --config): {' '.join(str(exc).split())}") from exc
@@ -73,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    st = storage_options(cfg)
+    storage = Storage.from_config(cfg)
     out = args.out or join(args.results, "deletion_insertion")
 
     from pipeline import commit
 
     try:
-        made = read_json(join(args.results, commit.CONFIG_JSON), st)
-        done = sorted(commit.load_done(args.results, st))
+        made = storage.read_json(join(args.results, commit.CONFIG_JSON))
+        done = sorted(commit.load_done(args.results, storage))
     except OutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(summary.report())
     try:
-        tallies = summarize(out, st)
+        tallies = summarize(out, storage)
         print(format_summary(tallies))
-        urls = write_summary(out, summary_table(tallies, args.deletion_substrate), st)
+        urls = write_summary(out, summary_table(tallies, args.deletion_substrate), storage)
         print(f"tables: {', '.join(urls)}")
     except (FileNotFoundError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)

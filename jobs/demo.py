@@ -14,6 +14,7 @@ import sys
 import time
 
 from pipeline.cli import UsageError, add_config_arguments, failures, job_config, run_attribution, run_main
+from pipeline.storage import Storage
 
 DEFAULT_CONFIG = "configs/demo.yaml"
 
@@ -52,19 +53,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(cfg) -> str:
     """The pointing game (in process: Ray is down) and the report; returns the report's index."""
-    from pipeline.config import storage_options
     from pipeline.evaluation.pointing_run import run_pointing_game
     from pipeline.evaluation.pointing_table import format_summary, write_tables
     from pipeline.report import build_report
     from pipeline.storage import join
 
-    storage = storage_options(cfg)
+    storage = Storage.from_config(cfg)
     game = run_pointing_game(cfg.output.uri, storage, use_ray=False)
     print("pointing game (TorchRay's protocol, python -m jobs.pointing_game):")
     print(format_summary(game))
     # Beside the parts, where jobs.pointing_game puts them: the report below shows them.
     write_tables(join(cfg.output.uri, "pointing_game"), game, storage)
-    return build_report([cfg.output.uri], join(cfg.output.uri, "report"), storage_options=storage)
+    return build_report([cfg.output.uri], join(cfg.output.uri, "report"), storage=storage)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 
 from pipeline.cli import ray_session
 from pipeline.config_load import results_location
-from pipeline.storage import join
+from pipeline.storage import Storage, join
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _job_shards(config: str | None, overrides: list[str], storage: dict | None) -> tuple[str, ...]:
+def _job_shards(config: str | None, overrides: list[str], storage: Storage) -> tuple[str, ...]:
     """The attribution job's shard URLs when its config is given: the parts hold them redacted
     (a signed URL's query string is a credential), the config holds them signed."""
     if config is None:

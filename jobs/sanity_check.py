@@ -20,8 +20,7 @@ import sys
 import time
 
 from pipeline.cli import UsageError, add_config_arguments, job_config, ray_session, run_main
-from pipeline.config import storage_options
-from pipeline.storage import join
+from pipeline.storage import Storage, join
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             from pipeline.evaluation.mprt_run import format_table as format_mprt
 
             print(format_mprt(mprt))
-        urls = write_table(out, table, storage_options(cfg), mprt)
+        urls = write_table(out, table, Storage.from_config(cfg), mprt)
         print(f"tables: {', '.join(urls)}")
         print(f"wall time: {time.monotonic() - t0:.1f} s")
         failed = [s for s in summaries if not s.ok]

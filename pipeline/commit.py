@@ -41,14 +41,12 @@ from pipeline.schema import SCHEMA_VERSION, table_to_parquet_bytes
 from pipeline.shards import shard_id
 from pipeline.storage import (
     OutputError,
+    Storage,
     describe,
     is_local,
     join,
     json_bytes,
-    read_json,
     redact_url,
-    url_to_fs,
-    write_bytes,
 )
 
 PARTS_DIR = "parts"
@@ -84,7 +82,7 @@ def commit_part(
     shard_url: str,
     table: pa.Table,
     stats: Mapping[str, Any] | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = Storage(),
     lease: LeaseToken | None = None,
 ) -> dict[str, Any]:
     """Commit one shard's part, then its done-marker; returns the marker.
@@ -118,16 +116,16 @@ def commit_part(
         "committed_at": time.time(),
     }
     if lease is not None:
-        lease.check(storage_options)
-    write_bytes(part, data, storage_options)
+        lease.check(storage)
+    storage.write_bytes(part, data)
     if lease is not None:
-        lease.check(storage_options)
-    write_bytes(done_uri(output_uri, shard_url), json_bytes(marker), storage_options)
+        lease.check(storage)
+    storage.write_bytes(done_uri(output_uri, shard_url), json_bytes(marker))
     return marker
 
 
 def load_done(
-    output_uri: str, storage_options: dict[str, Any] | None = None, shards: list[str] | None = None
+    output_uri: str, storage: Storage = Storage(), shards: list[str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """The finished shards: shard URL (``storage.redact_url``'s form) -> its marker's stats
     (``done_index.KEPT``). Their stats come from the driver's compacted index where it has them,
@@ -137,8 +135,8 @@ def load_done(
     job of 100,000 shards resumes from its index alone: no listing). Unreadable markers are
     ignored (that shard simply runs again)."""
     url = join(output_uri, DONE_DIR)
-    fs, path = url_to_fs(url, storage_options)
-    indexed = {m["shard"]: m for m in done_index.read(output_uri, storage_options)}
+    fs, path = storage.url_to_fs(url)
+    indexed = {m["shard"]: m for m in done_index.read(output_uri, storage)}
     if indexed and shards is not None:
         missing = [s for s in dict.fromkeys(map(redact_url, shards)) if s not in indexed]
         if len(missing) <= SPOT_READS:
@@ -176,12 +174,12 @@ def _read_markers(fs: Any, paths: list[str], url: str) -> dict[str, dict[str, An
 
 
 def resumable(
-    output_uri: str, config_hash: str, storage_options: dict[str, Any] | None = None, shards: list[str] | None = None
+    output_uri: str, config_hash: str, storage: Storage = Storage(), shards: list[str] | None = None
 ) -> dict[str, dict[str, Any]]:
     """The done-markers a run of ``config_hash`` over ``shards`` may skip (``load_done``). Every
     marker must carry this config hash: a marker of another config means a mixed folder, refused
     with OutputConflictError rather than resumed into."""
-    done = load_done(output_uri, storage_options, shards)
+    done = load_done(output_uri, storage, shards)
     foreign = {url: m for url, m in done.items() if m.get("config_hash") != config_hash}
     if foreign:
         url, marker = next(iter(sorted(foreign.items())))
@@ -199,12 +197,12 @@ _OURS = {done_index.INDEX_DIR: (".jsonl",), DONE_DIR: (".json",), PARTS_DIR: (".
 _OUR_FILES = (MANIFEST_JSON, CONFIG_YAML, CONFIG_JSON)
 
 
-def _clear(output_uri: str, storage_options: dict[str, Any] | None) -> None:
+def _clear(output_uri: str, storage: Storage) -> None:
     """Delete an earlier run's files (never the folders' other files), config.json last."""
     for sub, suffixes in _OURS.items():
         url = join(output_uri, sub)
         try:
-            fs, path = url_to_fs(url, storage_options)
+            fs, path = storage.url_to_fs(url)
             fs.invalidate_cache(path)
             names = [p for p in fs.ls(path, detail=False) if str(p).endswith(suffixes)]
         except FileNotFoundError:
@@ -221,7 +219,7 @@ def _clear(output_uri: str, storage_options: dict[str, Any] | None) -> None:
     for name in _OUR_FILES:
         url = join(output_uri, name)
         try:
-            fs, path = url_to_fs(url, storage_options)
+            fs, path = storage.url_to_fs(url)
             fs.invalidate_cache(path)
             if fs.exists(path):
                 fs.rm(path)
@@ -229,10 +227,10 @@ def _clear(output_uri: str, storage_options: dict[str, Any] | None) -> None:
             raise OutputError(f"cannot clear {url}: {describe(exc)}") from exc
 
 
-def _entries(output_uri: str, storage_options: dict[str, Any] | None) -> list[str]:
+def _entries(output_uri: str, storage: Storage) -> list[str]:
     """The names in the output folder, but the lease's (taken before the folder is checked)."""
     try:
-        fs, path = url_to_fs(output_uri, storage_options)
+        fs, path = storage.url_to_fs(output_uri)
         fs.invalidate_cache(path)
         names = [str(p).rstrip("/").rpartition("/")[2] for p in fs.ls(path, detail=False)]
     except FileNotFoundError:
@@ -242,12 +240,12 @@ def _entries(output_uri: str, storage_options: dict[str, Any] | None) -> list[st
     return sorted(n for n in names if n and n != LEASE_DIR)
 
 
-def _owned(output_uri: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+def _owned(output_uri: str, storage: Storage) -> dict[str, Any] | None:
     """config.json of this project's run in the folder (its mark), or None when the folder holds
     none; OutputConflictError for a config.json that is someone else's."""
     url = join(output_uri, CONFIG_JSON)
     try:
-        existing = read_json(url, storage_options)
+        existing = storage.read_json(url)
     except OutputError as exc:
         if "not valid JSON" not in str(exc):
             raise
@@ -264,7 +262,7 @@ def check_output(
     output_uri: str,
     config_hash: str,
     overwrite: bool = False,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = Storage(),
 ) -> None:
     """Claim ``output_uri`` for a config before any part is written. Call it holding the
     output's lease (``pipeline.lease``): the lease is what keeps a second job from claiming or
@@ -277,9 +275,9 @@ def check_output(
     the same config hash resumes; a different hash raises OutputConflictError.
     """
     url = join(output_uri, CONFIG_JSON)
-    existing = _owned(output_uri, storage_options)
+    existing = _owned(output_uri, storage)
     if existing is None:
-        others = _entries(output_uri, storage_options)
+        others = _entries(output_uri, storage)
         if others:
             shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
             raise OutputConflictError(
@@ -287,7 +285,7 @@ def check_output(
                 "folder or a new output.uri (nothing there is deleted or replaced, even with output.overwrite=true)"
             )
     elif overwrite:
-        _clear(output_uri, storage_options)
+        _clear(output_uri, storage)
     elif existing.get("config_hash") != config_hash:
         raise OutputConflictError(
             f"{output_uri} holds results of another config (hash {str(existing.get('config_hash'))[:12]}, "
@@ -295,8 +293,7 @@ def check_output(
         )
     else:
         return
-    write_bytes(url, json_bytes({"config_hash": config_hash, "created_at": time.time(), "written_by": OWNER}),
-                storage_options)
+    storage.write_bytes(url, json_bytes({"config_hash": config_hash, "created_at": time.time(), "written_by": OWNER}))
 
 
 def _redacted_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -316,7 +313,7 @@ def write_manifest(
     config_hash: str,
     code_version: str,
     shard_stats: Mapping[str, Mapping[str, Any]],
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = Storage(),
     lease: LeaseToken | None = None,
 ) -> dict[str, Any]:
     """Write ``manifest.json`` (and the resolved config as ``config.yaml``); returns the manifest.
@@ -349,11 +346,11 @@ def write_manifest(
         "shards": shards,
     }
     if lease is not None:
-        lease.check(storage_options)
-    write_bytes(join(output_uri, CONFIG_YAML), yaml.safe_dump(dict(resolved_config), sort_keys=False).encode(), storage_options)
+        lease.check(storage)
+    storage.write_bytes(join(output_uri, CONFIG_YAML), yaml.safe_dump(dict(resolved_config), sort_keys=False).encode())
     # Indented for a person while small; compact past that (json's C encoder: ~10x faster at 100k shards).
     data = json_bytes(manifest) if len(shards) <= 1000 else json.dumps(manifest, sort_keys=True, default=str).encode()
-    write_bytes(join(output_uri, MANIFEST_JSON), data, storage_options)
+    storage.write_bytes(join(output_uri, MANIFEST_JSON), data)
     return manifest
 
 

@@ -299,28 +299,3 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
-
-
-def storage_options(cfg: JobConfig) -> dict[str, Any]:
-    """Keyword arguments for ``fsspec.open``/``url_to_fs`` on ``s3://`` URLs.
-
-    Holds no credentials (botocore reads ``AWS_*`` from the environment), so it is safe to log and
-    to ship to actors. Timeouts and attempts are bounded so an unreachable endpoint fails fast.
-    """
-    st = cfg.storage
-    opts: dict[str, Any] = {}
-    if st.anon:
-        opts["anon"] = True
-    client_kwargs: dict[str, Any] = {}
-    if st.endpoint_url:
-        client_kwargs["endpoint_url"] = st.endpoint_url
-    if st.region:
-        client_kwargs["region_name"] = st.region
-    if client_kwargs:
-        opts["client_kwargs"] = client_kwargs
-    opts["config_kwargs"] = {
-        "connect_timeout": st.connect_timeout_s,
-        "read_timeout": st.read_timeout_s,
-        "retries": {"max_attempts": st.max_attempts, "mode": "standard"},
-    }
-    return opts

@@ -12,8 +12,8 @@ from pipeline.config import JobConfig
 from pipeline.config_load import config_to_dict
 
 # Fields that do not change any output row: a run that differs only in these may resume another's
-# output. Shards are excluded so a job can be extended with more shards; batching knobs and the
-# device only move floats within tolerance (docs/algorithm.md, "Batching").
+# output. Shards are excluded so a job can be extended with more shards. Which engine settings
+# change the rows, each engine setting declares itself (`ExtremalSettings.result_settings`).
 _HASH_EXCLUDED: tuple[str, ...] = (
     "input.shards",
     "worker",
@@ -22,39 +22,16 @@ _HASH_EXCLUDED: tuple[str, ...] = (
     "output.lease_ttl_s",
     "cluster",
     "storage",
-    "extremal.max_masks_per_batch",
-    "extremal.memory_budget_mb",
-    "extremal.channels_last",
-    "extremal.fuse_batchnorm",
-    "extremal.pool_before_relu",
-    "extremal.native_cpu_kernels",
-    "extremal.compile",
-    "extremal.tf32",
     "model.download_weights",
 )
-
-
-# Engine settings added after outputs were written, left out of the hash at their defaults (the
-# masks those outputs hold) so that such outputs keep their hash: name -> default.
-_HASHED_UNLESS_DEFAULT: dict[str, Any] = {
-    "schedule": "paper",
-    "stop_tolerance": None,
-    "stop_window": 20,
-    "stop_finish": "freeze",
-    "warm_start": None,
-    "warm_iter": 100,
-    "warm_lambda": "tail",
-}
 
 
 def _hashed_dict(cfg: JobConfig) -> dict[str, Any]:
     data = config_to_dict(cfg)
     if not cfg.method.uses_engine_settings:
         data.pop("extremal")  # settings the method never reads do not change its rows
-    extremal = data.get("extremal", {})
-    for name, default in _HASHED_UNLESS_DEFAULT.items():
-        if name in extremal and extremal[name] == default:
-            extremal.pop(name)
+    else:  # the engine settings declare which of them change the masks (extremal_core/settings.py)
+        data["extremal"] = cfg.extremal.result_settings()
     for dotted in _HASH_EXCLUDED:
         *parents, last = dotted.split(".")
         node = data

@@ -16,7 +16,8 @@ import yaml
 
 from extremal_core.methods.registry import parameter_names
 from extremal_core.settings import ExtremalSettings
-from pipeline.config import ConfigError, JobConfig, MethodConfig, storage_options
+from pipeline.config import ConfigError, JobConfig, MethodConfig
+from pipeline.storage import Storage
 
 _SECRET_WORDS = ("key", "secret", "token", "password", "credential")
 MAX_CONFIG_BYTES = 64 << 20  # a 100,000-entry shard list is ~5 MB
@@ -168,17 +169,36 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def _build_extremal(data: Any, prefix: str) -> ExtremalSettings:
-    data = _check_keys(data, ExtremalSettings, prefix)
-    hints = typing.get_type_hints(ExtremalSettings)
+    """The ``extremal:`` section: flat setting names (``max_iter: 300``) or a group's mapping
+    (``optim: {max_iter: 300}``), each checked against its group's annotation."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a mapping, got {short_repr(data)} ({type(data).__name__})")
+    groups, where = ExtremalSettings.groups(), ExtremalSettings.group_of()
+    flat: dict[str, tuple[Any, str]] = {}
+    for key, value in data.items():
+        if key in groups:
+            mapping = _check_keys(value, groups[key], f"{prefix}.{key}")
+            given = [(name, v, f"{prefix}.{key}.{name}") for name, v in mapping.items()]
+        elif key in where:
+            given = [(key, value, f"{prefix}.{key}")]
+        else:
+            valid = ", ".join([*where, *groups])
+            raise ConfigError(f"unknown key {short_repr(f'{prefix}.{key}')}; valid keys: {valid}")
+        for name, v, dotted in given:
+            if name in flat:
+                raise ConfigError(f"{dotted}: set twice (also as {flat[name][1]})")
+            flat[name] = (v, dotted)
     kwargs = {}
-    for name, value in data.items():
-        tp = hints[name]
+    for name, (value, key) in flat.items():
+        tp = typing.get_type_hints(groups[where[name]])[name]
         # The engine accepts a single number for `areas`; so does the config.
         if name == "areas" and isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
-        kwargs[name] = _coerce(value, tp, f"{prefix}.{name}")
+        kwargs[name] = _coerce(value, tp, key)
     try:
-        return ExtremalSettings(**kwargs)
+        return ExtremalSettings.from_flat(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{prefix}: {exc}") from exc
 
@@ -201,7 +221,7 @@ def _build_method(data: Any, prefix: str) -> MethodConfig:
         raise ConfigError(f"{prefix}.name: {exc}") from None
     valid = parameter_names(cls)
     if valid is not None:
-        settings = {f.name for f in fields(ExtremalSettings)} if method.uses_engine_settings else set()
+        settings = set(ExtremalSettings.group_of()) if method.uses_engine_settings else set()
         allowed = [v for v in valid if v != "settings" and v not in settings]
         for key in params:
             if key in settings:
@@ -278,18 +298,18 @@ def load_config(path: str | None, overrides: list[str] | tuple[str, ...] = ()) -
 
 def results_location(
     results: str | None, config: str | None, overrides: list[str] | tuple[str, ...] = ()
-) -> tuple[str, dict[str, Any] | None]:
-    """Where an evaluation reads a job's results: ``results`` as given (storage options from the
+) -> tuple[str, Storage]:
+    """Where an evaluation reads a job's results: ``results`` as given (``Storage()``: fsspec defaults and the
     environment), or the ``output.uri`` and storage of the job's ``config`` (with ``--set``
-    overrides, which need a config). Returns (uri, storage options or None); ConfigError otherwise."""
+    overrides, which need a config). Returns (uri, ``Storage``); ConfigError otherwise."""
     if config is not None:
         cfg = load_config(config, overrides)
-        return cfg.output.uri, storage_options(cfg)
+        return cfg.output.uri, Storage.from_config(cfg)
     if overrides:
         raise ConfigError("--set needs --config")
     if not results:
         raise ConfigError("give --results <output uri> or --config <job yaml>")
-    return results, None
+    return results, Storage()
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -340,6 +360,8 @@ def _read_with_base(path: str, chain: tuple[str, ...]) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     if isinstance(value, MethodConfig):
         return value.to_dict()
+    if isinstance(value, ExtremalSettings):  # flat, as users write it
+        return {k: _plain(v) for k, v in value.flat().items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, (list, tuple)):

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pipeline.lease import LeaseToken
-from pipeline.storage import OutputError, describe, join, url_to_fs, write_bytes
+from pipeline.storage import OutputError, Storage, describe, join
 
 INDEX_DIR = "_index"
 SEGMENT_SHARDS = 1000  # commits per segment: one small write per this many shards
@@ -40,10 +40,10 @@ def parse(blob: bytes | str) -> dict[str, Any] | None:
     return {k: marker[k] for k in KEPT if k in marker}
 
 
-def _segments(output_uri: str, storage_options: dict[str, Any] | None) -> tuple[Any, list[str]]:
+def _segments(output_uri: str, storage: Storage) -> tuple[Any, list[str]]:
     url = join(output_uri, INDEX_DIR)
     try:
-        fs, path = url_to_fs(url, storage_options)
+        fs, path = storage.url_to_fs(url)
         fs.invalidate_cache(path)
         return fs, sorted(str(p) for p in fs.ls(path, detail=False) if str(p).endswith(".jsonl"))
     except FileNotFoundError:
@@ -52,9 +52,9 @@ def _segments(output_uri: str, storage_options: dict[str, Any] | None) -> tuple[
         raise OutputError(f"cannot list {url}: {describe(exc)}") from exc
 
 
-def read(output_uri: str, storage_options: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+def read(output_uri: str, storage: Storage = Storage()) -> Iterator[dict[str, Any]]:
     """Every indexed marker (kept fields), segment by segment; unreadable lines are skipped."""
-    fs, names = _segments(output_uri, storage_options)
+    fs, names = _segments(output_uri, storage)
     for name in names:
         try:
             blob = fs.cat_file(name)
@@ -76,8 +76,8 @@ class IndexWriter:
     """The driver's side: ``add`` each committed marker; a segment is written every
     ``SEGMENT_SHARDS`` of them; ``compact`` at the end of the run."""
 
-    def __init__(self, output_uri: str, storage_options: dict[str, Any] | None, lease: LeaseToken | None) -> None:
-        self.output_uri, self.storage_options, self.lease = output_uri, storage_options, lease
+    def __init__(self, output_uri: str, storage: Storage, lease: LeaseToken | None) -> None:
+        self.output_uri, self.storage, self.lease = output_uri, storage, lease
         self.run = uuid.uuid4().hex[:8]
         self.seq = 0
         self.pending: list[dict[str, Any]] = []
@@ -89,8 +89,8 @@ class IndexWriter:
         name = f"{time.time_ns():020d}-{self.run}-{self.seq:06d}-n{len(lines)}.jsonl"
         data = "".join(lines)
         if self.lease is not None:
-            self.lease.check(self.storage_options)
-        write_bytes(join(self.output_uri, INDEX_DIR, name), data.encode(), self.storage_options)
+            self.lease.check(self.storage)
+        self.storage.write_bytes(join(self.output_uri, INDEX_DIR, name), data.encode())
         return name
 
     def add(self, marker: Mapping[str, Any]) -> None:
@@ -107,7 +107,7 @@ class IndexWriter:
         """One segment with ``markers`` (every finished shard of the job: ``count`` of them), then
         the older segments deleted: the next resume reads one file. Nothing is written when this
         run committed nothing and the index already is one segment of ``count`` markers."""
-        _, before = _segments(self.output_uri, self.storage_options)
+        _, before = _segments(self.output_uri, self.storage)
         whole = count is not None and len(before) == 1 and before[0].endswith(f"-n{count}.jsonl")
         if self.seq == 0 and not self.pending and whole:
             return
@@ -115,7 +115,7 @@ class IndexWriter:
         keep = self._write(markers)
         old = [n for n in before if not n.endswith(keep)]
         if old:
-            fs, _ = url_to_fs(join(self.output_uri, INDEX_DIR), self.storage_options)
+            fs, _ = self.storage.url_to_fs(join(self.output_uri, INDEX_DIR))
             try:
                 fs.rm(old)
             except Exception as exc:

@@ -34,7 +34,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from pipeline import commit
-from pipeline.config import JobConfig, storage_options
+from pipeline.config import JobConfig
 from pipeline.config_hash import config_hash
 from pipeline.config_load import config_to_dict
 from pipeline.done_index import IndexWriter
@@ -42,7 +42,7 @@ from pipeline.lease import Lease, LeaseLostError, LeaseToken
 from pipeline.preflight import Checked, preflight
 from pipeline.progress import Progress
 from pipeline.shards import shard_id
-from pipeline.storage import OutputError, redact_url
+from pipeline.storage import OutputError, Storage, redact_url
 from pipeline.summary import JobSummary, ShardState, resumed_states
 from pipeline.tasks import AttributionTask
 from pipeline.worker import ShardWorker
@@ -193,19 +193,19 @@ def run_job(
         raise DriverError("Ray is not initialized: call ray.init() (jobs.attribute does) before run_job")
     stream = progress_stream if progress_stream is not None else sys.stdout
     start = time.monotonic()
-    st = storage_options(cfg)
+    storage = Storage.from_config(cfg)
     checked = preflight(cfg) if checked is None else checked  # ConfigError before anything is written
     chash = checked.config_hash if evaluation is None else config_hash(cfg, checked.weights_digest, evaluation)
     uri = cfg.output.uri
     urls = list(checked.shards)
     # One job per output folder: the lease is taken before the folder is claimed or cleared, held
     # (renewed in the background) while shards run, and checked by every commit.
-    lease = Lease(uri, chash, cfg.output.lease_ttl_s, st)
+    lease = Lease(uri, chash, cfg.output.lease_ttl_s, storage)
     lease.acquire()
     try:
         lease.start_renewing()
-        commit.check_output(uri, chash, cfg.output.overwrite, st)
-        states = resumed_states(urls, commit.resumable(uri, chash, st, urls))
+        commit.check_output(uri, chash, cfg.output.overwrite, storage)
+        states = resumed_states(urls, commit.resumable(uri, chash, storage, urls))
         resolved = config_to_dict(cfg) if evaluation is None else {**config_to_dict(cfg), "evaluation": dict(evaluation)}
         summary = _run_claimed(cfg, resolved, lease, states, max_shards, stream, tty, log_interval_s,
                                startup_timeout_s, (worker_class, task_class), start)
@@ -229,7 +229,7 @@ def _run_claimed(
 ) -> JobSummary:
     """The run, once the output is ours: ``states`` (resumed), dispatch the rest, write the done
     index and the manifest (``resolved``: the config as the manifest records it)."""
-    uri, st, chash = cfg.output.uri, storage_options(cfg), lease.config_hash
+    uri, storage, chash = cfg.output.uri, lease.storage, lease.config_hash
     todo = [u for u, s in states.items() if s.status != "done"]
     if max_shards is not None:
         todo = todo[: max(0, max_shards)]
@@ -237,7 +237,7 @@ def _run_claimed(
     summary = JobSummary(uri, chash, states, 0.0)
     already = sum(1 for s in states.values() if s.status == "done")
     progress = Progress(len(states), already, stream=stream, tty=tty, interval_s=log_interval_s)
-    index = IndexWriter(uri, st, lease.token)
+    index = IndexWriter(uri, storage, lease.token)
     stopped: BaseException | None = None
     try:
         if todo:
@@ -257,7 +257,7 @@ def _run_claimed(
             ), count=sum(1 for s in states.values() if s.status == "done"))
             summary.manifest = commit.write_manifest(
                 uri, resolved, chash, commit.current_code_version(), {u: s.manifest_entry() for u, s in states.items()},
-                st, lease.token,
+                storage, lease.token,
             )
         except OutputError as exc:
             # The shards are committed (their markers are the truth): a failing final write (a full

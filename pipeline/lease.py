@@ -42,7 +42,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.storage import OutputError, describe, is_local, join, json_bytes, url_to_fs, write_bytes
+from pipeline.storage import OutputError, Storage, describe, is_local, join, json_bytes
 
 LEASE_DIR = "_lease"
 _NAME = re.compile(r"^(\d{8})\.json$")
@@ -93,10 +93,10 @@ def is_live(record: dict[str, Any], now: float | None = None) -> bool:
     return True
 
 
-def _create_exclusive(url: str, data: bytes, storage_options: dict[str, Any] | None) -> bool:
+def _create_exclusive(url: str, data: bytes, storage: Storage) -> bool:
     """Create ``url`` holding ``data`` if it does not exist; False if it does. Readers never see
     a partial file."""
-    fs, path = url_to_fs(url, storage_options)
+    fs, path = storage.url_to_fs(url)
     if is_local(fs):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}")
@@ -159,19 +159,19 @@ class LeaseToken:
     config_hash: str
     reuse_s: float = 0.0
 
-    def check(self, storage_options: dict[str, Any] | None = None, fresh: bool = False) -> None:
+    def check(self, storage: Storage = Storage(), fresh: bool = False) -> None:
         """Raise LeaseLostError unless this job's generation is still the highest (a check that
         passed less than ``reuse_s`` ago counts, unless ``fresh``)."""
         key = (self.output_uri, self.generation, self.run_id)
         started = time.monotonic()
         if not fresh and started < _PASSED.get(key, 0.0):
             return
-        gens = _listing(self.output_uri, storage_options)
+        gens = _listing(self.output_uri, storage)
         if gens and gens[-1] == self.generation:
             _PASSED[key] = started + self.reuse_s
             return
         _PASSED.pop(key, None)
-        current = highest(self.output_uri, storage_options)
+        current = highest(self.output_uri, storage)
         if current is None or current[0] != self.generation:
             other = current[1] if current else {}
             raise LeaseLostError(
@@ -180,10 +180,10 @@ class LeaseToken:
             )
 
 
-def _listing(output_uri: str, storage_options: dict[str, Any] | None) -> list[int]:
+def _listing(output_uri: str, storage: Storage) -> list[int]:
     url = join(output_uri, LEASE_DIR)
     try:
-        fs, path = url_to_fs(url, storage_options)
+        fs, path = storage.url_to_fs(url)
         fs.invalidate_cache(path)
         names = fs.ls(path, detail=False)
     except FileNotFoundError:
@@ -194,10 +194,10 @@ def _listing(output_uri: str, storage_options: dict[str, Any] | None) -> list[in
     return sorted(int(m.group(1)) for m in found if m)
 
 
-def _read(output_uri: str, generation: int, storage_options: dict[str, Any] | None) -> dict[str, Any]:
+def _read(output_uri: str, generation: int, storage: Storage) -> dict[str, Any]:
     url = join(output_uri, LEASE_DIR, f"{generation:08d}.json")
     try:
-        fs, path = url_to_fs(url, storage_options)
+        fs, path = storage.url_to_fs(url)
         fs.invalidate_cache(path)
         return json.loads(fs.cat_file(path))
     except FileNotFoundError:
@@ -208,10 +208,10 @@ def _read(output_uri: str, generation: int, storage_options: dict[str, Any] | No
         raise OutputError(f"cannot read {url}: {describe(exc)}") from exc
 
 
-def highest(output_uri: str, storage_options: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]] | None:
+def highest(output_uri: str, storage: Storage = Storage()) -> tuple[int, dict[str, Any]] | None:
     """The highest lease generation and its record, or None."""
-    gens = _listing(output_uri, storage_options)
-    return (gens[-1], _read(output_uri, gens[-1], storage_options)) if gens else None
+    gens = _listing(output_uri, storage)
+    return (gens[-1], _read(output_uri, gens[-1], storage)) if gens else None
 
 
 def _busy_message(output_uri: str, record: dict[str, Any]) -> str:
@@ -228,10 +228,10 @@ class Lease:
     before committing; ``release()`` at the end (also as a context manager)."""
 
     def __init__(
-        self, output_uri: str, config_hash: str, ttl_s: float = 60.0, storage_options: dict[str, Any] | None = None
+        self, output_uri: str, config_hash: str, ttl_s: float = 60.0, storage: Storage = Storage()
     ) -> None:
         self.output_uri, self.config_hash, self.ttl_s = output_uri, config_hash, float(ttl_s)
-        self.storage_options = storage_options
+        self.storage = storage
         self.run_id = uuid.uuid4().hex
         self.generation: int | None = None
         self.lost: str | None = None  # set by the renewing thread when the lease is gone
@@ -263,18 +263,18 @@ class Lease:
     def acquire(self, attempts: int = 5) -> LeaseToken:
         """Take the lease or raise OutputBusyError (another live holder)."""
         for _ in range(attempts):
-            current = highest(self.output_uri, self.storage_options)
+            current = highest(self.output_uri, self.storage)
             if current is not None and is_live(current[1]):
                 raise OutputBusyError(_busy_message(self.output_uri, current[1]))
             gen = 1 if current is None else current[0] + 1
             url = join(self.output_uri, LEASE_DIR, f"{gen:08d}.json")
             try:
-                created = _create_exclusive(url, self._record(), self.storage_options)
+                created = _create_exclusive(url, self._record(), self.storage)
             except Exception as exc:
                 raise OutputError(f"cannot write {url}: {describe(exc)}") from exc
             # A create retried after an ambiguous failure (the server wrote it, the reply was lost)
             # finds its own file: that is ours too.
-            if created or _read(self.output_uri, gen, self.storage_options).get("run_id") == self.run_id:
+            if created or _read(self.output_uri, gen, self.storage).get("run_id") == self.run_id:
                 self.generation = gen
                 if current is not None and not current[1].get("released"):
                     # Taken over (expired, or its driver died): its workers' passed checks run out first.
@@ -287,11 +287,11 @@ class Lease:
         """Raise LeaseLostError unless we still hold the lease."""
         if self.lost:
             raise LeaseLostError(self.lost)
-        self.token.check(self.storage_options, fresh=True)
+        self.token.check(self.storage, fresh=True)
 
     def renew(self) -> None:
         self.check()
-        write_bytes(self._url(), self._record(), self.storage_options)
+        self.storage.write_bytes(self._url(), self._record())
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.ttl_s / 4):
@@ -316,8 +316,8 @@ class Lease:
         if self.generation is None:
             return
         try:
-            self.token.check(self.storage_options, fresh=True)
-            write_bytes(self._url(), self._record(released=True), self.storage_options)
+            self.token.check(self.storage, fresh=True)
+            self.storage.write_bytes(self._url(), self._record(released=True))
         except OutputError:
             pass  # lost or unreachable: the TTL frees it
 

@@ -48,8 +48,8 @@ def method_columns(cfg: JobConfig, explainer: Explainer | None = None) -> dict[s
     explainer chose by default, e.g. Grad-CAM's)."""
     out: dict[str, Any] = {"method": cfg.method.name}
     if cfg.method.uses_engine_settings:
-        out["variant"] = cfg.extremal.variant
-        out["areas"] = list(cfg.extremal.areas)
+        out["variant"] = cfg.extremal.optim.variant
+        out["areas"] = list(cfg.extremal.optim.areas)
     layer = cfg.method.params.get("layer", getattr(explainer, "layer", None))
     if layer is not None:
         out["layer"] = str(layer)
@@ -61,7 +61,7 @@ def maps_per_row(explainer: Explainer) -> int | None:
     the methods with engine settings; an explainer's own ``num_maps`` otherwise; else None."""
     settings = getattr(explainer, "settings", None)
     if isinstance(settings, ExtremalSettings):
-        return len(settings.areas)
+        return len(settings.optim.areas)
     num = getattr(explainer, "num_maps", None)
     return int(num) if isinstance(num, int) else None
 

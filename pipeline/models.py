@@ -1,4 +1,4 @@
-"""Model config -> (model, preprocessing).
+"""Model config -> (model, preprocessing); the checkpoints themselves are read by ``pipeline.checkpoints``.
 
 A model is either a torchvision architecture by name (``arch``, optionally with a torchvision
 weights name) or a user factory ``"package.module:function"``; either may be loaded from a
@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
-import io
 import os
 import re
 from dataclasses import dataclass
@@ -33,6 +32,14 @@ from torch import nn
 from torchvision.transforms import InterpolationMode
 
 from pipeline import benchmark_models as bench
+from pipeline.checkpoints import (
+    extract_state_dict,
+    first_line,
+    load_checked_state_dict,
+    open_checkpoint,
+    safe_torch_load,
+    state_digest,
+)
 from pipeline.config import AUTO, ModelConfig, PreprocessingConfig
 from pipeline.geometry import Geometry
 from pipeline.zoo import build_zoo_model, checkpoint_target, is_zoo_arch, read_weights, zoo_preprocess
@@ -101,21 +108,6 @@ class LoadedModel:
     weights_digest: str | None = None
 
 
-def state_digest(net: nn.Module) -> str:
-    """sha256 of a model's state_dict: every tensor's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    for name, t in sorted(net.state_dict().items()):
-        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
-        t = t.detach().to("cpu").contiguous().reshape(-1)
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return f"state:{h.hexdigest()}"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _resolve_arch(arch: str) -> str:
     names = torchvision.models.list_models()
     if arch in names:
@@ -174,9 +166,9 @@ def _resolve_factory(factory: str):
         # is reported as an import failure.
         if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
             raise ValueError(f"factory {factory!r}: module {module_name!r} not found") from None
-        raise ValueError(f"factory {factory!r}: importing {module_name!r} failed: {_first_line(e)}") from None
+        raise ValueError(f"factory {factory!r}: importing {module_name!r} failed: {first_line(e)}") from None
     except Exception as e:
-        raise ValueError(f"factory {factory!r}: importing {module_name!r} failed: {_first_line(e)}") from None
+        raise ValueError(f"factory {factory!r}: importing {module_name!r} failed: {first_line(e)}") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ValueError(f"factory {factory!r}: {module_name!r} has no attribute {attr!r}")
@@ -184,81 +176,6 @@ def _resolve_factory(factory: str):
     if not callable(obj):
         raise ValueError(f"factory {factory!r}: {attr!r} is not callable")
     return obj
-
-
-def _open_checkpoint(path: str) -> io.BytesIO:
-    """The checkpoint's bytes, read once (what is hashed is exactly what is loaded), for
-    ``torch.load``; ValueError if missing."""
-    if "://" not in path or path.startswith("file://"):
-        local = path[len("file://") :] if path.startswith("file://") else path
-        local = os.path.expanduser(local)
-        if not os.path.isfile(local):
-            raise ValueError(f"checkpoint not found: {path}")
-        with open(local, "rb") as f:
-            return io.BytesIO(f.read())
-    import fsspec  # only needed for remote checkpoints
-
-    fs, fs_path = fsspec.core.url_to_fs(path)
-    if not fs.isfile(fs_path):
-        raise ValueError(f"checkpoint not found: {path}")
-    # torch.load needs a seekable file; read remote objects into memory once.
-    with fs.open(fs_path, "rb") as f:
-        return io.BytesIO(f.read())
-
-
-def _safe_torch_load(source: Any, what: str) -> Any:
-    """``torch.load(weights_only=True)`` with one-line errors."""
-    try:
-        return torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as e:
-        text = str(e)
-        # weights_only names the first global it refused ("Unsupported global: GLOBAL mod.Cls ...").
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found:
-            raise ValueError(
-                f"refusing to load {what}: it pickles an arbitrary object ({found.group(1)}), not only "
-                "tensors; re-save it with torch.save(model.state_dict(), path)"
-            ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
-        reason = " ".join(detail.group(1).split()) if detail else _first_line(e)
-        raise ValueError(f"cannot read {what} as a weights-only torch file: {reason}") from None
-
-
-def _extract_state_dict(obj: Any, what: str) -> dict[str, torch.Tensor]:
-    """Accept a state_dict, or a dict holding one under "state_dict" / "model"."""
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        keys = list(obj)[:5] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{what} is not a state_dict of tensors (top level: {keys})")
-    # Strip DataParallel / DistributedDataParallel's prefix.
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
-
-
-def _load_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str, name: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-        if shapes:
-            k = shapes[0]
-            parts.append(
-                f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint {list(state[k].shape)} "
-                f"vs model {list(own[k].shape)}; wrong num_classes?)"
-            )
-        raise ValueError(f"{what} does not match {name}: {'; '.join(parts)}")
-    model.load_state_dict(state, strict=False)  # strictness checked above (num_batches_tracked aside)
 
 
 def _cached_weights_file(weights: torchvision.models.WeightsEnum, download: bool) -> str:
@@ -285,7 +202,7 @@ def _cached_weights_file(weights: torchvision.models.WeightsEnum, download: bool
     except Exception as e:
         raise ValueError(
             f"pretrained weights {label} are not in the torch hub cache {cache_dir} and downloading "
-            f"them failed (this machine may be offline: {_first_line(e)}): {hint}"
+            f"them failed (this machine may be offline: {first_line(e)}): {hint}"
         ) from None
     return path
 
@@ -304,11 +221,11 @@ def _build_torchvision(arch: str, weights, checkpoint: str | None, num_classes: 
     # Check the cached file is plain tensors before torchvision's builder reads it (it loads hub
     # files with weights_only=False). The builder is kept because it knows each architecture's
     # quirks (aux heads, image sizes) for its weights.
-    _extract_state_dict(_safe_torch_load(path, f"cached weights {path}"), f"cached weights {path}")
+    extract_state_dict(safe_torch_load(path, f"cached weights {path}"), f"cached weights {path}")
     try:
         return torchvision.models.get_model(arch, weights=weights, **kwargs)
     except Exception as e:
-        raise ValueError(f"building {arch} with weights {weights.name} failed: {_first_line(e)}") from None
+        raise ValueError(f"building {arch} with weights {weights.name} failed: {first_line(e)}") from None
 
 
 # Preprocessing when neither the spec nor torchvision weights say otherwise.
@@ -333,7 +250,7 @@ def _build_factory(factory: str, num_classes: int | None) -> nn.Module:
     try:
         model = fn(num_classes=int(num_classes)) if num_classes is not None else fn()
     except Exception as e:
-        raise ValueError(f"factory {factory!r} failed: {_first_line(e)}") from None
+        raise ValueError(f"factory {factory!r} failed: {first_line(e)}") from None
     if not isinstance(model, nn.Module):
         raise ValueError(f"factory {factory!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -407,10 +324,10 @@ def load_model(model: ModelConfig, device: str | torch.device = "cpu", *, downlo
     digest = digest if weights is None else f"torchvision:{os.path.basename(urlparse(weights.url).path)}"
     if model.checkpoint is not None:
         what = f"checkpoint {model.checkpoint}"
-        data = _open_checkpoint(str(model.checkpoint))
+        data = open_checkpoint(str(model.checkpoint))
         digest = f"sha256:{hashlib.sha256(data.getbuffer()).hexdigest()}"
-        state = _extract_state_dict(read_weights(data, what, _safe_torch_load), what)
-        _load_state_dict(checkpoint_target(net), bench.fit_checkpoint(net, state), what, name)
+        state = extract_state_dict(read_weights(data, what, safe_torch_load), what)
+        load_checked_state_dict(checkpoint_target(net), bench.fit_checkpoint(net, state), what, name)
         name = f"{name}@{Path(urlparse(str(model.checkpoint)).path).name}"
     if digest is None:
         # A factory's own weights (or an architecture's initialisation): what the model *is*, so

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from extremal_core.rewards import get_reward
-from pipeline.config import ConfigError, JobConfig, storage_options
+from pipeline.config import ConfigError, JobConfig
 from pipeline.config_hash import config_hash
 from pipeline.method import build_explainer
 from pipeline.models import load_model
+from pipeline.storage import Storage
 from pipeline.tables import expand_units
 
 
@@ -56,7 +57,7 @@ def _one_line(exc: BaseException) -> str:
 def preflight(cfg: JobConfig) -> Checked:
     """Check ``cfg`` against the world; raises ConfigError (one line, naming the key)."""
     try:
-        shards = expand_units(cfg.input, storage_options(cfg))
+        shards = expand_units(cfg.input, Storage.from_config(cfg))
     except ValueError as exc:
         raise ConfigError(f"input.shards: {_one_line(exc)}") from None
     try:
@@ -66,7 +67,7 @@ def preflight(cfg: JobConfig) -> Checked:
     digest = loaded.weights_digest
     if cfg.method.uses_engine_settings:
         try:
-            get_reward(cfg.extremal.reward)
+            get_reward(cfg.extremal.optim.reward)
         except ValueError as exc:
             raise ConfigError(f"extremal.reward: {_one_line(exc)}") from None
     try:

@@ -20,6 +20,7 @@ from pipeline.geometry import Geometry
 from pipeline.images import MAX_PIXELS, check_resize, decode_image
 from pipeline.models import Preprocess
 from pipeline.shards import Sample, iter_samples
+from pipeline.storage import Storage
 
 
 @dataclass
@@ -42,16 +43,16 @@ def read_items(
     shard_url: str,
     preprocess: Preprocess,
     label_key: str | None = "cls",
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = Storage(),
     max_pixels: int = MAX_PIXELS,
-    reader: Callable[[str, dict[str, Any] | None], Iterator[Sample]] | None = None,
+    reader: Callable[[str, Storage], Iterator[Sample]] | None = None,
 ) -> Iterator[Item]:
     """Stream a shard's samples as ``Item``s: decode + preprocess each image; a sample that
     cannot be used gets ``error`` instead of raising. A damaged shard raises ShardReadError
     (after yielding the samples before the damage). ``max_pixels``: the memory guard, on the
     decoded image and on the size preprocessing resizes it to (``pipeline.images``). ``reader``:
     the unit's samples for another input format (``pipeline.tables.sample_reader``; default: a tar)."""
-    samples = reader(shard_url, storage_options) if reader else iter_samples(shard_url, storage_options, label_key)
+    samples = reader(shard_url, storage) if reader else iter_samples(shard_url, storage, label_key)
     for index, sample in enumerate(samples):
         item = Item(index=index, key=sample.key, label=sample.label, labels=sample.labels)
         if sample.error is not None or sample.image_bytes is None:

@@ -26,24 +26,25 @@ import pyarrow as pa
 import torch
 
 from pipeline.commit import commit_part
-from pipeline.config import JobConfig, storage_options
+from pipeline.config import JobConfig
 from pipeline.config_hash import config_hash
 from pipeline.lease import LeaseToken
 from pipeline.models import LoadedModel
 from pipeline.readahead import Item, Prefetcher, read_items
+from pipeline.storage import Storage
 from pipeline.tables import sample_reader
 
 
 @dataclass
 class ShardContext:
     """What the worker hands a task with each shard: ``attempt`` (from 1, recorded in the marker),
-    ``storage`` (fsspec options for ``s3://`` URLs; None: from the job's config, filled in by ``run``), ``lease`` (the
+    ``storage`` (``pipeline.storage.Storage``; None: from the job's config, filled in by ``run``), ``lease`` (the
     job's hold on the output, checked before the commit; None outside a driver's job), ``lock``
     (held while the shard computes, so an actor with several shards in flight reads ahead but runs
     one at a time), ``stats`` (more fields for the done-marker: where the shard ran)."""
 
     attempt: int = 1
-    storage: dict[str, Any] | None = None
+    storage: Storage | None = None
     lease: LeaseToken | None = None
     lock: threading.Lock | None = None
     stats: dict[str, Any] = field(default_factory=dict)
@@ -79,9 +80,9 @@ class ShardTask:
         cfg = self.cfg
         ctx = ctx if ctx is not None else ShardContext()
         if ctx.storage is None:
-            ctx = dataclasses.replace(ctx, storage=storage_options(cfg))
+            ctx = dataclasses.replace(ctx, storage=Storage.from_config(cfg))
         reader = sample_reader(cfg.input, cfg.targets.reads_labels)
-        source = read_items(shard_url, self.loaded.preprocess, storage_options=ctx.storage,
+        source = read_items(shard_url, self.loaded.preprocess, storage=ctx.storage,
                             max_pixels=cfg.input.max_pixels, reader=reader)
         with Prefetcher(source, maxsize=cfg.worker.prefetch) as items:
             # Reading starts before the lock: while another shard computes, this one reads ahead.

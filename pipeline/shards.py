@@ -29,7 +29,7 @@ from typing import Any
 from braceexpand import braceexpand
 
 from pipeline.images import decode_image as decode_image  # re-exported: decoding lives there
-from pipeline.storage import open_url, protocol, redact_url, scrub, url_to_fs
+from pipeline.storage import Storage, protocol, redact_url, scrub
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 # Members that would need unpickling (arbitrary code execution): never read.
@@ -68,8 +68,8 @@ class Sample:
 # ------------------------------------------------------------------------------------------------
 
 
-def _glob(pattern: str, storage_options: dict[str, Any] | None) -> list[str]:
-    fs, path = url_to_fs(pattern, storage_options)
+def _glob(pattern: str, storage: Storage) -> list[str]:
+    fs, path = storage.url_to_fs(pattern)
     matches = sorted(fs.glob(path))
     if "://" in pattern:
         return [fs.unstrip_protocol(m) for m in matches]
@@ -78,9 +78,9 @@ def _glob(pattern: str, storage_options: dict[str, Any] | None) -> list[str]:
     return matches
 
 
-def _read_list_file(url: str, storage_options: dict[str, Any] | None) -> list[str]:
+def _read_list_file(url: str, storage: Storage) -> list[str]:
     try:
-        with open_url(url, "rb", storage_options) as f:
+        with storage.open(url, "rb") as f:
             text = f.read().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"cannot read shard list @{url}: {exc}") from exc
@@ -101,7 +101,7 @@ def canonical_url(url: str) -> str:
     return posixpath.normpath(path) if path else url
 
 
-def expand_shards(spec: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[str]:
+def expand_shards(spec: str | Sequence[str], storage: Storage = Storage()) -> list[str]:
     """Shard URLs from a brace pattern, a glob (local or remote), ``@list.txt`` (one URL, brace
     pattern or glob per line; ``#`` comments), or a list of these. Order is kept (glob matches
     sorted), local paths canonicalised (``canonical_url``), duplicates dropped. Brace-expanded
@@ -113,15 +113,15 @@ def expand_shards(spec: str | Sequence[str], storage_options: dict[str, Any] | N
     for item in items:
         item = str(item).strip()
         if item.startswith("@"):
-            lines = _read_list_file(item[1:], storage_options)
+            lines = _read_list_file(item[1:], storage)
             if not lines:
                 raise ValueError(f"shard list {item} is empty")
-            urls.extend(expand_shards(lines, storage_options))
+            urls.extend(expand_shards(lines, storage))
             continue
         for url in braceexpand(item):
             # http(s) URLs are taken literally: '?' starts a query string (signed URLs), not a glob.
             if protocol(url) not in ("http", "https") and _GLOB_CHARS.search(url.split("://", 1)[-1]):
-                matches = _glob(url, storage_options)
+                matches = _glob(url, storage)
                 if not matches:
                     raise ValueError(f"no shards match {url!r}")
                 urls.extend(matches)
@@ -218,7 +218,7 @@ def _with_problems(sample: Sample, problems: list[str]) -> Sample:
 
 
 def iter_samples(
-    url: str, storage_options: dict[str, Any] | None = None, label_key: str | None = "cls"
+    url: str, storage: Storage = Storage(), label_key: str | None = "cls"
 ) -> Iterator[Sample]:
     """Stream the samples of one shard, in tar order.
 
@@ -244,7 +244,7 @@ def iter_samples(
                 raise
 
     try:
-        with open_url(url, "rb", storage_options) as raw:
+        with storage.open(url, "rb") as raw:
             # 'r|*': forward-only stream (no seeks, fine for S3), transparent gzip.
             with tarfile.open(fileobj=raw, mode="r|*", tarinfo=_EndTrackingTarInfo) as tar:
                 key: str | None = None

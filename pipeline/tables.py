@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import InputConfig
 from pipeline.shards import Sample, ShardReadError, expand_shards, iter_samples
-from pipeline.storage import open_url, redact_url, scrub, url_to_fs
+from pipeline.storage import Storage, redact_url, scrub
 
 FORMATS = ("webdataset", "parquet", "hf_datasets")
 _DEFAULT_IMAGE = {"parquet": "jpg", "hf_datasets": "image"}
@@ -46,8 +46,8 @@ def columns(cfg: InputConfig) -> tuple[str, str | None]:
     return image, key
 
 
-def sample_reader(cfg: InputConfig, reads_labels: bool = True) -> Callable[[str, dict[str, Any] | None], Iterator[Sample]]:
-    """``reader(url, storage_options)`` -> the unit's samples, for the configured format.
+def sample_reader(cfg: InputConfig, reads_labels: bool = True) -> Callable[[str, Storage], Iterator[Sample]]:
+    """``reader(url, storage)`` -> the unit's samples, for the configured format.
     ``reads_labels`` False: labels are not read (a job explaining the model's predictions)."""
     label_key = cfg.label_key if reads_labels else None
     if cfg.format == "webdataset":
@@ -56,30 +56,30 @@ def sample_reader(cfg: InputConfig, reads_labels: bool = True) -> Callable[[str,
     return lambda url, storage: iter_table_samples(url, storage, image, key, label_key)
 
 
-def iter_any_samples(url: str, storage_options: dict[str, Any] | None = None) -> Iterator[Sample]:
+def iter_any_samples(url: str, storage: Storage = Storage()) -> Iterator[Sample]:
     """A unit's samples without its job's config (the report drawing originals): tables by their
     suffix, with the first image column of ``jpg``, ``image``, ``png``, ``webp`` and ``key`` when
     present (else row numbers); anything else as a tar."""
     if not url.endswith((".parquet", ".arrow")):
-        return iter_samples(url, storage_options)
+        return iter_samples(url, storage)
     try:
-        with open_url(url, "rb", storage_options) as f:
+        with storage.open(url, "rb") as f:
             names = _schema_names(f, url)
     except Exception as exc:
         raise ShardReadError(f"cannot read {redact_url(url)}: {type(exc).__name__}") from None
     image = next((c for c in ("jpg", "image", "png", "webp") if c in names), "jpg")
-    return iter_table_samples(url, storage_options, image, "key" if "key" in names else None)
+    return iter_table_samples(url, storage, image, "key" if "key" in names else None)
 
 
-def expand_units(cfg: InputConfig, storage_options: dict[str, Any] | None = None) -> list[str]:
+def expand_units(cfg: InputConfig, storage: Storage = Storage()) -> list[str]:
     """The units of work: shard / Parquet URLs as ``expand_shards`` lists them; for
     ``hf_datasets`` a folder stands for its Arrow files (``cache-*`` skipped), else its Parquet
     files, recursively, sorted."""
     if cfg.format != "hf_datasets":
-        return expand_shards(cfg.shards, storage_options)
+        return expand_shards(cfg.shards, storage)
     units: list[str] = []
-    for url in expand_shards(cfg.shards, storage_options):
-        fs, path = url_to_fs(url, storage_options)
+    for url in expand_shards(cfg.shards, storage):
+        fs, path = storage.url_to_fs(url)
         if not fs.isdir(path):
             units.append(url)
             continue
@@ -150,14 +150,14 @@ def _label(value: Any) -> int:
 
 
 def iter_table_samples(
-    url: str, storage_options: dict[str, Any] | None, image_column: str, key_column: str | None, label_key: str | None = "cls"
+    url: str, storage: Storage, image_column: str, key_column: str | None, label_key: str | None = "cls"
 ) -> Iterator[Sample]:
     """Stream one Parquet / Arrow file's rows as ``Sample``s, in file order. Raises
     ShardReadError (after the rows before the damage) when the file cannot be read, and at once
     when it lacks the image or key column."""
     count = 0
     try:
-        with open_url(url, "rb", storage_options) as f:
+        with storage.open(url, "rb") as f:
             names = _schema_names(f, url)
             missing = [c for c in (image_column, key_column) if c is not None and c not in names]
             if missing:

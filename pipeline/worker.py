@@ -1,7 +1,7 @@
 """The worker: a Ray actor (a plain class the driver wraps with ``ray.remote``, so it also runs
 in-process) that builds its task once (``pipeline.tasks``: model loaded, method prepared) and then
 runs it on one shard per call. It owns what is the same for every task: the device, the torch
-threads, the storage options and the compute lock that lets the next shard read ahead while the
+threads, the storage and the compute lock that lets the next shard read ahead while the
 current one computes, handed to the task in a ``ShardContext`` (``pipeline.shard_task``).
 """
 
@@ -14,9 +14,10 @@ from typing import Any
 
 import torch
 
-from pipeline.config import JobConfig, storage_options
+from pipeline.config import JobConfig
 from pipeline.lease import LeaseToken
 from pipeline.shard_task import ShardContext, ShardTask
+from pipeline.storage import Storage
 from pipeline.tasks import AttributionTask
 
 
@@ -59,7 +60,7 @@ class ShardWorker:
                 "a model.factory that builds unseeded weights, or a checkpoint changed since the job started; "
                 "seed the factory or give model.checkpoint"
             )
-        self.storage = storage_options(cfg)
+        self.storage = Storage.from_config(cfg)
         # The driver runs this actor with max_concurrency = max_in_flight_per_actor: the next
         # shard's reader starts while the current shard computes; the lock serialises compute.
         self._compute = threading.Lock()

@@ -135,9 +135,9 @@ class HFClassifier(nn.Module):
 @functools.lru_cache(maxsize=4)
 def _local_copy(url: str) -> str:
     """A remote model folder copied to a temporary folder, once per process."""
-    from pipeline.storage import url_to_fs
+    from pipeline.storage import Storage
 
-    fs, path = url_to_fs(url, None)
+    fs, path = Storage().url_to_fs(url)
     if not fs.isdir(path):
         raise ValueError(f"hf model folder not found: {url}")
     local = tempfile.mkdtemp(prefix="hf-model-")

@@ -22,7 +22,7 @@ A class without a card gets ``MethodCard()``: signed maps, no smoothing, no valu
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from ..settings import ExtremalSettings
@@ -112,6 +112,5 @@ def method_defaults(cls: type) -> dict[str, Any]:
         if p.default is not inspect.Parameter.empty:
             out[p.name] = p.default
     if card_of(cls).engine_settings:
-        defaults = ExtremalSettings()
-        out.update({f.name: getattr(defaults, f.name) for f in fields(ExtremalSettings)})
+        out.update(ExtremalSettings().flat())
     return out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -114,7 +114,7 @@ class ExtremalExplainer:
 
     @classmethod
     def parameter_names(cls) -> tuple[str, ...]:
-        return ("settings", "reward", *(f.name for f in fields(ExtremalSettings)))
+        return ("settings", "reward", *ExtremalSettings.group_of())
 
     def explain(self, images: torch.Tensor, targets: int | Sequence[int] | torch.Tensor) -> Explanation:
         """maps `[B, A, H, W]` (the masks), labels: the areas, values: `ExtremalResult`'s rows."""
@@ -137,9 +137,9 @@ class ExtremalExplainer:
         out = {k: torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None for k in parts[0]}
 
         scores = normalized_scores(out["preserved"], out["phi0"], out["phi_min"])
-        best, reached = optimal_area(scores, settings.areas)
+        best, reached = optimal_area(scores, settings.optim.areas)
         return ExtremalResult(
-            areas=settings.areas, targets=t, scores=scores, optimal_area=best, optimal_area_reached=reached, **out
+            areas=settings.optim.areas, targets=t, scores=scores, optimal_area=best, optimal_area_reached=reached, **out
         )
 
     def images_per_batch(self, images: torch.Tensor) -> int:
@@ -147,7 +147,7 @@ class ExtremalExplainer:
         key = (images.device, tuple(images.shape[1:]), images.dtype)
         if key not in self._images_per_batch:
             masks = masks_per_batch(self.model, images, self.settings)
-            self._images_per_batch[key] = max(1, masks // (len(self.settings.areas) * _copies(self.settings)))
+            self._images_per_batch[key] = max(1, masks // (len(self.settings.optim.areas) * _copies(self.settings)))
         return self._images_per_batch[key]
 
 
@@ -158,23 +158,23 @@ def masks_per_batch(model: torch.nn.Module, images: torch.Tensor, settings: Extr
     (default: 80 % of the memory free on the device plus what PyTorch's allocator holds
     unused) and a one-iteration probe of the peak memory per mask.
     """
-    if settings.max_masks_per_batch is not None:
-        return settings.max_masks_per_batch
+    if settings.execution.max_masks_per_batch is not None:
+        return settings.execution.max_masks_per_batch
     if images.device.type != "cuda":
         return _CPU_MASKS_PER_BATCH
     free, _ = torch.cuda.mem_get_info(images.device)
     cached = torch.cuda.memory_reserved(images.device) - torch.cuda.memory_allocated(images.device)
-    budget = (settings.memory_budget_mb * 2**20) if settings.memory_budget_mb else 0.8 * (free + cached)
+    budget = (settings.execution.memory_budget_mb * 2**20) if settings.execution.memory_budget_mb else 0.8 * (free + cached)
     torch.cuda.reset_peak_memory_stats(images.device)
     base = torch.cuda.memory_allocated(images.device)
     probe = settings.with_overrides(max_iter=1, keep_history=False)
     optimize_masks(model, images[:1], torch.zeros(1, dtype=torch.long, device=images.device), get_reward("simple"), probe)
-    per_mask = (torch.cuda.max_memory_allocated(images.device) - base) / (len(settings.areas) * _copies(settings))
+    per_mask = (torch.cuda.max_memory_allocated(images.device) - base) / (len(settings.optim.areas) * _copies(settings))
     return max(1, int(budget // max(per_mask, 1)))
 
 
 def _copies(settings: ExtremalSettings) -> int:
-    return 2 if settings.variant == "dual" else 1
+    return 2 if settings.optim.variant == "dual" else 1
 
 
 def explain_batch(
@@ -182,23 +182,23 @@ def explain_batch(
 ) -> dict[str, torch.Tensor | None]:
     """Clean and fully perturbed scores, the optimization, and the final masks' rewards for one micro-batch."""
     b, c, h, w = images.shape
-    a = len(settings.areas)
+    a = len(settings.optim.areas)
     with torch.no_grad():
         clean = model_scores(model, images, settings)
         check_targets(targets, clean.shape[1])
-        pyramid = build_pyramid(images, settings.num_levels, settings.max_blur, settings.perturbation)
+        pyramid = build_pyramid(images, settings.masks.num_levels, settings.masks.max_blur, settings.masks.perturbation)
         phi_min = reward(model_scores(model, pyramid[:, 0], settings), targets)
     found = optimize_masks(model, images, targets, reward, settings, pyramid)
     with torch.no_grad():
         per_mask = targets.repeat_interleave(a)
         final = model_scores(
-            model, variant_inputs(pyramid, found.masks, settings.variant, settings.native_cpu_kernels), settings
+            model, variant_inputs(pyramid, found.masks, settings.optim.variant, settings.execution.native_cpu_kernels), settings
         )
-        rewards = variant_reward(final, per_mask, reward, settings.variant)
-        if settings.variant == "preserve":
+        rewards = variant_reward(final, per_mask, reward, settings.optim.variant)
+        if settings.optim.variant == "preserve":
             preserved = rewards
         else:
-            kept = perturb(pyramid, found.masks, settings.native_cpu_kernels).reshape(-1, c, h, w)
+            kept = perturb(pyramid, found.masks, settings.execution.native_cpu_kernels).reshape(-1, c, h, w)
             preserved = reward(model_scores(model, kept, settings), per_mask)
     return {
         "masks": found.masks,

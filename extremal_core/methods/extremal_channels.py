@@ -4,7 +4,6 @@ layer, and the channel-saliency map Σ_k (1 - m_k)·|Φ_1(x)_k| as the explanati
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import fields
 
 import torch
 
@@ -76,13 +75,13 @@ class ChannelExplainer:
         self.layer = layer
         self.model = engine_model(model, self.settings, rewrites=False)
         self.module = find_layer(self.model, layer)
-        copies = 2 if self.settings.variant == "dual" else 1
-        bound = self.settings.max_masks_per_batch or _MASKS_PER_BATCH
-        self.images_per_batch = max(1, bound // (len(self.settings.areas) * copies))
+        copies = 2 if self.settings.optim.variant == "dual" else 1
+        bound = self.settings.execution.max_masks_per_batch or _MASKS_PER_BATCH
+        self.images_per_batch = max(1, bound // (len(self.settings.optim.areas) * copies))
 
     @classmethod
     def parameter_names(cls) -> tuple[str, ...]:
-        return ("layer", "settings", "reward", *(f.name for f in fields(ExtremalSettings)))
+        return ("layer", "settings", "reward", *ExtremalSettings.group_of())
 
     def explain(self, images: torch.Tensor, targets: int | Sequence[int] | torch.Tensor) -> Explanation:
         """maps `[B, A, H, W]` (channel saliency), labels: the areas, values: see `as_explanation`."""
@@ -96,4 +95,4 @@ class ChannelExplainer:
             chunk = slice(lo, lo + self.images_per_batch)
             parts.append(optimize_channels(self.model, self.module, images[chunk], t[chunk], self.reward, self.settings))
         out = {k: torch.cat([p[k] for p in parts]) if parts[0][k] is not None else None for k in parts[0]}
-        return ChannelResult(areas=self.settings.areas, layer=self.layer, targets=t, **out)
+        return ChannelResult(areas=self.settings.optim.areas, layer=self.layer, targets=t, **out)

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from pipeline.datasets.entry import SourceSample, image_payload, label_fields, make_key, unique_keys
-from pipeline.storage import url_to_fs
+from pipeline.storage import Storage
 
 
 def default_annotations(images: str) -> str:
@@ -22,12 +22,12 @@ def default_annotations(images: str) -> str:
 
 
 def coco_entries(
-    images: str, annotations: str | None = None, storage_options: dict[str, Any] | None = None
+    images: str, annotations: str | None = None, storage: Storage = Storage()
 ) -> tuple[list[SourceSample], list[str]]:
     """(samples in image-id order, class names by index). ``annotations``: the instances JSON
     (default: ``default_annotations(images)``); it is read once, here."""
     annotations = annotations or default_annotations(images)
-    afs, apath = url_to_fs(annotations, storage_options)
+    afs, apath = storage.url_to_fs(annotations)
     try:
         data = json.loads(afs.cat_file(apath))
     except FileNotFoundError:
@@ -44,7 +44,7 @@ def coco_entries(
     imgs = sorted(data.get("images", []), key=lambda im: im["id"])
     if not imgs:
         raise ValueError(f"no images in {annotations}")
-    fs, base = url_to_fs(images.rstrip("/"), storage_options)
+    fs, base = storage.url_to_fs(images.rstrip("/"))
 
     def loader(img: dict[str, Any], anns: list[dict[str, Any]]):
         def load() -> tuple[bytes, str, dict[str, Any]]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.datasets.entry import IMAGE_SUFFIXES, SourceSample, image_payload, label_fields, make_key, unique_keys
-from pipeline.storage import url_to_fs
+from pipeline.storage import Storage
 
 
-def imagefolder_entries(root: str, storage_options: dict[str, Any] | None = None) -> tuple[list[SourceSample], list[str]]:
+def imagefolder_entries(root: str, storage: Storage = Storage()) -> tuple[list[SourceSample], list[str]]:
     """(samples in (class, path) order, class names). Keys: ``<class>/<relative path without the
     extension>``, sanitized (``pipeline.datasets.entry.make_key``)."""
-    fs, base = url_to_fs(root.rstrip("/"), storage_options)
+    fs, base = storage.url_to_fs(root.rstrip("/"))
     base = base.rstrip("/")
     classes = sorted(p.rpartition("/")[2] for p in fs.ls(base, detail=False) if fs.isdir(p))
     if not classes:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.config import InputConfig
 from pipeline.datasets.entry import SourceSample, image_payload, label_fields, make_key, unique_keys
-from pipeline.storage import open_url
+from pipeline.storage import Storage
 from pipeline.tables import columns, expand_units, image_bytes
 
 
@@ -34,13 +34,13 @@ def _arrow_table(raw: bytes) -> pa.Table:
 class _Rows:
     """Random access to one file's image column by row number, one row group (or table) cached."""
 
-    def __init__(self, url: str, column: str, storage_options: dict[str, Any] | None) -> None:
-        self.url, self.column, self.storage = url, column, storage_options
+    def __init__(self, url: str, column: str, storage: Storage) -> None:
+        self.url, self.column, self.storage = url, column, storage
         self.lock = threading.Lock()
         self.cached: tuple[int, pa.Table] | None = None  # (first row, rows)
 
     def _table(self, row: int) -> tuple[int, pa.Table]:
-        with open_url(self.url, "rb", self.storage) as f:
+        with self.storage.open(self.url, "rb") as f:
             if self.url.endswith(".arrow"):
                 return 0, _arrow_table(f.read()).select([self.column])
             parquet = pq.ParquetFile(f)
@@ -60,9 +60,9 @@ class _Rows:
             return table.column(self.column)[row - first].as_py()
 
 
-def _listing(url: str, key_column: str | None, label_key: str, storage_options) -> list[tuple[str | None, int | None]]:
+def _listing(url: str, key_column: str | None, label_key: str, storage: Storage) -> list[tuple[str | None, int | None]]:
     """(key, label) of every row, reading only those columns."""
-    with open_url(url, "rb", storage_options) as f:
+    with storage.open(url, "rb") as f:
         if url.endswith(".arrow"):
             table = _arrow_table(f.read())
         else:
@@ -78,7 +78,7 @@ def _listing(url: str, key_column: str | None, label_key: str, storage_options) 
 
 def table_entries(
     source: str, fmt: str, image_column: str = "auto", key_column: str | None = "auto",
-    label_key: str = "label", storage_options: dict[str, Any] | None = None,
+    label_key: str = "label", storage: Storage = Storage(),
 ) -> tuple[list[SourceSample], list[str]]:
     """(samples in file then row order, class names: none known). ``fmt``: ``parquet`` or
     ``hf_datasets``. Keys: the key column's value, or ``<file stem>/<row>`` without one
@@ -86,10 +86,10 @@ def table_entries(
     cfg = InputConfig(shards=source, format=fmt, image_column=image_column, key_column=key_column, label_key=label_key)
     image, key_column = columns(cfg)
     found: list[tuple[_Rows, int, str, int | None]] = []
-    for url in expand_units(cfg, storage_options):
-        rows = _Rows(url, image, storage_options)
+    for url in expand_units(cfg, storage):
+        rows = _Rows(url, image, storage)
         stem = url.rpartition("/")[2].rpartition(".")[0]
-        for i, (key, label) in enumerate(_listing(url, key_column, label_key, storage_options)):
+        for i, (key, label) in enumerate(_listing(url, key_column, label_key, storage)):
             found.append((rows, i, f"{stem}/{i}" if key is None else str(key), None if label in (None, -1) else int(label)))
 
     def loader(rows: _Rows, index: int, name: str, label: int | None):

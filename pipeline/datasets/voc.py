@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from pipeline.datasets.entry import SourceSample, image_payload, label_fields, make_key, unique_keys
-from pipeline.storage import url_to_fs
+from pipeline.storage import Storage
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -56,13 +56,13 @@ def parse_voc_xml(data: bytes, where: str = "annotation") -> dict[str, Any]:
 
 
 def voc_entries(
-    root: str, split: str | None = None, storage_options: dict[str, Any] | None = None
+    root: str, split: str | None = None, storage: Storage = Storage()
 ) -> tuple[list[SourceSample], list[str]]:
     """(samples of a VOC folder (local path or fsspec URL) in id order, class names by index).
 
     ``split``: the ids of ``ImageSets/Main/<split>.txt``; None: every ``Annotations/*.xml``.
     """
-    fs, base = url_to_fs(root.rstrip("/"), storage_options)
+    fs, base = storage.url_to_fs(root.rstrip("/"))
     if split is not None:
         listing = f"{base}/ImageSets/Main/{split}.txt"
         try:

@@ -24,7 +24,7 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.datasets.entry import SourceSample
-from pipeline.storage import join, json_bytes, read_json, url_to_fs, write_bytes
+from pipeline.storage import Storage, join, json_bytes
 
 PARAMS_JSON = "make_shards.json"
 
@@ -79,8 +79,8 @@ def _load(sample: SourceSample) -> tuple[str, tuple[bytes, str, dict[str, Any]]]
         raise ValueError(f"sample {sample.key!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def _exists(url: str, storage_options: dict[str, Any] | None) -> bool:
-    fs, path = url_to_fs(url, storage_options)
+def _exists(url: str, storage: Storage) -> bool:
+    fs, path = storage.url_to_fs(url)
     fs.invalidate_cache(path)
     return fs.exists(path)
 
@@ -92,7 +92,7 @@ def write_dataset_shards(
     shard_size: int = 1000,
     prefix: str = "shard",
     source: dict[str, Any] | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = Storage(),
     workers: int = 8,
     progress: bool = True,
 ) -> ShardWriteReport:
@@ -111,17 +111,17 @@ def write_dataset_shards(
     params = {"source": source or {}, "shard_size": shard_size, "prefix": prefix, "samples": len(samples),
               "first_key": samples[0].key, "last_key": samples[-1].key}
     params_url = join(out, PARAMS_JSON)
-    previous = read_json(params_url, storage_options)
+    previous = storage.read_json(params_url)
     if previous is not None and previous != json.loads(json_bytes(params)):
         raise ShardSettingsError(f"{out} holds shards made with other settings ({params_url}); use another --out")
     if previous is None:
-        write_bytes(params_url, json_bytes(params), storage_options)
+        storage.write_bytes(params_url, json_bytes(params))
 
     n = (len(samples) + shard_size - 1) // shard_size
     report = ShardWriteReport(shards=[join(out, f"{prefix}-{i:06d}.tar") for i in range(n)], samples=len(samples))
     todo: list[tuple[int, str]] = []
     for i, url in enumerate(report.shards):
-        if _exists(url, storage_options):
+        if _exists(url, storage):
             report.skipped.append(url)
         else:
             todo.append((i, url))
@@ -133,7 +133,7 @@ def write_dataset_shards(
             for item in pool.map(_load, samples[i * shard_size : (i + 1) * shard_size]):
                 loaded.append(item)
                 bar.update(1)
-            write_bytes(url, shard_bytes(loaded), storage_options)
+            storage.write_bytes(url, shard_bytes(loaded))
             report.written.append(url)
     bar.close()
     return report

@@ -15,13 +15,13 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.evaluation.table_files import write_table_files
 from pipeline.io.parts import iter_part_batches, output_part_urls
+from pipeline.storage import Storage
 
 ALL = None  # the class key of the all-classes rows (null in the tables)
 _COLUMNS = ["target", "areas", "scores", "optimal_area", "optimal_area_reached", "error"]
@@ -113,13 +113,13 @@ def add_batch(result: AreaGrowth, batch: pa.RecordBatch) -> None:
                    np.array([bool(cols["optimal_area_reached"][i]) for i in idx]))
 
 
-def area_growth(uri: str, storage_options: dict[str, Any] | None = None, batch_rows: int = 4096) -> AreaGrowth:
+def area_growth(uri: str, storage: Storage = Storage(), batch_rows: int = 4096) -> AreaGrowth:
     """The summary over every part under ``uri`` (an attribution output), streamed. Raises
     FileNotFoundError when there is no part."""
     result = AreaGrowth()
-    for url in output_part_urls(uri, storage_options):
+    for url in output_part_urls(uri, storage):
         try:
-            for batch in iter_part_batches(url, storage_options, _COLUMNS, batch_rows, require=_COLUMNS):
+            for batch in iter_part_batches(url, storage, _COLUMNS, batch_rows, require=_COLUMNS):
                 add_batch(result, batch)
         except ValueError as exc:
             raise ValueError(f"{exc}: not an attribution part") from None
@@ -178,6 +178,6 @@ def format_summary(result: AreaGrowth, max_classes: int = 20) -> str:
     return "\n".join(lines)
 
 
-def write_tables(out_uri: str, result: AreaGrowth, storage_options: dict[str, Any] | None = None) -> list[str]:
+def write_tables(out_uri: str, result: AreaGrowth, storage: Storage = Storage()) -> list[str]:
     """Each table as ``<out>/<name>.csv`` and ``.parquet``; returns the URLs."""
-    return write_table_files(out_uri, tables(result), storage_options)
+    return write_table_files(out_uri, tables(result), storage)

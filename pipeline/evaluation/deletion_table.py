@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline.evaluation.table_files import write_table_files
 from pipeline.io.parts import iter_part_batches, output_part_urls
+from pipeline.storage import Storage
 
 SUMMARY = "deletion_insertion"
 _METRICS = ("deletion_auc", "insertion_auc", "road_morf_auc", "road_lerf_auc")  # ROAD's: with --road only
@@ -51,12 +51,12 @@ class MethodTally:
         return math.sqrt(max(0.0, self.squares[i] / self.counts[i] - self.mean(i) ** 2))
 
 
-def summarize(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, MethodTally]:
+def summarize(uri: str, storage: Storage = Storage()) -> dict[str, MethodTally]:
     """method -> its tally, over every part under ``uri`` (an evaluation output). Raises
     FileNotFoundError when there is no part."""
     tallies: dict[str, MethodTally] = {}
-    for url in output_part_urls(uri, storage_options):
-        for batch in iter_part_batches(url, storage_options, ["method", "step", *_METRICS, "error"]):
+    for url in output_part_urls(uri, storage):
+        for batch in iter_part_batches(url, storage, ["method", "step", *_METRICS, "error"]):
             cols = batch.to_pydict()
             ok = np.array([e is None for e in cols["error"]], dtype=bool)
             methods = np.array([m or "" for m in cols["method"]], dtype=object)
@@ -101,6 +101,6 @@ def format_summary(tallies: dict[str, MethodTally]) -> str:
     return "\n".join(lines)
 
 
-def write_summary(out_uri: str, table: pa.Table, storage_options: dict[str, Any] | None = None) -> list[str]:
+def write_summary(out_uri: str, table: pa.Table, storage: Storage = Storage()) -> list[str]:
     """``<out>/deletion_insertion.csv`` and ``.parquet``; returns the URLs."""
-    return write_table_files(out_uri, {SUMMARY: table}, storage_options)
+    return write_table_files(out_uri, {SUMMARY: table}, storage)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
-from pipeline.storage import open_url
+from pipeline.storage import Storage
 
 FLAG_FILES = {"voc": "pointing_game_ebp_voc07_difficult.txt", "coco": "pointing_game_ebp_coco_difficult.txt"}
 
@@ -34,7 +34,7 @@ def load_flags(fmt: str | None, path: str | None = None) -> Flags | None:
     """The flags of a dataset format (``voc``, ``coco``): from ``path`` (any fsspec URL) when
     given, else from the installed TorchRay package; None when there are none."""
     if path:
-        with open_url(path, "rb") as f:
+        with Storage().open(path) as f:
             return parse_flags(f.read().decode())
     name = FLAG_FILES.get(fmt or "")
     if name is None:

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import JobConfig, storage_options
+from pipeline.config import JobConfig
 from pipeline.evaluation.mprt_task import EMPRT_COLUMNS, MPRTSettings, MPRTTask, SmoothedAttributionTask
 from pipeline.evaluation.randomization import Stage, stages
 from pipeline.io.parts import iter_part_batches, output_part_urls
-from pipeline.storage import join
+from pipeline.storage import Storage, join
 
 SUMMARY = "mprt"
 # Means per method; each with its standard deviation for the two scores.
@@ -62,10 +62,10 @@ def run_mprt(
     uri = join(out_uri, SUMMARY if samples <= 0 else f"{SUMMARY}-smprt-{tag}")
     summaries.append(run_job(at(uri), progress_stream=progress_stream, evaluation=settings.hashed(),
                              task_class=functools.partial(MPRTTask, settings=settings)))
-    return summary_table(uri, storage_options(cfg), samples, magnitude), summaries
+    return summary_table(uri, Storage.from_config(cfg), samples, magnitude), summaries
 
 
-def summary_table(uri: str, storage: dict[str, Any] | None = None, samples: int = 0, magnitude: float = 0.1) -> pa.Table:
+def summary_table(uri: str, storage: Storage = Storage(), samples: int = 0, magnitude: float = 0.1) -> pa.Table:
     """One row per method over the rows under ``uri``: ``rows``, ``errors``, ``scored`` (rows
     with an eMPRT score), the mean of each of ``_MEANS`` over the rows that have it (NaN: none),
     ``emprt_std`` and ``smprt_std``, ``smprt_rows``, and sMPRT's ``samples`` and ``noise``."""

@@ -41,7 +41,7 @@ from pipeline.models import load_model
 from pipeline.readahead import Item
 from pipeline.schema import restore_maps
 from pipeline.shard_task import ShardContext, ShardTask
-from pipeline.storage import redact_url
+from pipeline.storage import Storage, redact_url
 
 _F32 = pa.float32()
 EMPRT_COLUMNS = ("emprt", "explanation_rise", "model_rise", "emprt_vs_model")
@@ -112,7 +112,7 @@ class MPRTSettings:
                 "magnitude": self.magnitude, "bins": self.bins}
 
 
-def _by_row(uri: str, shard_url: str, storage: dict[str, Any] | None) -> dict[tuple[str, int], dict[str, Any]]:
+def _by_row(uri: str, shard_url: str, storage: Storage) -> dict[tuple[str, int], dict[str, Any]]:
     """(key, target) -> the good rows of the shard's part under ``uri`` (empty when it has none)."""
     try:
         return {(r["key"], r["target"]): r for r in iter_part_rows(part_uri(uri, shard_url), storage, _READ)

@@ -24,6 +24,7 @@ from pipeline.metrics.ground_truth import class_mask, image_name, image_size
 from pipeline.metrics.pointing_game import TOLERANCE, Tally, argmax_point, center_point, is_hit, resize_to_original
 from pipeline.schema import restore_maps
 from pipeline.shards import iter_samples
+from pipeline.storage import Storage
 
 SUBSETS = ("all", "difficult")
 _COLUMNS = ["key", "shard", "method", "target", "width", "height", "maps", "map_min", "map_max", "map_height",
@@ -59,19 +60,19 @@ class PartResult:
         return self
 
 
-def shard_annotations(shard_url: str, storage_options: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def shard_annotations(shard_url: str, storage: Storage = Storage()) -> dict[str, dict[str, Any]]:
     """key -> the sample's json of one shard (its annotations). A key repeated in the shard keeps
     its first sample's json: the job's row for that key is the first sample's (the repeat is an
     error row), so the repeat's annotations must never score it."""
     found: dict[str, dict[str, Any]] = {}
-    for s in iter_samples(shard_url, storage_options):
+    for s in iter_samples(shard_url, storage):
         found.setdefault(s.key, s.meta)
     return {k: meta for k, meta in found.items() if meta}
 
 
 def evaluate_part(
     part_url: str,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = Storage(),
     *,
     tolerance: float = TOLERANCE,
     smooth: float | None = None,
@@ -86,14 +87,14 @@ def evaluate_part(
     result = PartResult()
     annotations: dict[str, dict[str, dict[str, Any]]] = {}  # shard -> key -> meta (a part has one shard)
     locate = ShardLocator(shards)
-    for row in iter_part_rows(part_url, storage_options, _COLUMNS, batch_rows):
+    for row in iter_part_rows(part_url, storage, _COLUMNS, batch_rows):
         result.rows += 1
         if row["error"] is not None:
             result.errors += 1
             continue
         if row["shard"] not in annotations:
             annotations.clear()  # keep one shard's annotations at a time
-            annotations[row["shard"]] = shard_annotations(locate(row["shard"]), storage_options)
+            annotations[row["shard"]] = shard_annotations(locate(row["shard"]), storage)
         meta = annotations[row["shard"]].get(row["key"])
         if meta is None:
             result.unannotated += 1
@@ -124,7 +125,7 @@ def evaluate_part(
 
 def run_pointing_game(
     results_uri: str,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = Storage(),
     *,
     use_ray: bool = True,
     max_in_flight: int = 16,
@@ -135,14 +136,14 @@ def run_pointing_game(
     ``max_in_flight`` at once, on the Ray instance the caller connected), or in this process with
     ``use_ray=False``. ``options``: ``evaluate_part``'s. ``on_part(done, total)`` after each part.
     Raises FileNotFoundError when there is no part."""
-    parts = part_urls(results_uri, storage_options)
+    parts = part_urls(results_uri, storage)
     if not parts:
         raise FileNotFoundError(f"no Parquet parts under {results_uri.rstrip('/')}/parts")
     total = PartResult()
     done = 0
     if not use_ray:
         for url in parts:
-            total.merge(evaluate_part(url, storage_options, **options))
+            total.merge(evaluate_part(url, storage, **options))
             done += 1
             if on_part is not None:
                 on_part(done, len(parts))
@@ -154,7 +155,7 @@ def run_pointing_game(
     queue = list(parts)
     while queue or pending:
         while queue and len(pending) < max_in_flight:
-            pending.append(remote.remote(queue.pop(0), storage_options, **options))
+            pending.append(remote.remote(queue.pop(0), storage, **options))
         ready, pending = ray.wait(pending, num_returns=1)
         total.merge(ray.get(ready[0]))
         done += 1

@@ -6,13 +6,12 @@ as CSV and Parquet (plain Arrow types: pandas, DuckDB read them)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyarrow as pa
 
 from pipeline.evaluation.pointing_run import SUBSETS, PartResult
 from pipeline.evaluation.table_files import write_table_files
 from pipeline.metrics.energy_pointing import EnergyTally
+from pipeline.storage import Storage
 
 SUMMARY = "pointing_game"
 PER_CLASS = "pointing_game_classes"
@@ -82,7 +81,7 @@ def format_summary(result: PartResult, published: dict[str, tuple[float, float]]
     return "\n".join(lines)
 
 
-def write_tables(out_uri: str, result: PartResult, storage_options: dict[str, Any] | None = None) -> list[str]:
+def write_tables(out_uri: str, result: PartResult, storage: Storage = Storage()) -> list[str]:
     """Write the tables as ``<out>/pointing_game[_classes|_rows].csv|parquet``; returns the URLs."""
     tables = {SUMMARY: summary_table(result), PER_CLASS: class_table(result), COUNTS: counts_table(result)}
-    return write_table_files(out_uri, tables, storage_options)
+    return write_table_files(out_uri, tables, storage)

@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.commit import PARTS_DIR
-from pipeline.config import JobConfig, storage_options
+from pipeline.config import JobConfig
 from pipeline.evaluation.randomization import MODES, RandomizedAttributionTask, Stage, learnable_layers, stages
 from pipeline.evaluation.table_files import write_table_files
 from pipeline.io.parts import iter_part_rows, part_urls
 from pipeline.metrics.similarity import METRICS, map_similarity
 from pipeline.models import load_model
 from pipeline.schema import restore_maps
-from pipeline.storage import join
+from pipeline.storage import Storage, join
 
 SUMMARY = "sanity_check"
 _COLUMNS = ["key", "target", "maps", "map_min", "map_max", "map_height", "map_width", "error"]
@@ -36,7 +36,7 @@ def _summed(row: dict[str, Any]) -> np.ndarray:
     return restore_maps(row["stored"], row["map_min"], row["map_max"]).sum(axis=0)
 
 
-def compare_outputs(original_uri: str, stage_uri: str, storage: dict[str, Any] | None = None,
+def compare_outputs(original_uri: str, stage_uri: str, storage: Storage = Storage(),
                     hog_cell: int = 16) -> dict[str, list[float]]:
     """metric -> the similarity of every (key, target) row good in both outputs, part by part
     (parts share their shard's name)."""
@@ -91,7 +91,7 @@ def run_sanity_check(
     top = top_down_layers(cfg, layers)
     plan = stages(top, modes)
     summaries = [run_job(cfg, progress_stream=progress_stream)]
-    st = storage_options(cfg)
+    storage = Storage.from_config(cfg)
 
     def run_stage(stage: Stage) -> Any:
         stage_cfg = dataclasses.replace(cfg, output=dataclasses.replace(cfg.output, uri=join(out_uri, stage.folder)))
@@ -102,7 +102,7 @@ def run_sanity_check(
     results: list[tuple[Stage, dict[str, list[float]]]] = []
     for stage in plan:
         summaries.append(run_stage(stage))
-        results.append((stage, compare_outputs(cfg.output.uri, join(out_uri, stage.folder), st, hog_cell)))
+        results.append((stage, compare_outputs(cfg.output.uri, join(out_uri, stage.folder), storage, hog_cell)))
     if mprt:
         from pipeline.evaluation.mprt_run import run_mprt
 
@@ -140,7 +140,7 @@ def format_table(table: pa.Table) -> str:
     return "\n".join(lines)
 
 
-def write_table(out_uri: str, table: pa.Table, storage: dict[str, Any] | None = None,
+def write_table(out_uri: str, table: pa.Table, storage: Storage = Storage(),
                 mprt: pa.Table | None = None) -> list[str]:
     """``<out>/sanity_check.csv`` and ``.parquet`` (and ``mprt.*`` when given); returns the URLs."""
     return write_table_files(out_uri, {SUMMARY: table, **({"mprt": mprt} if mprt is not None else {})}, storage)

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Mapping
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pipeline.schema import table_to_parquet_bytes
-from pipeline.storage import join, write_bytes
+from pipeline.storage import Storage, join
 
 
-def write_table_files(out_uri: str, tables: Mapping[str, pa.Table], storage_options: dict[str, Any] | None = None) -> list[str]:
+def write_table_files(out_uri: str, tables: Mapping[str, pa.Table], storage: Storage = Storage()) -> list[str]:
     """Each ``name: table`` as ``<out>/<name>.csv`` and ``<out>/<name>.parquet``; returns the URLs."""
     urls = []
     for name, table in tables.items():
@@ -22,6 +21,6 @@ def write_table_files(out_uri: str, tables: Mapping[str, pa.Table], storage_opti
         pacsv.write_csv(table, buf)
         for ext, data in (("csv", buf.getvalue()), ("parquet", table_to_parquet_bytes(table))):
             url = join(out_uri, f"{name}.{ext}")
-            write_bytes(url, data, storage_options)
+            storage.write_bytes(url, data)
             urls.append(url)
     return urls

@@ -24,7 +24,7 @@ from PIL import Image
 from pipeline.commit import PARTS_DIR
 from pipeline.geometry import Geometry
 from pipeline.schema import restore_maps
-from pipeline.storage import redact_url, url_to_fs
+from pipeline.storage import Storage, redact_url
 
 # What every attribution part holds (``pipeline.schema``): what an evaluation of one reads.
 ATTRIBUTION_COLUMNS = ("shard", "key", "target", "method", "maps", "error")
@@ -34,13 +34,13 @@ class NotAnOutputError(ValueError):
     """The folder is not an attribution output (a user's folder, another job's kind of output)."""
 
 
-def check_attribution_output(uri: str, storage_options: dict[str, Any] | None = None) -> None:
+def check_attribution_output(uri: str, storage: Storage = Storage()) -> None:
     """Raise NotAnOutputError (one line) unless the parts under ``uri`` have the attribution
     columns (its first part's schema is read); FileNotFoundError when there is no part."""
-    urls = part_urls(uri, storage_options)
+    urls = part_urls(uri, storage)
     if not urls:
         raise FileNotFoundError(f"no Parquet parts under {uri.rstrip('/')}/{PARTS_DIR}")
-    fs, path = url_to_fs(urls[0], storage_options)
+    fs, path = storage.url_to_fs(urls[0])
     with fs.open(path, "rb") as f:
         names = set(pq.ParquetFile(f).schema_arrow.names)
     missing = [c for c in ATTRIBUTION_COLUMNS if c not in names]
@@ -49,12 +49,12 @@ def check_attribution_output(uri: str, storage_options: dict[str, Any] | None = 
                                f"{', '.join(missing)} (another job's output?)")
 
 
-def refuse_unless_attribution_outputs(uris: list[str], storage_options: dict[str, Any] | None = None) -> int:
+def refuse_unless_attribution_outputs(uris: list[str], storage: Storage = Storage()) -> int:
     """For the evaluation jobs: 0 when every one of ``uris`` is an attribution output, else the
     exit code after printing the one-line reason (2: the wrong kind of folder; 1: unreachable)."""
     try:
         for uri in uris:
-            check_attribution_output(uri, storage_options)
+            check_attribution_output(uri, storage)
     except NotAnOutputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -64,9 +64,9 @@ def refuse_unless_attribution_outputs(uris: list[str], storage_options: dict[str
     return 0
 
 
-def part_urls(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+def part_urls(uri: str, storage: Storage = Storage()) -> list[str]:
     """The committed parts under ``uri`` (sorted)."""
-    fs, path = url_to_fs(f"{uri.rstrip('/')}/{PARTS_DIR}", storage_options)
+    fs, path = storage.url_to_fs(f"{uri.rstrip('/')}/{PARTS_DIR}")
     fs.invalidate_cache(path)
     try:
         names = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".parquet"))
@@ -76,26 +76,26 @@ def part_urls(uri: str, storage_options: dict[str, Any] | None = None) -> list[s
 
 
 def read_results(
-    uri: str, storage_options: dict[str, Any] | None = None, columns: list[str] | None = None
+    uri: str, storage: Storage = Storage(), columns: list[str] | None = None
 ) -> pa.Table:
     """Every row of a job's output as one table (all parts, in shard-id order). ``columns``: read
     only these. Raises FileNotFoundError when there is no part yet."""
     tables = [
-        pa.Table.from_batches(list(iter_part_batches(url, storage_options, columns)))
-        for url in output_part_urls(uri, storage_options)
+        pa.Table.from_batches(list(iter_part_batches(url, storage, columns)))
+        for url in output_part_urls(uri, storage)
     ]
     return pa.concat_tables(tables)
 
 
 def iter_part_rows(
-    part_url: str, storage_options: dict[str, Any] | None = None, columns: Iterable[str] | None = None,
+    part_url: str, storage: Storage = Storage(), columns: Iterable[str] | None = None,
     batch_rows: int = 32,
 ) -> Iterator[dict[str, Any]]:
     """The rows of one part, in order, as dicts of ``columns`` (those the part has; default all),
     streamed ``batch_rows`` at a time: memory is one record batch. With ``maps`` among the
     columns, each row has ``stored`` instead: its uint8 maps ``[M, map_height, map_width]`` (None
     for an error row), taken straight from the column's buffers."""
-    for batch in iter_part_batches(part_url, storage_options, columns, batch_rows):
+    for batch in iter_part_batches(part_url, storage, columns, batch_rows):
         if "maps" not in batch.schema.names:
             yield from batch.to_pylist()
             continue
@@ -113,13 +113,13 @@ def iter_part_rows(
 
 
 def iter_part_batches(
-    part_url: str, storage_options: dict[str, Any] | None = None, columns: Iterable[str] | None = None,
+    part_url: str, storage: Storage = Storage(), columns: Iterable[str] | None = None,
     batch_rows: int = 4096, require: Iterable[str] = (),
 ) -> Iterator[pa.RecordBatch]:
     """One part's record batches of ``columns`` (those it has; default all), ``batch_rows`` rows
     each. ``require``: columns whose absence means the file is not the kind of part the caller
     reads (ValueError naming them)."""
-    fs, path = url_to_fs(part_url, storage_options)
+    fs, path = storage.url_to_fs(part_url)
     with fs.open(path, "rb") as f:
         pf = pq.ParquetFile(f)
         names = pf.schema_arrow.names
@@ -130,9 +130,9 @@ def iter_part_batches(
         yield from pf.iter_batches(batch_size=batch_rows, columns=wanted)
 
 
-def output_part_urls(uri: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+def output_part_urls(uri: str, storage: Storage = Storage()) -> list[str]:
     """``part_urls``, refusing an output without any part (FileNotFoundError)."""
-    urls = part_urls(uri, storage_options)
+    urls = part_urls(uri, storage)
     if not urls:
         raise FileNotFoundError(f"no Parquet parts under {uri.rstrip('/')}/{PARTS_DIR}")
     return urls

@@ -22,7 +22,7 @@ from pipeline.report.evaluations import deletion_section, mprt_section
 from pipeline.report.facts import pointing_section, read_manifest, run_facts
 from pipeline.report.sanity import sanity_section
 from pipeline.report.scan import RunScan, locate_rows, read_rows, scan_output
-from pipeline.storage import join, write_bytes
+from pipeline.storage import Storage, join
 
 INDEX = "index.html"
 THUMB = 128  # display width of an image panel (px)
@@ -33,11 +33,11 @@ class _Writer:
     """Writes the report's files under ``out`` and hands back their relative names."""
 
     out: str
-    storage_options: dict[str, Any] | None
+    storage: Storage
     written: list[str] = field(default_factory=list)
 
     def put(self, name: str, data: bytes) -> str:
-        write_bytes(join(self.out, name), data, self.storage_options)
+        self.storage.write_bytes(join(self.out, name), data)
         self.written.append(name)
         return name
 
@@ -146,7 +146,7 @@ def build_report(
     out: str,
     per_class: int = 4,
     max_classes: int = 20,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = Storage(),
     title: str | None = None,
 ) -> str:
     """Write ``<out>/index.html`` and its PNGs for the outputs ``inputs`` (the first is the primary
@@ -155,19 +155,19 @@ def build_report(
     if not inputs:
         raise ValueError("no input output to report on")
     t0 = time.monotonic()
-    w = _Writer(out, storage_options)
-    scans = [scan_output(uri, per_class, storage_options) for uri in inputs]
+    w = _Writer(out, storage)
+    scans = [scan_output(uri, per_class, storage) for uri in inputs]
     primary = scans[0]
     classes = sorted(c for c in primary.sample if c >= 0)[:max_classes]
     drawn = [item for c in classes for item in primary.sample[c]]
-    rows = read_rows([loc for _, _, _, loc in drawn], storage_options)
-    originals = im.load_originals(rows, storage_options)
+    rows = read_rows([loc for _, _, _, loc in drawn], storage)
+    originals = im.load_originals(rows, storage)
     wanted = {(r["shard"], r["key"], r["target"]) for r in rows}
     others = []
     for scan in scans[1:]:
-        located = locate_rows(scan.uri, wanted, storage_options)
+        located = locate_rows(scan.uri, wanted, storage)
         keys = list(located)
-        found = dict(zip(keys, read_rows([located[k] for k in keys], storage_options)))
+        found = dict(zip(keys, read_rows([located[k] for k in keys], storage)))
         others.append((scan, found))
 
     sections, nav = [], []
@@ -195,17 +195,17 @@ def build_report(
         add("compare", f"Method comparison: {methods}", _comparison(rows, others, originals, w))
     add("area-growth", "Area growth and a*", "".join(
         _summary_section(s, w, f"img/s{i}_", max_classes) for i, s in enumerate(scans)))
-    pointing = [(s, pointing_section(s.uri, storage_options)) for s in scans]
+    pointing = [(s, pointing_section(s.uri, storage)) for s in scans]
     found_tables = [f"<h3>{h.esc(s.method)}</h3>{body}" for s, body in pointing if body]
     add("pointing", "Pointing game", "".join(found_tables) or h.note(
         "no pointing_game.csv|parquet beside the outputs (python -m jobs.pointing_game writes them)"))
-    deletion = deletion_section(scans, rows, w.put, storage_options)
+    deletion = deletion_section(scans, rows, w.put, storage)
     if deletion is not None:
         add("deletion", "Deletion / insertion, SRG and ROAD", deletion)
-    sanity = sanity_section(primary.uri, rows, originals, w.put, THUMB, storage_options)
+    sanity = sanity_section(primary.uri, rows, originals, w.put, THUMB, storage)
     if sanity is not None:
         add("sanity", "Sanity checks (model parameter randomization)", sanity)
-    mprt = mprt_section(scans, storage_options)
+    mprt = mprt_section(scans, storage)
     if mprt is not None:
         add("mprt", "eMPRT and sMPRT", mprt)
     channel_rows = [r for r in rows if r.get("channel_masks") is not None]
@@ -215,7 +215,7 @@ def build_report(
             "(above, per image) beside the inversions of the original and of the perturbed activations where present"))
     heads = [f"<h3>{h.esc(s.method)}: {h.esc(s.uri)}</h3>" if len(scans) > 1 else "" for s in scans]
     add("facts", "Run facts", "".join(
-        head + run_facts(s, read_manifest(s.uri, storage_options)) for head, s in zip(heads, scans)))
+        head + run_facts(s, read_manifest(s.uri, storage)) for head, s in zip(heads, scans)))
     footer = h.note(f"built in {time.monotonic() - t0:.1f} s from {sum(len(s.parts) for s in scans)} parts, "
                     f"{sum(s.rows for s in scans)} rows; {len(rows)} rows drawn; colour map: inferno")
     sections.append(footer)

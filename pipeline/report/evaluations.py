@@ -17,14 +17,14 @@ from pipeline.report import figures
 from pipeline.report import html as h
 from pipeline.report.facts import read_table_beside
 from pipeline.report.scan import RunScan, locate_rows, read_rows
-from pipeline.storage import join
+from pipeline.storage import Storage, join
 
 DELETION = "deletion_insertion"  # jobs.deletion_insertion's default --out under the output, and its table
 SANITY, MPRT = "sanity_check", "mprt"
 CURVE_ROWS = 4  # drawn rows whose curves are plotted
 
 
-def _lines(scans: Sequence[RunScan], folder: str, name: str, storage: dict[str, Any] | None) -> list[tuple[str, dict]]:
+def _lines(scans: Sequence[RunScan], folder: str, name: str, storage: Storage) -> list[tuple[str, dict]]:
     """(table URL, row) for every row of ``<output>/<folder>/<name>.*`` of each output that has one."""
     out = []
     for scan in scans:
@@ -40,7 +40,7 @@ def _has(lines: list[tuple[str, dict]], column: str) -> bool:
 
 
 def deletion_section(scans: Sequence[RunScan], rows: list[dict[str, Any]], put: Callable[[str, bytes], str],
-                     storage: dict[str, Any] | None = None) -> str | None:
+                     storage: Storage = Storage()) -> str | None:
     """The deletion / insertion table of every output that has one, and the curves of the first
     drawn rows of the primary output (``rows``); None when no output has the table."""
     lines = _lines(scans, DELETION, DELETION, storage)
@@ -62,7 +62,7 @@ def deletion_section(scans: Sequence[RunScan], rows: list[dict[str, Any]], put: 
     return "".join(parts)
 
 
-def _drawn_curves(scan: RunScan, rows: list[dict[str, Any]], storage: dict[str, Any] | None) -> list[tuple[str, dict]]:
+def _drawn_curves(scan: RunScan, rows: list[dict[str, Any]], storage: Storage) -> list[tuple[str, dict]]:
     """(title, {name: (x, y)}) per drawn row scored by the deletion job (read from its parts)."""
     wanted = {(r["shard"], r["key"], r["target"]) for r in rows}
     try:
@@ -83,7 +83,7 @@ def _drawn_curves(scan: RunScan, rows: list[dict[str, Any]], storage: dict[str, 
     return out
 
 
-def mprt_section(scans: Sequence[RunScan], storage: dict[str, Any] | None = None) -> str | None:
+def mprt_section(scans: Sequence[RunScan], storage: Storage = Storage()) -> str | None:
     """eMPRT / sMPRT per method from each output's sanity check; None when none has the table."""
     lines = _lines(scans, SANITY, MPRT, storage)
     if not lines:

@@ -14,23 +14,23 @@ from pipeline.commit import MANIFEST_JSON
 from pipeline.evaluation.pointing_table import COUNTS, PER_CLASS, SUMMARY
 from pipeline.report import html as h
 from pipeline.report.scan import RunScan
-from pipeline.storage import join, read_json, url_to_fs
+from pipeline.storage import Storage, join
 
 # Where jobs.pointing_game writes by default, and the output folder itself (a --out beside it).
 POINTING_DIRS = ("pointing_game", "")
 MAX_SHARDS_LISTED = 20
 
 
-def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    return read_json(join(uri, MANIFEST_JSON), storage_options)
+def read_manifest(uri: str, storage: Storage = Storage()) -> dict[str, Any] | None:
+    return storage.read_json(join(uri, MANIFEST_JSON))
 
 
-def read_table_beside(uri: str, name: str, storage_options: dict[str, Any] | None = None) -> tuple[str, pa.Table] | None:
+def read_table_beside(uri: str, name: str, storage: Storage = Storage()) -> tuple[str, pa.Table] | None:
     """The first ``<uri>/[pointing_game/]<name>.parquet|csv`` that exists: (its URL, the table)."""
     for folder in POINTING_DIRS:
         for ext in ("parquet", "csv"):
             url = join(uri, *(p for p in (folder, f"{name}.{ext}") if p))
-            fs, path = url_to_fs(url, storage_options)
+            fs, path = storage.url_to_fs(url)
             try:
                 data = fs.cat_file(path)
             except (FileNotFoundError, IsADirectoryError):
@@ -40,13 +40,13 @@ def read_table_beside(uri: str, name: str, storage_options: dict[str, Any] | Non
     return None
 
 
-def pointing_section(uri: str, storage_options: dict[str, Any] | None = None) -> str | None:
+def pointing_section(uri: str, storage: Storage = Storage()) -> str | None:
     """The pointing-game tables found beside ``uri`` as HTML (None when there are none)."""
-    found = read_table_beside(uri, SUMMARY, storage_options)
+    found = read_table_beside(uri, SUMMARY, storage)
     if found is None:
         return None
     url, summary = found
-    counts = read_table_beside(uri, COUNTS, storage_options)
+    counts = read_table_beside(uri, COUNTS, storage)
     unscored = _unscored(counts[1].to_pylist()[0] if counts is not None and counts[1].num_rows else None)
     if summary.num_rows == 0:
         return h.note(f"no (image, class) pair was scored: {unscored or 'python -m jobs.pointing_game prints why'} "
@@ -63,7 +63,7 @@ def pointing_section(uri: str, storage_options: dict[str, Any] | None = None) ->
                     "map's maximum. energy %: the share of the map's positive values inside the ground truth, "
                     "averaged per class then over the classes. 'center' is the centre baseline on the same pairs."
                     + (f" Not scored: {unscored}." if unscored else ""))]
-    per_class = read_table_beside(uri, PER_CLASS, storage_options)
+    per_class = read_table_beside(uri, PER_CLASS, storage)
     if per_class is not None:
         t = per_class[1]
         shown = t.slice(0, 200).to_pylist()

@@ -22,6 +22,7 @@ from pipeline.method import card_for
 from pipeline.metrics.ground_truth import class_mask, image_size
 from pipeline.metrics.pointing_game import TOLERANCE, is_hit, saliency_point
 from pipeline.shards import ShardReadError, decode_image
+from pipeline.storage import Storage
 from pipeline.tables import iter_any_samples
 
 CMAP = colormaps["inferno"]
@@ -39,7 +40,7 @@ def png_bytes(image: Image.Image | np.ndarray) -> bytes:
 
 
 def load_originals(
-    rows: list[dict[str, Any]], storage_options: dict[str, Any] | None = None
+    rows: list[dict[str, Any]], storage: Storage = Storage()
 ) -> dict[tuple[str, str], tuple[Image.Image, dict[str, Any]]]:
     """(shard, key) -> (RGB image, the sample's json) for the drawn rows (a key may be in two
     shards; a key repeated in one shard keeps its first sample, the one its row is of), read from their shards: one pass
@@ -53,7 +54,7 @@ def load_originals(
     for shard, keys in sorted(wanted.items()):
         seen: set[str] = set()
         try:
-            for sample in iter_any_samples(shard, storage_options):
+            for sample in iter_any_samples(shard, storage):
                 if sample.key in keys and sample.key not in seen:
                     seen.add(sample.key)
                     if sample.image_bytes is not None and sample.error is None:

@@ -14,7 +14,7 @@ from pipeline.report import html as h
 from pipeline.report import images as im
 from pipeline.report.facts import read_table_beside
 from pipeline.report.scan import locate_rows, read_rows
-from pipeline.storage import join
+from pipeline.storage import Storage, join
 
 FOLDER = "sanity_check"  # jobs.sanity_check's default --out under the output
 GRID_ROWS = 4  # drawn images shown in the grid
@@ -26,11 +26,11 @@ def sanity_section(
     originals: dict[str, Any],
     put: Callable[[str, bytes], str],
     thumb: int,
-    storage_options: dict[str, Any] | None = None,
+    storage: Storage = Storage(),
 ) -> str | None:
     """HTML of the section, or None when ``<uri>/sanity_check`` holds no table. ``rows``: the
     drawn rows of the trained model; ``put(name, png) -> src`` writes a file of the report."""
-    found = read_table_beside(join(uri, FOLDER), FOLDER, storage_options)
+    found = read_table_beside(join(uri, FOLDER), FOLDER, storage)
     if found is None:
         return None
     url, table = found
@@ -43,11 +43,11 @@ def sanity_section(
     parts.append(h.img(put("img/sanity_curves.png", curves), "similarity to the trained model's maps per "
                        "randomization stage, one line per metric, one panel per mode", "similarity per stage"))
     parts.append(_grid(uri, rows[:GRID_ROWS], originals, [s for s in stages if s["mode"] == "cascading"], put, thumb,
-                       storage_options))
+                       storage))
     return "".join(parts)
 
 
-def _grid(uri, rows, originals, stages, put, thumb, storage_options) -> str:
+def _grid(uri, rows, originals, stages, put, thumb, storage) -> str:
     """One line per drawn image: the trained model's map, then each cascading stage's."""
     if not rows or not stages:
         return ""
@@ -55,9 +55,9 @@ def _grid(uri, rows, originals, stages, put, thumb, storage_options) -> str:
     by_stage = []
     for s in sorted(stages, key=lambda s: s["stage"]):
         folder = Stage(s["mode"], int(s["stage"]), s["layer"], ()).folder
-        located = locate_rows(join(uri, FOLDER, folder), wanted, storage_options)
+        located = locate_rows(join(uri, FOLDER, folder), wanted, storage)
         keys = list(located)
-        by_stage.append((s, dict(zip(keys, read_rows([located[k] for k in keys], storage_options)))))
+        by_stage.append((s, dict(zip(keys, read_rows([located[k] for k in keys], storage)))))
     header = ["trained", *(f"+ {s['layer']}" for s, _ in by_stage)]
     lines = []
     for n, row in enumerate(rows):

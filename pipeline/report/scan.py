@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.io.parts import part_urls
-from pipeline.storage import url_to_fs
+from pipeline.storage import Storage
 
 # The columns the pass reads; the extremal ones only where the part has them.
 SCAN_COLUMNS = ("key", "target", "method", "error", "shard", "areas", "scores", "optimal_area", "optimal_area_reached")
@@ -132,17 +132,17 @@ def _keep(heap: list[tuple[int, str, int, Location]], item: tuple[int, str, int,
 
 
 def scan_output(
-    uri: str, per_class: int = 4, storage_options: dict[str, Any] | None = None, max_error_rows: int = 50
+    uri: str, per_class: int = 4, storage: Storage = Storage(), max_error_rows: int = 50
 ) -> RunScan:
     """Stream every part of the output at ``uri`` once (scalar columns only, one row group at a
     time) and draw ``per_class`` good rows per class. Raises FileNotFoundError without parts."""
-    parts = part_urls(uri, storage_options)
+    parts = part_urls(uri, storage)
     if not parts:
         raise FileNotFoundError(f"no Parquet parts under {uri.rstrip('/')}/parts")
     scan = RunScan(uri=uri, parts=parts)
     heaps: dict[int, list] = defaultdict(list)
     for part in parts:
-        fs, path = url_to_fs(part, storage_options)
+        fs, path = storage.url_to_fs(part)
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             columns = [c for c in SCAN_COLUMNS if c in pf.schema_arrow.names]
@@ -180,15 +180,15 @@ def scan_output(
 
 
 def locate_rows(
-    uri: str, wanted: set[tuple[str, str, int]], storage_options: dict[str, Any] | None = None
+    uri: str, wanted: set[tuple[str, str, int]], storage: Storage = Storage()
 ) -> dict[tuple[str, str, int], Location]:
     """Where the good rows with these ``(shard, key, target)`` triples are in another output (the
     method comparison): a sample is its shard and key (one key may be in two shards). Reads the
     ``shard``, ``key``, ``target`` and ``error`` columns only, one row group at a time."""
     found: dict[tuple[str, str, int], Location] = {}
     names = ("shard", "key", "target", "error")
-    for part in part_urls(uri, storage_options):
-        fs, path = url_to_fs(part, storage_options)
+    for part in part_urls(uri, storage):
+        fs, path = storage.url_to_fs(part)
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             for rg in range(pf.num_row_groups):
@@ -199,7 +199,7 @@ def locate_rows(
     return found
 
 
-def read_rows(locations: list[Location], storage_options: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def read_rows(locations: list[Location], storage: Storage = Storage()) -> list[dict[str, Any]]:
     """The rows at ``locations`` as dicts (every column), in the order given. Reads only the row
     groups that hold them, one at a time, and converts only the drawn rows to Python."""
     by_group: dict[tuple[str, int], list[int]] = defaultdict(list)
@@ -207,7 +207,7 @@ def read_rows(locations: list[Location], storage_options: dict[str, Any] | None 
         by_group[(loc.part, loc.row_group)].append(loc.row)
     rows: dict[Location, dict[str, Any]] = {}
     for (part, rg), indices in sorted(by_group.items()):
-        fs, path = url_to_fs(part, storage_options)
+        fs, path = storage.url_to_fs(part)
         with fs.open(path, "rb") as f:
             table = pq.ParquetFile(f).read_row_group(rg)
         taken = table.take(pa.array(indices, pa.int64()))

@@ -14,6 +14,7 @@ import pytest
 from jobs.make_shards import main
 from pipeline.datasets import VOC_CLASSES, SourceSample, voc_entries, write_dataset_shards
 from pipeline.shards import decode_image, expand_shards, iter_samples
+from pipeline.storage import Storage
 from tests.datasets.layouts import VOC_IMAGES, VOC_SPLIT, coco_instances, write_coco, write_imagefolder, write_voc
 
 # The 3x4 block at rows 2..4, columns 5..8 of a 20x20 image, as pycocotools encodes it.
@@ -147,11 +148,11 @@ def test_voc_from_s3_to_s3_and_resume(tmp_path: Path, s3_bucket: str, s3_options
     root = write_voc(tmp_path / "VOCdevkit")
     fs = fsspec.filesystem("s3", **s3_options)
     fs.put(str(root), f"{s3_bucket[5:]}/VOC2007", recursive=True)
-    samples, _ = voc_entries(f"{s3_bucket}/VOC2007", "test", s3_options)
+    samples, _ = voc_entries(f"{s3_bucket}/VOC2007", "test", Storage(s3_options))
     out = f"{s3_bucket}/shards"
-    report = write_dataset_shards(samples, out, shard_size=3, prefix="voc", storage_options=s3_options, progress=False)
+    report = write_dataset_shards(samples, out, shard_size=3, prefix="voc", storage=Storage(s3_options), progress=False)
     assert report.pattern() == f"{out}/voc-{{000000..000001}}.tar" and len(report.written) == 2
-    got = [s for url in expand_shards(report.pattern()) for s in iter_samples(url, s3_options)]
+    got = [s for url in expand_shards(report.pattern()) for s in iter_samples(url, Storage(s3_options))]
     assert [s.key for s in got] == VOC_SPLIT and all(s.error is None and s.labels for s in got)
-    again = write_dataset_shards(samples, out, shard_size=3, prefix="voc", storage_options=s3_options, progress=False)
+    again = write_dataset_shards(samples, out, shard_size=3, prefix="voc", storage=Storage(s3_options), progress=False)
     assert again.written == [] and again.skipped == report.shards

@@ -54,7 +54,7 @@ def test_model_is_left_as_found(tiny_cnn):
 
 
 def test_result_shapes_and_settings_object(tiny_cnn):
-    settings = ExtremalSettings(areas=(0.05, 0.2, 0.1), keep_history=True, **FAST)
+    settings = ExtremalSettings.from_flat(areas=(0.05, 0.2, 0.1), keep_history=True, **FAST)
     r = extremal_perturbation(tiny_cnn, images(3), torch.tensor([0, 1, 2]), settings=settings)
     assert r.masks.shape == (3, 3, 32, 32)
     assert r.rewards.shape == r.scores.shape == r.preserved.shape == (3, 3)

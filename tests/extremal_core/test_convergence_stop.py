@@ -14,7 +14,7 @@ def images(n=2, size=32):
 
 
 def test_off_by_default():
-    assert ExtremalSettings().stop_tolerance is None
+    assert ExtremalSettings().optim.stop_tolerance is None
 
 
 def test_nothing_stopped_gives_the_fixed_schedule(tiny_cnn, native_kernels):
@@ -50,4 +50,4 @@ def test_stopping_is_per_mask_and_batch_invariant(tiny_cnn, finish):
 ])
 def test_bad_stop_settings(bad):
     with pytest.raises(ValueError):
-        ExtremalSettings(**bad)
+        ExtremalSettings.from_flat(**bad)

@@ -77,7 +77,7 @@ def test_pairs_whose_values_are_shared_stay():
 def test_vgg_blocks_are_reordered_and_logits_kept():
     torch.manual_seed(0)
     model = torchvision.models.vgg11(num_classes=10).eval()
-    prepared = engine_model(model, ExtremalSettings(channels_last=False))
+    prepared = engine_model(model, ExtremalSettings.from_flat(channels_last=False))
     nodes = list(prepared.graph.nodes)
     relus_after_pools = [n for n in nodes if n.target is torch.relu and _is_pool(prepared, n.args[0])]
     assert len(relus_after_pools) == 5  # one per VGG block
@@ -105,7 +105,7 @@ def test_untraceable_model_runs_unrewritten():
 
     model = Branchy().eval()
     with pytest.warns(UserWarning, match="could not be traced"):
-        prepared = engine_model(model, ExtremalSettings(channels_last=False))
+        prepared = engine_model(model, ExtremalSettings.from_flat(channels_last=False))
     assert type(prepared) is Branchy and prepared is not model  # unrewritten, still a private copy
 
 
@@ -116,7 +116,7 @@ def test_autocast_weights_are_cast_once_with_the_same_scores():
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
-    settings = ExtremalSettings(autocast="bfloat16")
+    settings = ExtremalSettings.from_flat(autocast="bfloat16")
     prepared = engine_model(model, settings)
     convs = [m for m in prepared.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)

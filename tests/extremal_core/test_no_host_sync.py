@@ -19,10 +19,10 @@ from extremal_core.network import engine_model
 from extremal_core.optimize import IterationStep, MaskStepper, optimize_masks
 from extremal_core.perturbation import build_pyramid
 from extremal_core.rewards import get_reward
-from extremal_core.settings import ExtremalSettings
+from extremal_core.settings import Execution, ExtremalSettings
 
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
-SETTINGS = ExtremalSettings(areas=(0.05, 0.1, 0.2), step=4, sigma=10.0, native_cpu_kernels=False, compile="off")
+SETTINGS = ExtremalSettings.from_flat(areas=(0.05, 0.1, 0.2), step=4, sigma=10.0, native_cpu_kernels=False, compile="off")
 
 
 def _sync_counts(model, images, targets, settings) -> Counter:
@@ -52,7 +52,7 @@ def test_the_iteration_compiles_as_one_graph(tiny_cnn) -> None:
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     targets = torch.tensor([1, 3]).repeat_interleave(3)
     gen = SmoothMaskGenerator(32, 32, 4, 10.0, 20.0, native=False, fused=True)
-    plan = area_plan(torch.tensor(SETTINGS.areas).repeat(2).tolist(), gen.geometry.num_entries)
+    plan = area_plan(torch.tensor(SETTINGS.optim.areas).repeat(2).tolist(), gen.geometry.num_entries)
     step = IterationStep(model, build_pyramid(images), targets, plan, get_reward("simple"), SETTINGS, gen)
     compiled = torch.compile(step, fullgraph=True, dynamic=False, backend="aot_eager")
     start = torch.rand(6, *gen.geometry.param_shape, generator=torch.Generator().manual_seed(1))
@@ -72,8 +72,9 @@ def test_compile_setting() -> None:
     """auto = on for CUDA only (CPUs and CI keep the eager code and its C loops); YAML's bare
     on / off arrive as booleans."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not ExtremalSettings().compiles(cpu) and ExtremalSettings().compiles(cuda)
-    assert ExtremalSettings(compile="on").compiles(cpu) and not ExtremalSettings(compile="off").compiles(cuda)
-    assert ExtremalSettings(compile=False).compile == "off" and ExtremalSettings(compile=True).compile == "on"
+    assert not ExtremalSettings().execution.compiles(cpu) and ExtremalSettings().execution.compiles(cuda)
+    on, off = ExtremalSettings.from_flat(compile="on").execution, ExtremalSettings.from_flat(compile="off").execution
+    assert on.compiles(cpu) and not off.compiles(cuda)
+    assert Execution(compile=False).compile == "off" and Execution(compile=True).compile == "on"
     with pytest.raises(ValueError, match="compile must be one of"):
-        ExtremalSettings(compile="sometimes")
+        ExtremalSettings.from_flat(compile="sometimes")

@@ -28,8 +28,8 @@ STABLE = 0.99
 
 def reward_of(model, image, target, masks, variant, perturbation):
     """The variant's reward of given masks `[A, H, W]`, evaluated the way our engine does."""
-    settings = ExtremalSettings(areas=tuple(AREAS), variant=variant, perturbation=perturbation)
-    pyramid = build_pyramid(image, settings.num_levels, settings.max_blur, perturbation)
+    settings = ExtremalSettings.from_flat(areas=tuple(AREAS), variant=variant, perturbation=perturbation)
+    pyramid = build_pyramid(image, settings.masks.num_levels, settings.masks.max_blur, perturbation)
     with torch.no_grad():
         x = variant_inputs(pyramid, masks.unsqueeze(0), variant)
         t = torch.full((len(AREAS),), target)

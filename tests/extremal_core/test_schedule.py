@@ -16,17 +16,17 @@ def images(n=2, size=32):
 
 def test_paper_schedule_is_the_default():
     s = ExtremalSettings()
-    assert s.schedule == "paper" and s.scheduled() is s
-    assert (s.max_iter, s.lambda_growth, s.learning_rate) == (800, 1.0035, 0.01)
+    assert s.optim.schedule == "paper" and s.scheduled() is s
+    assert (s.optim.max_iter, s.optim.lambda_growth, s.optim.learning_rate) == (800, 1.0035, 0.01)
 
 
 def test_fast_schedule_covers_the_same_lambda_range_in_a_third_of_the_iterations():
-    s = ExtremalSettings(schedule="fast").scheduled()
+    s = ExtremalSettings.from_flat(schedule="fast").scheduled().optim
     assert s.max_iter == 266 and s.learning_rate == 0.01 and s.schedule == "paper"
     assert s.lambda_growth**266 == pytest.approx(1.0035**800, rel=1e-9)
-    assert ExtremalSettings(schedule="fast", max_iter=300).scheduled().max_iter == 100
+    assert ExtremalSettings.from_flat(schedule="fast", max_iter=300).scheduled().optim.max_iter == 100
     with pytest.raises(ValueError, match="valid schedules: paper, fast"):
-        ExtremalSettings(schedule="quick")
+        ExtremalSettings.from_flat(schedule="quick")
 
 
 def test_fast_schedule_is_deterministic_and_batch_invariant(tiny_cnn, native_kernels):

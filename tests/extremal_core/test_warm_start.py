@@ -51,12 +51,12 @@ def test_warm_start_is_deterministic_and_batch_invariant(tiny_cnn, native_kernel
 
 def test_settings_refuse_what_warm_start_cannot_do(tiny_cnn):
     with pytest.raises(ValueError, match="warm_start must be one of"):
-        ExtremalSettings(warm_start="sideways")
+        ExtremalSettings.from_flat(warm_start="sideways")
     with pytest.raises(ValueError, match="not with stop_tolerance or keep_history"):
-        ExtremalSettings(warm_start="up", stop_tolerance=1e-2)
+        ExtremalSettings.from_flat(warm_start="up", stop_tolerance=1e-2)
     with pytest.raises(ValueError, match="warm_lambda must be one of"):
-        ExtremalSettings(warm_start="up", warm_lambda="middle")
+        ExtremalSettings.from_flat(warm_start="up", warm_lambda="middle")
     with pytest.raises(ValueError, match="warm_iter must be a positive integer"):
-        ExtremalSettings(warm_start="up", warm_iter=0)
+        ExtremalSettings.from_flat(warm_start="up", warm_iter=0)
     with pytest.raises(ValueError, match="extremal perturbation only"):
         channel_perturbation(tiny_cnn, images(), [0, 1], areas=[0.5], layer="3", max_iter=3, warm_start="up")

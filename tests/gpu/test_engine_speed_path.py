@@ -33,11 +33,11 @@ def test_the_loop_never_syncs_at_224(compile_mode) -> None:
     (`compile="off"`), or the fused compiled step. Setup and one warm-up iteration (tables made,
     graphs compiled) run first; the next iterations run under sync debug mode "error"."""
     dev = torch.device("cuda")
-    settings = ExtremalSettings(areas=AREAS, autocast="bfloat16", compile=compile_mode)
+    settings = ExtremalSettings.from_flat(areas=AREAS, autocast="bfloat16", compile=compile_mode)
     torch.manual_seed(0)
     model = engine_model(torchvision.models.resnet18(num_classes=10).eval().to(dev), settings)
     images = torch.randn(8, 3, 224, 224, device=dev)
-    fused = settings.compiles(dev)
+    fused = settings.execution.compiles(dev)
     gen = SmoothMaskGenerator(224, 224, 7, 21.0, 20.0, native=False, fused=fused)
     plan = area_plan(torch.tensor(AREAS).repeat(8).tolist(), gen.geometry.num_entries, dev)
     targets = torch.arange(8, device=dev).repeat_interleave(3)

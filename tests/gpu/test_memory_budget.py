@@ -26,8 +26,8 @@ def test_small_budget_gives_more_micro_batches_and_the_same_masks(demo_batch, mo
     dev = torch.device("cuda")
     model = copy.deepcopy(demo_batch.model).to(dev)
     images, labels = demo_batch.images.to(dev), demo_batch.labels.to(dev)  # [N, 3, 64, 64], [N]
-    settings = ExtremalSettings(**SETTINGS)
-    a = len(settings.areas)
+    settings = ExtremalSettings.from_flat(**SETTINGS)
+    a = len(settings.optim.areas)
 
     # The bound the engine derives (masks per network call), on the private model copy it uses.
     net = engine_model(model, settings)

@@ -108,7 +108,7 @@ def test_resnet50_rise_and_extremal_points_equal_torchrays(tmp_path, monkeypatch
     configs = {"rise": _configs("voc07_resnet50", ["rise"], overrides)["rise"],
                "extremal": _configs("voc07_resnet50", ["extremal"], overrides[:2] + overrides[3:])["extremal"]}
     images = {"rise": [(2, (60, 60, (7, 2)))], "extremal": [(1, (60, 80, (11,)))]}
-    reference = torchray_call(theirs, "layer4", list(configs["extremal"].extremal.areas), RISE_MASKS, EP_ITERATIONS)
+    reference = torchray_call(theirs, "layer4", list(configs["extremal"].extremal.optim.areas), RISE_MASKS, EP_ITERATIONS)
     _check(_points(configs, images, 64, reference))
 
 

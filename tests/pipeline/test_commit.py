@@ -17,7 +17,7 @@ from pipeline.config_hash import config_hash
 from pipeline.config_load import config_to_dict, load_config
 from pipeline.schema import SCHEMA_VERSION, rows_to_table
 from pipeline.shards import shard_id
-from pipeline.storage import OutputError
+from pipeline.storage import OutputError, Storage
 from tests.pipeline.test_schema import extremal_rows as _rows
 
 # ------------------------------------------------------------------------------------------------
@@ -28,9 +28,9 @@ from tests.pipeline.test_schema import extremal_rows as _rows
 def test_commit_part_local_is_idempotent(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     shard = "/data/shard-000003.tar"
-    marker = commit_part(out, shard, rows_to_table(_rows(shard), "tensor", (3, 8, 8)), {"attempts": 1, "seconds": 2.5}, None)
+    marker = commit_part(out, shard, rows_to_table(_rows(shard), "tensor", (3, 8, 8)), {"attempts": 1, "seconds": 2.5}, Storage())
     assert marker["rows"] == 4 and marker["errors"] == 1 and marker["attempts"] == 1 and marker["shard"] == shard
-    marker = commit_part(out, shard, rows_to_table(_rows(shard), "tensor", (3, 8, 8)), {"attempts": 2}, None)
+    marker = commit_part(out, shard, rows_to_table(_rows(shard), "tensor", (3, 8, 8)), {"attempts": 2}, Storage())
     parts = sorted(p.name for p in (tmp_path / "out" / "parts").iterdir())
     assert parts == [f"{shard_id(shard)}.parquet"]  # re-running a shard replaces its part
     assert pq.read_table(tmp_path / "out" / "parts").num_rows == 4
@@ -43,7 +43,7 @@ def test_load_done_and_resume_markers(tmp_path: Path) -> None:
     assert load_done(out) == {}
     shards = [f"/data/shard-{i:06d}.tar" for i in range(3)]
     for s in shards[:2]:
-        commit_part(out, s, rows_to_table(_rows(s, with_error=False), "tensor", (3, 8, 8)), {"config_hash": "h"}, None)
+        commit_part(out, s, rows_to_table(_rows(s, with_error=False), "tensor", (3, 8, 8)), {"config_hash": "h"}, Storage())
     (tmp_path / "out" / "_done" / "garbage.json").write_text("{not json")
     done = load_done(out)
     assert sorted(done) == shards[:2]
@@ -53,36 +53,36 @@ def test_load_done_and_resume_markers(tmp_path: Path) -> None:
 
 def test_check_output_guards_the_config(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
-    check_output(out, "a" * 64, False, None)
+    check_output(out, "a" * 64, False, Storage())
     assert json.loads((tmp_path / "out" / "config.json").read_text())["config_hash"] == "a" * 64
     shard = "/data/s.tar"
-    commit_part(out, shard, rows_to_table(_rows(shard), "tensor", (3, 8, 8)), {}, None)
-    check_output(out, "a" * 64, False, None)  # same config: resume, keep the work
+    commit_part(out, shard, rows_to_table(_rows(shard), "tensor", (3, 8, 8)), {}, Storage())
+    check_output(out, "a" * 64, False, Storage())  # same config: resume, keep the work
     assert shard in load_done(out)
     with pytest.raises(OutputConflictError, match=r"another config.*overwrite"):
-        check_output(out, "b" * 64, False, None)
+        check_output(out, "b" * 64, False, Storage())
     assert shard in load_done(out)  # refused: nothing deleted
-    check_output(out, "b" * 64, True, None)  # overwrite: start over
+    check_output(out, "b" * 64, True, Storage())  # overwrite: start over
     assert load_done(out) == {} and not list((tmp_path / "out").rglob("*.parquet"))
     assert json.loads((tmp_path / "out" / "config.json").read_text())["config_hash"] == "b" * 64
 
 
 def test_check_output_refuses_parts_without_config(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
-    commit_part(out, "/d/s.tar", rows_to_table(_rows("/d/s.tar"), "tensor", (3, 8, 8)), {}, None)
+    commit_part(out, "/d/s.tar", rows_to_table(_rows("/d/s.tar"), "tensor", (3, 8, 8)), {}, Storage())
     with pytest.raises(OutputConflictError, match="no config.json"):
-        check_output(out, "c" * 64, False, None)
+        check_output(out, "c" * 64, False, Storage())
 
 
 def test_write_manifest_and_config_yaml(tmp_path: Path) -> None:
     cfg = load_config(None, ["input.shards=/d/s-{0..1}.tar", "model.arch=resnet50", f"output.uri={tmp_path}/out"])
     out = cfg.output.uri
     h = config_hash(cfg)
-    check_output(out, h, False, None)
-    commit_part(out, "/d/s-0.tar", rows_to_table(_rows("/d/s-0.tar"), "tensor", (3, 8, 8)), {"attempts": 1, "seconds": 3.0}, None)
+    check_output(out, h, False, Storage())
+    commit_part(out, "/d/s-0.tar", rows_to_table(_rows("/d/s-0.tar"), "tensor", (3, 8, 8)), {"attempts": 1, "seconds": 3.0})
     stats = dict(load_done(out))
     stats["/d/s-1.tar"] = {"status": "failed", "attempts": 3, "error": "ShardReadError: truncated tar"}
-    manifest = write_manifest(out, config_to_dict(cfg), h, "abc1234", stats, None)
+    manifest = write_manifest(out, config_to_dict(cfg), h, "abc1234", stats, Storage())
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert on_disk["summary"] == {"shards": 2, "done": 1, "failed": 1, "rows": 4, "errors": 1}
     assert on_disk["summary"] == manifest["summary"]
@@ -101,20 +101,20 @@ def test_write_manifest_and_config_yaml(tmp_path: Path) -> None:
 def test_commit_resume_and_guard_on_s3(s3_bucket: str, s3_options: dict) -> None:
     out = f"{s3_bucket}/results/run1"
     shards = [f"{s3_bucket}/shards/shard-{i:06d}.tar" for i in range(2)]
-    check_output(out, "h1", False, s3_options)
+    check_output(out, "h1", False, Storage(s3_options))
     for s in shards:
-        commit_part(out, s, rows_to_table(_rows(s), "tensor", (3, 8, 8)), {"attempts": 1}, s3_options)
-    done = load_done(out, s3_options)
+        commit_part(out, s, rows_to_table(_rows(s), "tensor", (3, 8, 8)), {"attempts": 1}, Storage(s3_options))
+    done = load_done(out, Storage(s3_options))
     assert sorted(done) == shards and all(m["rows"] == 4 for m in done.values())
     fs = fsspec.filesystem("s3", **s3_options)
     table = pq.read_table(f"{out[5:]}/parts", filesystem=fs)
     assert table.num_rows == 8 and isinstance(table.schema.field("maps").type, pa.FixedShapeTensorType)
     with pytest.raises(OutputConflictError):
-        check_output(out, "h2", False, s3_options)
-    write_manifest(out, {"a": 1}, "h1", "v0", done, s3_options)
+        check_output(out, "h2", False, Storage(s3_options))
+    write_manifest(out, {"a": 1}, "h1", "v0", done, Storage(s3_options))
     assert json.loads(fs.cat_file(f"{out[5:]}/manifest.json"))["summary"]["rows"] == 8
-    check_output(out, "h2", True, s3_options)
-    assert load_done(out, s3_options) == {}
+    check_output(out, "h2", True, Storage(s3_options))
+    assert load_done(out, Storage(s3_options)) == {}
     assert not fs.exists(f"{out[5:]}/parts/{shard_id(shards[0])}.parquet")
 
 
@@ -126,9 +126,9 @@ def test_unreachable_endpoint_fails_fast_and_clearly(tmp_path: Path) -> None:
     table = rows_to_table(_rows("s3://b/s.tar"), "tensor", (3, 8, 8))
     start = time.monotonic()
     with pytest.raises(OutputError, match=r"cannot write s3://b/out/parts/.*127\.0\.0\.1:9"):
-        commit_part("s3://b/out", "s3://b/s.tar", table, {}, opts)
+        commit_part("s3://b/out", "s3://b/s.tar", table, {}, Storage(opts))
     with pytest.raises(OutputError, match="127.0.0.1:9"):
-        check_output("s3://b/out", "h", False, opts)
+        check_output("s3://b/out", "h", False, Storage(opts))
     with pytest.raises(OutputError, match="127.0.0.1:9"):
-        load_done("s3://b/out", opts)
+        load_done("s3://b/out", Storage(opts))
     assert time.monotonic() - start < 15

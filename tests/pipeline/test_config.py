@@ -3,15 +3,18 @@ tree, and back) and pipeline.config_hash (which settings guard an output folder)
 
 from __future__ import annotations
 
+import pickle
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
 
-from extremal_core.settings import ExtremalSettings
-from pipeline.config import ConfigError, JobConfig, storage_options
+from extremal_core.settings import Execution, ExtremalSettings
+from pipeline.config import ConfigError, JobConfig
 from pipeline.config_hash import _hashed_dict, config_hash
 from pipeline.config_load import config_from_dict, config_to_dict, dump_config_yaml, load_config
+from pipeline.storage import Storage
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 MINIMAL = ["input.shards=data/shard-{000000..000003}.tar", "model.arch=resnet50", "output.uri=/tmp/out"]
@@ -49,10 +52,10 @@ def test_shipped_configs_cover_the_required_set() -> None:
     names = {p.name for p in CONFIG_DIR.glob("*.yaml")}
     assert {"demo.yaml", "imagenet_vgg16.yaml", "imagenet_resnet50.yaml", "voc07_pointing.yaml", "coco14_pointing.yaml"} <= names
     voc = load_config(str(CONFIG_DIR / "voc07_pointing.yaml"), [])
-    assert voc.extremal.areas == (0.025, 0.05, 0.1, 0.2)
-    assert (voc.extremal.variant, voc.extremal.reward, voc.targets.mode) == ("preserve", "simple", "labels")
+    assert voc.extremal.optim.areas == (0.025, 0.05, 0.1, 0.2)
+    assert (voc.extremal.optim.variant, voc.extremal.optim.reward, voc.targets.mode) == ("preserve", "simple", "labels")
     coco = load_config(str(CONFIG_DIR / "coco14_pointing.yaml"), [])
-    assert coco.extremal.areas == (0.018, 0.025, 0.05, 0.1) and coco.targets.mode == "labels"
+    assert coco.extremal.optim.areas == (0.018, 0.025, 0.05, 0.1) and coco.targets.mode == "labels"
     demo = load_config(str(CONFIG_DIR / "demo.yaml"), [])
     assert demo.cluster.num_gpus_per_actor == 0 and demo.cluster.num_actors == 2
     assert demo.model.factory == "demo.model:build_demo_model"
@@ -61,9 +64,9 @@ def test_shipped_configs_cover_the_required_set() -> None:
 def test_defaults_and_overrides() -> None:
     cfg = load_config(None, [*MINIMAL, "extremal.areas=[0.05,0.1]", "cluster.max_retries=5", "extremal.max_iter=300"])
     assert cfg.input.shards == "data/shard-{000000..000003}.tar"  # brace pattern kept as a string
-    assert cfg.extremal.areas == (0.05, 0.1)
-    assert cfg.extremal.max_iter == 300
-    assert cfg.extremal.sigma == ExtremalSettings().sigma  # untouched engine defaults
+    assert cfg.extremal.optim.areas == (0.05, 0.1)
+    assert cfg.extremal.optim.max_iter == 300
+    assert cfg.extremal.masks.sigma == ExtremalSettings().masks.sigma  # untouched engine defaults
     assert cfg.cluster.max_retries == 5
     assert cfg.model.preprocessing.crop == "auto"  # from the weights (or the arch's ImageNet recipe) when loaded
     assert cfg.worker.batch_size >= 1
@@ -81,8 +84,8 @@ def test_overrides_apply_on_top_of_the_file(tmp_path: Path) -> None:
     )
     cfg = load_config(path, ["output.overwrite=true", "storage.endpoint_url=http://127.0.0.1:9000", "model.weights=null"])
     assert cfg.input.shards == ("a.tar", "b.tar")
-    assert cfg.extremal.areas == (0.1,)
-    assert cfg.extremal.learning_rate == pytest.approx(0.01)
+    assert cfg.extremal.optim.areas == (0.1,)
+    assert cfg.extremal.optim.learning_rate == pytest.approx(0.01)
     assert cfg.output.overwrite is True
     assert cfg.storage.endpoint_url == "http://127.0.0.1:9000"
     assert cfg.model.weights is None
@@ -203,7 +206,7 @@ def test_config_hash_tracks_only_what_changes_outputs() -> None:
     assert not {"schedule", "stop_tolerance", "stop_window", "stop_finish"} & set(hashed)
 
 
-def test_storage_options_hold_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_storage_holds_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSECRETVALUE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret")
     cfg = load_config(
@@ -211,14 +214,18 @@ def test_storage_options_hold_no_credentials(monkeypatch: pytest.MonkeyPatch) ->
         [*MINIMAL, "storage.endpoint_url=http://127.0.0.1:9000", "storage.region=eu-west-1", "storage.anon=true",
          "storage.connect_timeout_s=2", "storage.max_attempts=1"],
     )
-    opts = storage_options(cfg)
+    storage = Storage.from_config(cfg)
+    opts = storage.options
     assert opts["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"}
     assert opts["anon"] is True
     assert opts["config_kwargs"]["connect_timeout"] == 2.0
     assert opts["config_kwargs"]["retries"]["max_attempts"] == 1
     text = repr(opts) + dump_config_yaml(cfg)
     assert "AKIDSECRETVALUE" not in text and "very-secret" not in text
-    plain = storage_options(load_config(None, MINIMAL))
+    assert repr(storage) == "Storage()"  # its options are never printed
+    assert pickle.loads(pickle.dumps(storage)) == storage  # it travels to Ray actors
+    assert storage.options_for("s3://b/k") == opts and storage.options_for("/local/path") == {}
+    plain = Storage.from_config(load_config(None, MINIMAL)).options
     assert "client_kwargs" not in plain and "anon" not in plain
 
 
@@ -242,3 +249,27 @@ def test_method_parameters_are_hashed_and_unused_settings_are_not() -> None:
     assert config_hash(load_config(None, [*MINIMAL, "method.name=center", "extremal.max_iter=3"])) == center
     layer3 = config_hash(load_config(None, [*MINIMAL, "method.name=extremal_channels", "method.layer=layer3"]))
     assert config_hash(load_config(None, [*MINIMAL, "method.name=extremal_channels", "method.layer=layer2"])) != layer3
+
+
+def test_engine_settings_declare_once_what_the_hash_covers() -> None:
+    """Each engine setting says whether it changes the masks (extremal_core/settings.py); the hash
+    reads that declaration: a speed knob leaves it, a result setting (any group) changes it."""
+    base = config_hash(load_config(None, MINIMAL))
+    speed = {f.name for f in fields(Execution) if f.metadata.get("results") is False}
+    assert speed == {"max_masks_per_batch", "memory_budget_mb", "channels_last", "fuse_batchnorm",
+                     "pool_before_relu", "native_cpu_kernels", "compile", "tf32"}
+    for override in ("extremal.tf32=true", "extremal.fuse_batchnorm=false", "extremal.execution.memory_budget_mb=64"):
+        assert config_hash(load_config(None, [*MINIMAL, override])) == base, override
+    for override in ("extremal.autocast=bfloat16", "extremal.masks.sigma=5", "extremal.warm_start=up", "extremal.jitter=false"):
+        assert config_hash(load_config(None, [*MINIMAL, override])) != base, override
+
+
+def test_engine_settings_by_flat_name_or_group() -> None:
+    """``extremal.max_iter`` and ``extremal.optim.max_iter`` are one setting; the resolved config
+    is written with flat names, as users write it."""
+    flat = load_config(None, [*MINIMAL, "extremal.max_iter=300", "extremal.sigma=5"])
+    grouped = load_config(None, [*MINIMAL, "extremal.optim.max_iter=300", "extremal.masks.sigma=5"])
+    assert flat == grouped and flat.extremal.optim.max_iter == 300 and flat.extremal.masks.sigma == 5.0
+    assert config_to_dict(grouped)["extremal"]["max_iter"] == 300
+    assert "extremal.optim.step" in _error(None, [*MINIMAL, "extremal.optim.step=3"])  # step is a mask setting
+    assert "set twice" in _error(None, [*MINIMAL, "extremal.sigma=4", "extremal.masks.sigma=5"])

@@ -21,6 +21,7 @@ from pipeline.driver import DriverError, run_job
 from pipeline.io.parts import read_results
 from pipeline.lease import Lease, OutputBusyError
 from pipeline.shards import iter_samples
+from pipeline.storage import Storage
 from pipeline.worker import ShardWorker
 from tests.pipeline.conftest import tiny_config
 from tests.pipeline.fault_tasks import FaultyTask
@@ -29,8 +30,8 @@ from tests.shard_factory import image_samples, member_offsets, truncate_file, up
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
-def _keys(shards: list[str], storage_options: dict | None = None) -> list[str]:
-    return [s.key for url in shards for s in iter_samples(url, storage_options)]
+def _keys(shards: list[str], storage: Storage = Storage()) -> list[str]:
+    return [s.key for url in shards for s in iter_samples(url, storage)]
 
 
 def _run(cfg, **kwargs):
@@ -139,7 +140,7 @@ def test_s3_round_trip(tmp_path: Path, s3_server: str, s3_bucket: str, s3_option
 
     assert summary.ok, summary.report()
     assert sorted(s.url for s in summary.done) == sorted(remote)
-    table = read_results(out, s3_options)
+    table = read_results(out, Storage(s3_options))
     assert sorted(table.column("key").to_pylist()) == sorted(_keys(local))
     again = _run(cfg)  # everything resumes from the bucket's done-markers
     assert again.ok and all(s.resumed for s in again.done) and again.images_this_run == 0

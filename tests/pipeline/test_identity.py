@@ -24,6 +24,7 @@ from pipeline.report.images import load_originals
 from pipeline.report.scan import locate_rows
 from pipeline.schema import rows_to_table
 from pipeline.shards import expand_shards, shard_id
+from pipeline.storage import Storage
 from pipeline.tasks import process_shard
 from pipeline.worker import ShardWorker
 from tests.pipeline.conftest import tiny_config
@@ -94,24 +95,24 @@ def _user_folder(root: Path) -> Path:
 def test_a_folder_that_is_not_ours_is_refused_and_left_alone(tmp_path: Path, overwrite: bool) -> None:
     out = _user_folder(tmp_path / "mine")
     with pytest.raises(OutputConflictError, match=r"is not empty \(config.yaml, parts\).*nothing there is deleted") as err:
-        check_output(str(out), "a" * 64, overwrite, None)
+        check_output(str(out), "a" * 64, overwrite, Storage())
     assert "\n" not in str(err.value)
     assert (out / "parts" / "notes.txt").read_text() == "mine" and (out / "config.yaml").read_text() == "my: settings\n"
     assert not (out / "config.json").exists()
     (out / "config.json").write_text('{"name": "my project"}')  # someone else's config.json
     with pytest.raises(OutputConflictError, match="config.json that is not this project's"):
-        check_output(str(out), "a" * 64, overwrite, None)
+        check_output(str(out), "a" * 64, overwrite, Storage())
     assert json.loads((out / "config.json").read_text()) == {"name": "my project"}
 
 
 def test_overwrite_deletes_only_what_a_run_wrote(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    check_output(str(out), "a" * 64, False, None)
+    check_output(str(out), "a" * 64, False, Storage())
     assert json.loads((out / "config.json").read_text())["written_by"]
     rows = [{"shard": "/d/s.tar", "key": "k", "model": "m", "method": "center", "target": 0, "error": None}]
-    commit_part(str(out), "/d/s.tar", rows_to_table(rows, "tensor", None), {"config_hash": "a" * 64}, None)
+    commit_part(str(out), "/d/s.tar", rows_to_table(rows, "tensor", None), {"config_hash": "a" * 64}, Storage())
     (out / "parts" / "notes.txt").write_text("mine")
-    check_output(str(out), "b" * 64, True, None)
+    check_output(str(out), "b" * 64, True, Storage())
     assert load_done(str(out)) == {} and not list(out.rglob("*.parquet"))
     assert (out / "parts" / "notes.txt").read_text() == "mine"
 

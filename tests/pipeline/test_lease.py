@@ -20,7 +20,7 @@ from pipeline.commit import OutputConflictError, check_output, commit_part, load
 from pipeline.lease import Lease, LeaseLostError, OutputBusyError, highest, is_live
 from pipeline.preflight import preflight
 from pipeline.schema import rows_to_table
-from pipeline.storage import write_bytes
+from pipeline.storage import Storage
 from tests.pipeline.conftest import tiny_config
 from tests.pipeline.test_schema import extremal_rows as _rows
 from tests.shard_factory import image_samples, write_shard
@@ -28,7 +28,7 @@ from tests.shard_factory import image_samples, write_shard
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _race(out: str, storage: dict | None, n: int = 8) -> tuple[list[int], list[str]]:
+def _race(out: str, storage: Storage, n: int = 8) -> tuple[list[int], list[str]]:
     """``n`` threads take the lease of ``out`` at the same moment: (generations won, errors)."""
     barrier = threading.Barrier(n)
     won: list[int] = []
@@ -51,13 +51,13 @@ def _race(out: str, storage: dict | None, n: int = 8) -> tuple[list[int], list[s
 
 
 def test_claimers_racing_for_an_empty_folder_exactly_one_wins(tmp_path: Path) -> None:
-    won, errors = _race(str(tmp_path / "out"), None)
+    won, errors = _race(str(tmp_path / "out"), Storage())
     assert won == [1] and len(errors) == 7
     assert all("in use by another job" in e for e in errors)
 
 
 def test_claimers_racing_on_s3_exactly_one_wins(s3_bucket: str, s3_options: dict) -> None:
-    won, errors = _race(f"{s3_bucket}/out", s3_options, n=4)
+    won, errors = _race(f"{s3_bucket}/out", Storage(s3_options), n=4)
     assert won == [1] and len(errors) == 3
 
 
@@ -78,7 +78,7 @@ def test_live_lease_refuses_released_and_expired_leases_are_taken_over(tmp_path:
     # The superseded job commits nothing: neither part nor marker.
     table = rows_to_table(_rows("/d/s.tar"), "tensor", (3, 8, 8))
     with pytest.raises(LeaseLostError):
-        commit_part(out, "/d/s.tar", table, {"config_hash": "h2"}, None, second.token)
+        commit_part(out, "/d/s.tar", table, {"config_hash": "h2"}, Storage(), second.token)
     assert load_done(out) == {} and not (tmp_path / "out" / "parts").exists()
     second.release()  # a lost lease's release leaves the new holder's file alone
     assert highest(out)[0] == 3 and is_live(highest(out)[1])
@@ -115,11 +115,11 @@ def test_another_machine_s_lease_is_live_until_it_expires(tmp_path: Path) -> Non
     out = str(tmp_path / "out")
     record = {"run_id": "x" * 32, "host": "elsewhere", "machine": "elsewhere|?|?", "pid": 1,
               "config_hash": "h", "expires_at": time.time() + 60, "released": False}
-    write_bytes(f"{out}/_lease/00000004.json", json.dumps(record).encode(), None)
+    Storage().write_bytes(f"{out}/_lease/00000004.json", json.dumps(record).encode())
     with pytest.raises(OutputBusyError, match="host elsewhere"):
         Lease(out, "h", 60).acquire()
     record["expires_at"] = time.time() - 1
-    write_bytes(f"{out}/_lease/00000004.json", json.dumps(record).encode(), None)
+    Storage().write_bytes(f"{out}/_lease/00000004.json", json.dumps(record).encode())
     assert Lease(out, "h", 60).acquire().generation == 5
 
 
@@ -129,21 +129,21 @@ def test_commit_refuses_a_config_hash_other_than_the_lease_s(tmp_path: Path) -> 
     lease.acquire()
     table = rows_to_table(_rows("/d/s.tar"), "tensor", (3, 8, 8))
     with pytest.raises(OutputConflictError, match="checkpoint change"):
-        commit_part(out, "/d/s.tar", table, {"config_hash": "worker-hash"}, None, lease.token)
+        commit_part(out, "/d/s.tar", table, {"config_hash": "worker-hash"}, Storage(), lease.token)
     assert not (tmp_path / "out" / "parts").exists()
-    marker = commit_part(out, "/d/s.tar", table, {"config_hash": "job-hash"}, None, lease.token)
+    marker = commit_part(out, "/d/s.tar", table, {"config_hash": "job-hash"}, Storage(), lease.token)
     assert marker["rows"] == 4
 
 
 def test_resume_refuses_markers_of_another_config(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
-    check_output(out, "a" * 64, False, None)
+    check_output(out, "a" * 64, False, Storage())
     for shard, h in (("/d/s0.tar", "a" * 64), ("/d/s1.tar", "b" * 64)):
-        commit_part(out, shard, rows_to_table(_rows(shard), "tensor", (3, 8, 8)), {"config_hash": h}, None)
+        commit_part(out, shard, rows_to_table(_rows(shard), "tensor", (3, 8, 8)), {"config_hash": h}, Storage())
     with pytest.raises(OutputConflictError, match=r"1 finished shards of another config \(e\.g\. /d/s1\.tar: hash bbbb"):
-        resumable(out, "a" * 64, None)
-    check_output(out, "a" * 64, True, None)  # overwrite clears both the markers and config.json
-    assert resumable(out, "a" * 64, None) == {} and not (tmp_path / "out" / "parts").exists()
+        resumable(out, "a" * 64, Storage())
+    check_output(out, "a" * 64, True, Storage())  # overwrite clears both the markers and config.json
+    assert resumable(out, "a" * 64, Storage()) == {} and not (tmp_path / "out" / "parts").exists()
 
 
 def test_temp_files_are_hidden_from_readers_of_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,7 +157,7 @@ def test_temp_files_are_hidden_from_readers_of_the_folder(tmp_path: Path, monkey
 
     monkeypatch.setattr(os, "replace", watching_replace)
     out = str(tmp_path / "out")
-    commit_part(out, "/d/s.tar", rows_to_table(_rows("/d/s.tar"), "tensor", (3, 8, 8)), {}, None)
+    commit_part(out, "/d/s.tar", rows_to_table(_rows("/d/s.tar"), "tensor", (3, 8, 8)), {}, Storage())
     assert seen and all(name.startswith(".") for listing in seen for name in listing)
     assert [p.name for p in (tmp_path / "out" / "parts").iterdir()] == [Path(load_done(out)["/d/s.tar"]["part"]).name]
 
@@ -176,6 +176,6 @@ def test_new_weights_behind_the_same_checkpoint_path_are_another_config(tmp_path
     torch.save(build_demo_model(num_classes=4).state_dict(), ckpt)  # retrained, same path
     after = preflight(cfg)
     assert after.config_hash != before.config_hash
-    check_output(cfg.output.uri, before.config_hash, False, None)
+    check_output(cfg.output.uri, before.config_hash, False, Storage())
     with pytest.raises(OutputConflictError, match="another config"):
-        check_output(cfg.output.uri, after.config_hash, False, None)
+        check_output(cfg.output.uri, after.config_hash, False, Storage())

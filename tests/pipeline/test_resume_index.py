@@ -14,20 +14,21 @@ from pipeline.commit import DONE_DIR, check_output, commit_part, done_uri, load_
 from pipeline.done_index import INDEX_DIR, IndexWriter
 from pipeline.lease import Lease, LeaseLostError
 from pipeline.schema import rows_to_table
+from pipeline.storage import Storage
 from tests.pipeline.conftest import tiny_config
 from tests.pipeline.test_schema import extremal_rows as _rows
 from tests.shard_factory import write_shards
 
 
 def _commit(out: str, shard: str) -> dict:
-    return commit_part(out, shard, rows_to_table(_rows(shard), "tensor", (3, 8, 8)), {"config_hash": "h", "attempts": 1}, None)
+    return commit_part(out, shard, rows_to_table(_rows(shard), "tensor", (3, 8, 8)), {"config_hash": "h", "attempts": 1})
 
 
 def test_resume_reads_the_index_not_the_markers_and_the_markers_stay_the_truth(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
     shards = [f"/d/s-{i}.tar" for i in range(4)]
     markers = [_commit(out, s) for s in shards[:3]]
-    IndexWriter(out, None, None).compact(markers[:2])  # the third committed after the index was written
+    IndexWriter(out, Storage(), None).compact(markers[:2])  # the third committed after the index was written
     # A marker the index covers is not read: its content no longer matters, only that it is listed.
     Path(done_uri(out, shards[0])).write_text("{not json")
     done = load_done(out)
@@ -39,7 +40,7 @@ def test_resume_reads_the_index_not_the_markers_and_the_markers_stay_the_truth(t
 
 def test_index_segments_are_compacted_into_one(tmp_path: Path) -> None:
     out = str(tmp_path / "out")
-    writer = IndexWriter(out, None, None)
+    writer = IndexWriter(out, Storage(), None)
     markers = [_commit(out, f"/d/s-{i}.tar") for i in range(3)]
     for m in markers:
         writer.add(m)
@@ -92,12 +93,12 @@ def test_a_job_covered_by_its_index_resumes_without_listing_its_markers(tmp_path
     out = str(tmp_path / "out")
     shards = [f"/d/s-{i}.tar" for i in range(4)]
     markers = [_commit(out, s) for s in shards[:3]]
-    IndexWriter(out, None, None).compact(markers[:2])
+    IndexWriter(out, Storage(), None).compact(markers[:2])
     Path(done_uri(out, shards[1])).write_text("{not json")  # indexed: not read
     listed = []
     real_ls = type(fsspec.filesystem("file")).ls
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(type(fsspec.filesystem("file")), "ls", lambda self, p, *a, **k: listed.append(p) or real_ls(self, p, *a, **k))
-        done = load_done(out, None, shards)
+        done = load_done(out, Storage(), shards)
     assert sorted(done) == shards[:3] and done[shards[1]]["rows"] == 4  # the unindexed third read itself
     assert not [p for p in listed if p.endswith(DONE_DIR)]  # no listing of the markers

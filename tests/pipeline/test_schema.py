@@ -20,6 +20,7 @@ from pipeline.commit import commit_part, part_uri
 from pipeline.geometry import Geometry
 from pipeline.io.parts import row_maps
 from pipeline.schema import part_schema, quantize_maps, restore_maps, rows_to_table
+from pipeline.storage import Storage
 
 # Every method writes these, in this order (docs/parquet.md).
 COMMON = ["key", "shard", "method", "model", "target", "target_source", "width", "height", "maps", "map_min",
@@ -183,7 +184,7 @@ def test_parquet_round_trip_with_pyarrow_pandas_duckdb(tmp_path: Path) -> None:
     rows = extremal_rows(shard)
     table = rows_to_table(rows, "tensor", (3, 8, 8))
     out = tmp_path / "out"
-    commit_part(str(out), shard, table, {"seconds": 1.0}, None)
+    commit_part(str(out), shard, table, {"seconds": 1.0}, Storage())
     proc = subprocess.run(
         [sys.executable, "-c", _READER, part_uri(str(out), shard)], capture_output=True, text=True, cwd=tmp_path, timeout=60
     )

@@ -12,7 +12,6 @@ import fsspec
 import pytest
 from PIL import Image
 
-from pipeline.config import storage_options
 from pipeline.config_load import load_config
 from pipeline.shards import (
     Sample,
@@ -23,6 +22,7 @@ from pipeline.shards import (
     shard_id,
     split_member_name,
 )
+from pipeline.storage import Storage
 from tests.shard_factory import encode_image, image_samples, member_offsets, synthetic_image, truncate_file, upload, write_shard
 
 # ------------------------------------------------------------------------------------------------
@@ -64,13 +64,13 @@ def test_expand_errors_are_clear(tmp_path: Path) -> None:
 def test_expand_on_s3(make_shards, s3_bucket: str, s3_options: dict) -> None:
     paths = make_shards(num_shards=3, per_shard=1)
     urls = [upload(p, f"{s3_bucket}/data/{Path(p).name}", s3_options) for p in paths]
-    assert expand_shards(f"{s3_bucket}/data/shard-*.tar", s3_options) == urls
-    assert expand_shards(f"{s3_bucket}/data/shard-{{000001..000002}}.tar", s3_options) == urls[1:]
+    assert expand_shards(f"{s3_bucket}/data/shard-*.tar", Storage(s3_options)) == urls
+    assert expand_shards(f"{s3_bucket}/data/shard-{{000001..000002}}.tar", Storage(s3_options)) == urls[1:]
     with fsspec.open(f"{s3_bucket}/lists/all.txt", "w", **s3_options) as f:
         f.write("\n".join(urls[::-1]))
-    assert expand_shards(f"@{s3_bucket}/lists/all.txt", s3_options) == urls[::-1]
+    assert expand_shards(f"@{s3_bucket}/lists/all.txt", Storage(s3_options)) == urls[::-1]
     with pytest.raises(ValueError, match="no shards match"):
-        expand_shards(f"{s3_bucket}/other/*.tar", s3_options)
+        expand_shards(f"{s3_bucket}/other/*.tar", Storage(s3_options))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -231,10 +231,10 @@ def test_iter_samples_from_s3(make_shards, s3_bucket: str, s3_options: dict) -> 
     (path,) = make_shards(num_shards=1, per_shard=3)
     url = upload(path, f"{s3_bucket}/shards/{Path(path).name}", s3_options)
     local = list(iter_samples(path))
-    remote = list(iter_samples(url, s3_options))
+    remote = list(iter_samples(url, Storage(s3_options)))
     assert remote == local
     with pytest.raises(ShardReadError, match="missing.tar"):
-        list(iter_samples(f"{s3_bucket}/shards/missing.tar", s3_options))
+        list(iter_samples(f"{s3_bucket}/shards/missing.tar", Storage(s3_options)))
 
 
 def test_unreachable_endpoint_fails_fast_and_clearly() -> None:
@@ -245,7 +245,7 @@ def test_unreachable_endpoint_fails_fast_and_clearly() -> None:
     )
     start = time.monotonic()
     with pytest.raises(ShardReadError, match=r"s3://bucket/x\.tar.*127\.0\.0\.1:9"):
-        list(iter_samples("s3://bucket/x.tar", storage_options(cfg)))
+        list(iter_samples("s3://bucket/x.tar", Storage.from_config(cfg)))
     assert time.monotonic() - start < 10
 
 

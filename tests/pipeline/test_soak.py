@@ -23,6 +23,7 @@ import pytest
 
 from pipeline.driver import run_job
 from pipeline.io.parts import read_results
+from pipeline.storage import Storage
 from tests.fault_proxy import FaultProxy
 from tests.pipeline.conftest import tiny_config
 from tests.pipeline.fault_tasks import FaultyTask
@@ -113,7 +114,7 @@ def test_soak(tmp_path: Path, s3_server: str, s3_bucket: str, s3_options: dict) 
         proxy.stop()
 
     assert summary.ok, summary.report()
-    table = read_results(out, s3_options)
+    table = read_results(out, Storage(s3_options))
     counted = Counter(table.column("key").to_pylist())
     assert set(counted) == set(keys) and set(counted.values()) == {1}  # the input's keys, each once
     manifest = json.loads(fs.cat_file(f"{out[5:]}/manifest.json"))

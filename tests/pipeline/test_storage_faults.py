@@ -15,6 +15,7 @@ from pipeline.driver import run_job
 from pipeline.io.parts import read_results
 from pipeline.lease import Lease
 from pipeline.shards import iter_samples
+from pipeline.storage import Storage
 from tests.fault_proxy import FaultProxy
 from tests.pipeline.conftest import tiny_config
 from tests.shard_factory import upload, write_shards
@@ -36,7 +37,7 @@ def test_lease_survives_an_ambiguous_create(flaky_s3, s3_bucket: str, s3_options
             "config_kwargs": {"retries": {"max_attempts": 8, "mode": "standard"}}}
     proxy.rate = 0.5
     for i in range(6):
-        lease = Lease(f"{s3_bucket}/out{i}", "h", 60, opts)
+        lease = Lease(f"{s3_bucket}/out{i}", "h", 60, Storage(opts))
         assert lease.acquire().generation == 1
     assert proxy.counts["after"] > 0
 
@@ -56,6 +57,6 @@ def test_intermittent_storage_faults_are_retried_and_the_output_is_exact(
 
     assert summary.ok, summary.report()
     assert proxy.counts["before"] + proxy.counts["after"] > 0, proxy.counts
-    keys = read_results(out, s3_options).column("key").to_pylist()
+    keys = read_results(out, Storage(s3_options)).column("key").to_pylist()
     assert Counter(keys) == Counter(s.key for p in local for s in iter_samples(p))
     print(f"\nstorage faults: {dict(proxy.counts)}; shard retries: {summary.retries}")

@@ -11,6 +11,7 @@ import pytest
 
 from pipeline.config import InputConfig
 from pipeline.shards import ShardReadError
+from pipeline.storage import Storage
 from pipeline.tables import BATCH_ROWS, expand_units, iter_any_samples, iter_table_samples, sample_reader
 from tests.shard_factory import encode_image, synthetic_image, truncate_file
 from tests.zoo.inputs import write_hf_hub_parquet, write_hf_saved, write_parquet_files
@@ -20,7 +21,7 @@ pytest.importorskip("datasets")
 
 def _keys_labels(cfg: InputConfig) -> list[list[tuple[str, int | None, str | None]]]:
     read = sample_reader(cfg)
-    return [[(s.key, s.label, s.error) for s in read(u, None)] for u in expand_units(cfg)]
+    return [[(s.key, s.label, s.error) for s in read(u, Storage())] for u in expand_units(cfg)]
 
 
 def test_img2dataset_parquet_rows_are_samples(tmp_path: Path) -> None:
@@ -50,7 +51,7 @@ def test_bad_rows_become_error_rows_and_the_rest_is_read(tmp_path: Path) -> None
         "label": pa.array(["1", "2", "3", "4", "x", None]),
     })
     pq.write_table(table, tmp_path / "t.parquet", row_group_size=2)
-    samples = list(iter_table_samples(str(tmp_path / "t.parquet"), None, "jpg", "key"))
+    samples = list(iter_table_samples(str(tmp_path / "t.parquet"), Storage(), "jpg", "key"))
     assert [(s.key, s.label, s.error) for s in samples] == [
         ("a", 1, None),
         ("b", 2, "no image"),
@@ -66,13 +67,13 @@ def test_missing_column_and_damaged_file_fail_the_unit(tmp_path: Path) -> None:
     write_parquet_files(tmp_path)
     url = str(tmp_path / "00000.parquet")
     with pytest.raises(ShardReadError, match=r"no column 'image'.*columns: key, jpg, status") as err:
-        list(iter_table_samples(url, None, "image", "key"))
+        list(iter_table_samples(url, Storage(), "image", "key"))
     assert err.value.permanent and "\n" not in str(err.value)
     truncate_file(url, Path(url).stat().st_size - 20)
     with pytest.raises(ShardReadError, match="cannot read .*00000.parquet after 0 rows"):
-        list(iter_table_samples(url, None, "jpg", "key"))
+        list(iter_table_samples(url, Storage(), "jpg", "key"))
     with pytest.raises(ShardReadError, match="FileNotFoundError") as err:
-        list(iter_table_samples(str(tmp_path / "nope.parquet"), None, "jpg", "key"))
+        list(iter_table_samples(str(tmp_path / "nope.parquet"), Storage(), "jpg", "key"))
     assert err.value.permanent
 
 
@@ -98,7 +99,7 @@ def test_row_groups_are_streamed(tmp_path: Path) -> None:
     with open(url, "r+b") as f:  # its data page's header
         f.seek(chunk.data_page_offset)
         f.write(b"\xff" * 8)
-    rows = iter_table_samples(url, None, "jpg", "key")
+    rows = iter_table_samples(url, Storage(), "jpg", "key")
     assert [next(rows).error for _ in range(BATCH_ROWS)] == [None] * BATCH_ROWS
     with pytest.raises(ShardReadError, match=f"after {BATCH_ROWS} rows"):
         next(rows)

@@ -50,7 +50,7 @@ def test_the_sample_is_the_smallest_hashes_per_class_whatever_the_partitioning(t
     assert drawn == expected
     # the drawn rows read back are those rows, maps included
     items = [item for c in sorted(b.sample) for item in b.sample[c]]
-    rows = read_rows([loc for *_, loc in items], None)
+    rows = read_rows([loc for *_, loc in items])
     index = {k: i for i, k in enumerate(cols["key"])}
     for (_, key, target, _), row in zip(items, rows):
         assert (row["key"], row["target"]) == (key, target)
