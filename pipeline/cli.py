@@ -34,12 +34,14 @@ class JobFailed(Exception):
 def _exit_codes() -> list[tuple[type[BaseException], int]]:
     """The table, first match wins (imported lazily: ``--help`` answers without Ray)."""
     from pipeline.driver import DriverError
+    from pipeline.local_ray import LocalRayError
     from pipeline.shards import ShardReadError
     from pipeline.storage import OutputError
 
     return [
         (ConfigError, 2), (UsageError, 2),
-        (JobFailed, 1), (OutputError, 1), (DriverError, 1), (ShardReadError, 1), (FileNotFoundError, 1), (OSError, 1),
+        (JobFailed, 1), (LocalRayError, 1), (OutputError, 1), (DriverError, 1),
+        (ShardReadError, 1), (FileNotFoundError, 1), (OSError, 1),
         # What the driver finds wrong in the input while running (an unknown layer, a shard list
         # that expands to nothing): the config's fault.
         (ValueError, 2),
@@ -93,23 +95,24 @@ def job_config(args: argparse.Namespace) -> JobConfig:
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Ray connected for the block: ``RAY_ADDRESS`` (set by ``ray job submit``), else ``address``
     (``cluster.address``), else a private local instance (no dashboard, token auth off: it
-    protects shared clusters, not this one), stopped at the end. A Ray already initialised in this
-    process is used as it is and left running."""
+    protects shared clusters, not this one), stopped at the end and gone with the driver if the
+    driver is killed (``pipeline/local_ray.py``). A Ray already initialised in this process is
+    used as it is and left running; a cluster connected to is never stopped."""
     import ray
+
+    from pipeline.local_ray import private_ray
 
     if ray.is_initialized():
         yield
         return
     target = os.environ.get("RAY_ADDRESS") or address
-    if target:
+    with contextlib.ExitStack() as stack:
+        if not target:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            target = stack.enter_context(private_ray())
         ray.init(address=target)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", include_dashboard=False)
-    try:
+        stack.callback(ray.shutdown)  # disconnects first, then the private instance stops
         yield
-    finally:
-        ray.shutdown()
 
 
 def run_attribution(cfg: JobConfig, max_shards: int | None = None, **run_options: Any) -> JobSummary:
