@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +112,12 @@ def ray_session(address: str | None = None) -> Iterator[None]:
         if not target:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             target = stack.enter_context(private_ray())
+        handler = signal.getsignal(signal.SIGTERM)
         ray.init(address=target)
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            # ray.init replaces it with its own (an exit with a native stack dump and SIGABRT):
+            # SIGTERM must stop the job as ``run_main`` says.
+            signal.signal(signal.SIGTERM, handler)
         stack.callback(ray.shutdown)  # disconnects first, then the private instance stops
         yield
 
