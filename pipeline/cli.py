@@ -74,6 +74,9 @@ def run_main(body: Callable[[], int]) -> int:
         except Exception as exc:
             for typ, code in _exit_codes():
                 if isinstance(exc, typ):
+                    stopped = getattr(exc, "summary", None)  # a run that stopped midway (no worker left)
+                    if stopped is not None:
+                        print(stopped.report())
                     print(f"error: {one_line(exc)}", file=sys.stderr)
                     return code
             raise
