@@ -36,12 +36,14 @@ class JobFailed(Exception):
 def _exit_codes() -> list[tuple[type[BaseException], int]]:
     """The table, first match wins (imported lazily: ``--help`` answers without Ray)."""
     from pipeline.driver import DriverError
+    from pipeline.local_ray import LocalRayError
     from pipeline.shards import ShardReadError
     from pipeline.storage import OutputError
 
     return [
         (ConfigError, 2), (UsageError, 2),
-        (JobFailed, 1), (OutputError, 1), (DriverError, 1), (ShardReadError, 1), (FileNotFoundError, 1), (OSError, 1),
+        (JobFailed, 1), (LocalRayError, 1), (OutputError, 1), (DriverError, 1),
+        (ShardReadError, 1), (FileNotFoundError, 1), (OSError, 1),
         # What the driver finds wrong in the input while running (an unknown layer, a shard list
         # that expands to nothing): the config's fault.
         (ValueError, 2),
@@ -72,6 +74,9 @@ def run_main(body: Callable[[], int]) -> int:
         except Exception as exc:
             for typ, code in _exit_codes():
                 if isinstance(exc, typ):
+                    stopped = getattr(exc, "summary", None)  # a run that stopped midway (no worker left)
+                    if stopped is not None:
+                        print(stopped.report())
                     print(f"error: {one_line(exc)}", file=sys.stderr)
                     return code
             raise
@@ -95,28 +100,29 @@ def job_config(args: argparse.Namespace) -> JobConfig:
 def ray_session(address: str | None = None) -> Iterator[None]:
     """Ray connected for the block: ``RAY_ADDRESS`` (set by ``ray job submit``), else ``address``
     (``cluster.address``), else a private local instance (no dashboard, token auth off: it
-    protects shared clusters, not this one), stopped at the end. A Ray already initialised in this
-    process is used as it is and left running."""
+    protects shared clusters, not this one), stopped at the end and gone with the driver if the
+    driver is killed (``pipeline/local_ray.py``). A Ray already initialised in this process is
+    used as it is and left running; a cluster connected to is never stopped."""
     import ray
+
+    from pipeline.local_ray import private_ray
 
     if ray.is_initialized():
         yield
         return
     target = os.environ.get("RAY_ADDRESS") or address
-    # ray.init installs its own SIGTERM handler, which ends the process at once (no summary, no
-    # manifest, the lease held): ours (``run_main``'s) is put back.
-    on_term = signal.getsignal(signal.SIGTERM)
-    if target:
+    with contextlib.ExitStack() as stack:
+        if not target:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            target = stack.enter_context(private_ray())
+        handler = signal.getsignal(signal.SIGTERM)
         ray.init(address=target)
-    else:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", include_dashboard=False)
-    if on_term is not None and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, on_term)
-    try:
+        if handler is not None and threading.current_thread() is threading.main_thread():
+            # ray.init replaces it with its own (an exit with a native stack dump and SIGABRT):
+            # SIGTERM must stop the job as ``run_main`` says.
+            signal.signal(signal.SIGTERM, handler)
+        stack.callback(ray.shutdown)  # disconnects first, then the private instance stops
         yield
-    finally:
-        ray.shutdown()
 
 
 def run_attribution(cfg: JobConfig, max_shards: int | None = None, **run_options: Any) -> JobSummary:

@@ -11,7 +11,9 @@ reading ahead in the same actor, so an actor never idles between shards); a fail
 ``retry_backoff_s * 2**(attempt-1)`` and goes back in the queue, up to ``max_retries`` re-runs,
 then it is quarantined (status ``failed`` with the reason); a shard that does not exist is
 quarantined at once (``ShardReadError.permanent``: retrying cannot help). An actor whose process died is
-replaced by a new one; the shards it held are retried like any failure.
+replaced by a new one; the shards it held are retried like any failure. A replacement that does
+not start within ``startup_timeout_s`` (the cluster lost the room for it, with a node) gives up
+its seat (``pipeline/actors.py``): the job goes on with the others, or stops when none is left.
 
 The driver is generic over tasks: what an actor does to a shard is ``task_class``
 (``pipeline.tasks``); the driver sees only shard URLs going out and done-markers coming back.
@@ -27,18 +29,18 @@ import sys
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, TextIO
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError, RayTaskError
 
 from pipeline import commit
+from pipeline.actors import Slot, give_up_late, kill, start_actor
 from pipeline.config import JobConfig
 from pipeline.config_hash import config_hash
 from pipeline.config_load import config_to_dict
 from pipeline.done_index import IndexWriter
-from pipeline.lease import Lease, LeaseLostError, LeaseToken
+from pipeline.lease import Lease, LeaseLostError
 from pipeline.preflight import Checked, preflight
 from pipeline.progress import Progress
 from pipeline.shards import shard_id
@@ -120,39 +122,6 @@ def num_workers(cfg: JobConfig, resources: dict[str, float], shards: int) -> int
                 f"{n * per:g} {what}s but the Ray cluster has {have:g}: lower cluster.num_actors (or null: as many as fit)"
             )
     return n
-
-
-@dataclass
-class _Slot:
-    """An actor seat: the current handle and its generation (bumped on every replacement, so
-    late failures of a dead actor's queued shards do not replace its successor)."""
-
-    handle: Any
-    generation: int = 0
-
-
-def _start_actor(cfg: JobConfig, worker_class: type, task_class: type, lease: LeaseToken) -> Any:
-    c = cfg.cluster
-    remote = ray.remote(worker_class).options(
-        num_cpus=c.num_cpus_per_actor,
-        num_gpus=c.num_gpus_per_actor,
-        max_restarts=0,  # we replace dead actors ourselves and count the shard's attempts
-        max_task_retries=0,
-        # One call per in-flight shard runs at once: the queued shard reads ahead while the
-        # current one computes (the worker's lock keeps compute one shard at a time).
-        max_concurrency=c.max_in_flight_per_actor,
-        # One actor per node before two on one: a node lost (a spot preemption) takes fewer actors
-        # with it, and their replacements find room on the others.
-        scheduling_strategy="SPREAD",
-    )
-    return remote.remote(cfg, task_class, lease)
-
-
-def _kill(handle: Any) -> None:
-    try:
-        ray.kill(handle, no_restart=True)
-    except Exception:  # already gone
-        pass
 
 
 # ------------------------------------------------------------------------------------------------
@@ -283,8 +252,8 @@ def _dispatch(
     adding each done-marker to ``index``. Stops (LeaseLostError) if the job loses the output's lease."""
     c = cfg.cluster
     n = num_workers(cfg, ray.cluster_resources(), len(todo))
-    start_actor = functools.partial(_start_actor, cfg, *classes, lease.token)
-    slots = [_Slot(start_actor()) for _ in range(n)]
+    new_actor = functools.partial(start_actor, cfg, *classes, lease.token)
+    slots = [Slot(new_actor()) for _ in range(n)]
     summary.workers = n
     try:
         _wait_ready(slots, startup_timeout_s, progress)
@@ -295,6 +264,8 @@ def _dispatch(
         while queue or retry_heap or in_flight:
             if lease.lost:
                 raise LeaseLostError(lease.lost)
+            if give_up_late(slots, startup_timeout_s):
+                _seats_left(slots, startup_timeout_s, progress)
             now = time.monotonic()
             while retry_heap and retry_heap[0][0] <= now:
                 queue.append(heapq.heappop(retry_heap)[1])
@@ -314,8 +285,8 @@ def _dispatch(
                     state.error = failure_reason(exc)
                     if isinstance(exc, RayActorError) and slots[slot_i].generation == generation:
                         # The process is gone (or unreachable): a fresh actor takes its seat.
-                        _kill(slots[slot_i].handle)
-                        slots[slot_i] = _Slot(start_actor(), generation + 1)
+                        kill(slots[slot_i].handle)
+                        slots[slot_i] = Slot.replacement(new_actor(), generation + 1)
                         summary.replaced_workers += 1
                     if state.attempts <= c.max_retries and not _permanent(exc):
                         backoff = min(MAX_BACKOFF_S, c.retry_backoff_s * 2 ** (state.attempts - 1))
@@ -334,25 +305,26 @@ def _dispatch(
             progress.tick()
     finally:
         for slot in slots:
-            _kill(slot.handle)
+            kill(slot.handle)
 
 
 def _fill(
     cfg: JobConfig,
-    slots: list[_Slot],
+    slots: list[Slot],
     queue: deque[str],
     in_flight: dict[Any, tuple[int, int, str]],
     states: dict[str, ShardState],
 ) -> None:
     """Give queued shards to actors with fewer than ``max_in_flight_per_actor`` in flight,
-    least loaded first."""
+    least loaded first (seats given up get none)."""
     limit = cfg.cluster.max_in_flight_per_actor
-    while queue:
+    seats = [i for i, slot in enumerate(slots) if slot.handle is not None]
+    while queue and seats:
         load = [0] * len(slots)
         for slot_i, generation, _ in in_flight.values():
             if slots[slot_i].generation == generation:
                 load[slot_i] += 1
-        slot_i = min(range(len(slots)), key=lambda i: load[i])
+        slot_i = min(seats, key=lambda i: load[i])
         if load[slot_i] >= limit:
             return
         url = queue.popleft()
@@ -361,7 +333,7 @@ def _fill(
         in_flight[ref] = (slot_i, slots[slot_i].generation, url)
 
 
-def _wait_ready(slots: list[_Slot], timeout_s: float, progress: Progress | None = None) -> None:
+def _wait_ready(slots: list[Slot], timeout_s: float, progress: Progress | None = None) -> None:
     """Block until every actor has loaded its model, saying every ``progress.interval_s`` what
     it waits for; a worker that cannot start (bad checkpoint, no GPU for device=cuda) fails the
     whole job at once with its reason."""
@@ -389,6 +361,16 @@ def _wait_ready(slots: list[_Slot], timeout_s: float, progress: Progress | None 
         reason = failure_reason(exc)
         prefix = "worker failed to start"
         raise DriverError(reason if reason.startswith(prefix) else f"{prefix}: {reason}") from None
+
+
+def _seats_left(slots: list[Slot], timeout_s: float, progress: Progress) -> None:
+    """After seats were given up: a line saying so, or DriverError when none is left."""
+    left = sum(1 for slot in slots if slot.handle is not None)
+    said = (f"a replacement worker did not start within {timeout_s:.0f} s (the cluster has "
+            f"{_resources(ray.cluster_resources())}, available now: {_resources(ray.available_resources())})")
+    if not left:
+        raise DriverError(f"no worker left: {said}; run the same command again to resume")
+    progress.note(f"{said}: going on with {left} of {len(slots)} workers")
 
 
 def _resources(res: dict[str, float]) -> str:

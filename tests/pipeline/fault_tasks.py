@@ -5,7 +5,9 @@ the items the template hands ``compute``."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from pipeline.readahead import Item
 from pipeline.shard_task import ShardContext
@@ -35,3 +37,21 @@ def _after_first_batch(items: Iterator[Item], batch_size: int, fault: str) -> It
     if fault == "kill":
         os._exit(1)
     raise RuntimeError("injected transient fault")
+
+
+class NoRoomTask(FaultyTask):
+    """The first actor dies on its first shard, and no actor started after that ever becomes
+    ready (its construction blocks), as a replacement the cluster has no room for never starts.
+    ``flag``: a file path marking the death (bind it with ``functools.partial``)."""
+
+    def __init__(self, cfg, device, flag: str) -> None:
+        while os.path.exists(flag):
+            time.sleep(1.0)  # until the driver gives up and kills this actor
+        super().__init__(cfg, device)
+        self.flag = flag
+
+    def fault(self, shard_url: str, attempt: int) -> str | None:
+        if os.path.exists(self.flag):
+            return None
+        Path(self.flag).touch()
+        return "kill"

@@ -10,12 +10,42 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+
+def cluster_of_two_nodes(cpus_per_node: int = 2) -> tuple[Any, Any]:
+    """A local multi-node cluster: a head without CPUs and two worker nodes with their own; returns
+    (the ``ray.cluster_utils.Cluster``, the worker node to remove)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster.add_node(num_cpus=cpus_per_node)
+    doomed = cluster.add_node(num_cpus=cpus_per_node)
+    cluster.wait_for_nodes()
+    return cluster, doomed
+
+
+def preempt_when(count_done: Callable[[], int], at: int, cluster: Any, node: Any) -> dict:
+    """Removes ``node`` from ``cluster`` (with its actors and whatever they were computing) once
+    ``count_done()`` (shards done so far) reaches ``at``, from a daemon thread; the dict returned
+    gets ``after_done``, the count at that moment, also said on stderr."""
+    removed: dict = {}
+
+    def preempt() -> None:
+        while (done := count_done()) < at:
+            time.sleep(0.2)
+        removed["after_done"] = done
+        cluster.remove_node(node)
+        print(f"node removed after {done} shards done", file=sys.stderr, flush=True)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    return removed
 
 
 def main(folder: str) -> dict:
     import ray
-    from ray.cluster_utils import Cluster
 
     from pipeline.driver import run_job
     from pipeline.io.parts import read_results
@@ -28,22 +58,10 @@ def main(folder: str) -> dict:
     out = Path(folder) / "out"
     cfg = tiny_config(shards, str(out), "cluster.num_actors=2", "cluster.num_gpus_per_actor=0", "cluster.max_retries=3",
                       "cluster.retry_backoff_s=0.1", "extremal.max_iter=20", "worker.batch_size=1")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    cluster.add_node(num_cpus=2)
-    doomed = cluster.add_node(num_cpus=2)
-    cluster.wait_for_nodes()
+    cluster, doomed = cluster_of_two_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
-    removed: dict = {}
-
-    def preempt() -> None:
-        # Once the job is under way: the node goes, with its actor and whatever it was computing.
-        while len(list((out / "_done").glob("*.json"))) < 3:
-            time.sleep(0.05)
-        removed["after_done"] = len(list((out / "_done").glob("*.json")))
-        cluster.remove_node(doomed)
-
-    killer = threading.Thread(target=preempt, daemon=True)
-    killer.start()
+    # Once the job is under way.
+    removed = preempt_when(lambda: len(list((out / "_done").glob("*.json"))), 3, cluster, doomed)
     t0 = time.monotonic()
     try:
         with open("/dev/null", "w") as devnull:

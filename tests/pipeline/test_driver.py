@@ -6,6 +6,7 @@ replacement, quarantine, resume and the manifest, not the algorithm.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -24,7 +25,7 @@ from pipeline.shards import iter_samples
 from pipeline.storage import Storage
 from pipeline.worker import ShardWorker
 from tests.pipeline.conftest import tiny_config
-from tests.pipeline.fault_tasks import FaultyTask
+from tests.pipeline.fault_tasks import FaultyTask, NoRoomTask
 from tests.shard_factory import image_samples, member_offsets, truncate_file, upload, write_shard, write_shards
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -96,6 +97,25 @@ def test_killed_actor_is_replaced_and_its_shard_retried(tmp_path: Path) -> None:
     crashed = summary.shards[shards[1]]
     assert crashed.attempts == 2 and crashed.status == "done"
     assert Counter(read_results(out).column("key").to_pylist()) == Counter(_keys(shards))
+
+
+def test_a_replacement_that_never_starts_stops_the_job_with_its_reason(tmp_path: Path) -> None:
+    """The only actor dies and its replacement never starts (as when the cluster lost the room
+    for it with a node): after ``startup_timeout_s`` the job stops with one reason, the manifest
+    written and the lease released, instead of waiting forever."""
+    from pipeline.lease import highest
+
+    shards = write_shards(tmp_path / "shards", num_shards=3, per_shard=2)
+    out = str(tmp_path / "out")
+    cfg = tiny_config(shards, out, "cluster.num_actors=1", "cluster.max_retries=3")
+    task = functools.partial(NoRoomTask, flag=str(tmp_path / "died"))
+    with pytest.raises(DriverError, match=r"no worker left: a replacement worker did not start within 20 s .*"
+                                          r"run the same command again to resume") as stopped:
+        run_job(cfg, task_class=task, progress_stream=io.StringIO(), startup_timeout_s=20)
+    assert "shards: " in stopped.value.summary.report()  # what jobs.attribute prints above the error
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["summary"]["done"] < 3
+    assert highest(out)[1]["released"]
 
 
 def test_bad_sample_is_an_error_row_and_the_job_succeeds(tmp_path: Path) -> None:

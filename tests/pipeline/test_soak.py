@@ -1,7 +1,8 @@
 """The soak test: 200 one-image shards on the moto S3 server behind the fault-injecting proxy
 (2 % of storage requests fail), 2 actors, 5 % of shards hit by an injected worker fault on their
-first attempt (an actor killed mid-shard, or a transient exception), and the driver killed with
-SIGKILL in the middle and restarted. The output's key set is the input's, each row once, and
+first attempt (an actor killed mid-shard, or a transient exception), a worker node of the first
+run's two-node cluster lost (its actor with it), and the driver killed with SIGKILL in the middle
+and restarted. The output's key set is the input's, each row once, and
 the manifest accounts for every shard and its attempts. Prints its figures."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,6 +33,7 @@ from tests.shard_factory import image_samples, write_shard
 
 REPO = Path(__file__).resolve().parents[2]
 NUM_SHARDS = 200
+NODE_LOST_AT = NUM_SHARDS // 6
 FAULT_RATE = 0.05
 
 
@@ -53,15 +56,26 @@ class SoakTask(FaultyTask):
 _FIRST_RUN = textwrap.dedent(
     """
     import io, sys
-    import ray
+    import fsspec, ray
     from tests.pipeline.conftest import tiny_config
-    from tests.pipeline.test_soak import SoakTask, soak_overrides
+    from tests.pipeline.node_loss import cluster_of_two_nodes, preempt_when
+    from tests.pipeline.test_soak import NODE_LOST_AT, SoakTask, count_done, soak_overrides
     from pipeline.driver import run_job
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    run_job(tiny_config(*soak_overrides(sys.argv[1], sys.argv[2], sys.argv[3])), task_class=SoakTask,
+    shards, out, endpoint, direct = sys.argv[1:5]
+    cluster, doomed = cluster_of_two_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    fs = fsspec.filesystem("s3", client_kwargs={"endpoint_url": direct})
+    preempt_when(lambda: count_done(fs, out), NODE_LOST_AT, cluster, doomed)
+    run_job(tiny_config(*soak_overrides(shards, out, endpoint)), task_class=SoakTask,
             progress_stream=io.StringIO(), tty=False)
     """
 )
+
+
+def count_done(fs, out: str) -> int:
+    """Done-markers under the output ``out`` (``s3://...``) so far."""
+    fs.invalidate_cache()
+    return len(fs.ls(f"{out[5:]}/_done")) if fs.exists(f"{out[5:]}/_done") else 0
 
 
 def soak_overrides(shards: str, out: str, endpoint: str) -> list[str]:
@@ -87,16 +101,16 @@ def test_soak(tmp_path: Path, s3_server: str, s3_bucket: str, s3_options: dict) 
     proxy = FaultProxy(s3_server, rate=0.02, seed=5)
     endpoint = proxy.start()
     try:
-        # Run 1: a separate driver process (its own Ray), SIGKILLed once a third of the shards are done.
+        # Run 1: a separate driver process on its own two-node Ray, which loses a node once a sixth
+        # of the shards are done, and is SIGKILLed once a third are.
         env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "disabled"}
         env.pop("RAY_ADDRESS", None)
-        proc = subprocess.Popen([sys.executable, "-c", _FIRST_RUN, shards, out, endpoint], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-c", _FIRST_RUN, shards, out, endpoint, s3_server], cwd=REPO,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             deadline = time.monotonic() + 300
             while True:
-                fs.invalidate_cache()
-                done_first = len(fs.ls(f"{out[5:]}/_done")) if fs.exists(f"{out[5:]}/_done") else 0
+                done_first = count_done(fs, out)
                 if done_first >= NUM_SHARDS // 3:
                     break
                 assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
@@ -106,6 +120,9 @@ def test_soak(tmp_path: Path, s3_server: str, s3_bucket: str, s3_options: dict) 
             os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started: the group we made
             proc.wait()
         killed_at = time.monotonic() - start
+        said = proc.stdout.read().decode()
+        node_lost = re.search(r"node removed after (\d+) shards done", said)
+        assert node_lost, said[-3000:]  # before the driver was killed
 
         # Run 2: the same job restarted on the session's cluster resumes and finishes.
         cfg = tiny_config(*soak_overrides(shards, out, endpoint))
@@ -125,7 +142,8 @@ def test_soak(tmp_path: Path, s3_server: str, s3_bucket: str, s3_options: dict) 
     resumed = sum(1 for s in summary.done if s.resumed)
     print(
         f"\nsoak: {NUM_SHARDS} shards, {len(faults)} worker faults ({Counter(faults.values())}), storage "
-        f"{dict(proxy.counts)}; driver killed after {killed_at:.0f} s with {resumed} shards done; restart: "
+        f"{dict(proxy.counts)}; a node lost after {node_lost[1]} shards; driver killed after {killed_at:.0f} s "
+        f"with {resumed} shards done; restart: "
         f"{summary.retries} retries, {summary.replaced_workers} actors replaced; attempts "
         f"{Counter(attempts.values())}; total {time.monotonic() - start:.0f} s"
     )
