@@ -10,6 +10,7 @@ import pytest
 from jobs.make_shards import main
 from pipeline.config import InputConfig
 from pipeline.shards import expand_shards, iter_samples
+from pipeline.storage import Storage
 from pipeline.tables import expand_units, sample_reader
 from tests.zoo.inputs import write_hf_hub_parquet, write_hf_saved, write_parquet_files
 
@@ -33,7 +34,7 @@ def test_tables_to_shards(tmp_path: Path, capsys, layout: str) -> None:
     assert main(argv) == 0
     assert "4 samples, 0 classes in 2 shards (2 written, 0 already there)" in capsys.readouterr().out
     cfg = InputConfig(shards=source, format=fmt)
-    rows = [s for u in expand_units(cfg) for s in sample_reader(cfg)(u, None)]
+    rows = [s for u in expand_units(cfg) for s in sample_reader(cfg)(u, Storage())]
     tars = _tar_samples(out)
     assert [s.image_bytes for s in tars] == [s.image_bytes for s in rows]  # JPEGs copied byte for byte
     assert [s.label for s in tars] == [s.label for s in rows]

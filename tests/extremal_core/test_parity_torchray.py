@@ -67,8 +67,10 @@ def torchray_reference(demo_model_and_data):
     return get
 
 
-@pytest.mark.parametrize("variant", ["preserve", "delete", "dual"])
-@pytest.mark.parametrize("perturbation", ["blur", "fade"])
+# Each variant and each perturbation at least once, not every pair: each pair costs three TorchRay
+# runs (the reference and its two noisy controls), and CI's time is bounded.
+@pytest.mark.parametrize("variant,perturbation", [("preserve", "blur"), ("delete", "fade"), ("dual", "blur"),
+                                                  ("preserve", "fade")])
 def test_masks_and_rewards_match_torchray_where_it_agrees_with_itself(
     demo_model_and_data, torchray_reference, variant, perturbation, native_kernels
 ):

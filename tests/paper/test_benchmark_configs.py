@@ -26,10 +26,10 @@ def test_cell_configs_carry_torchrays_settings(cell):
     base = load_config(str(BENCHMARK / f"{cell}.yaml"))
     assert (base.model.arch, base.model.dataset) == (f"torchray/{arch}", dataset)
     assert base.targets.mode == "labels" and base.method.name == "extremal"
-    ex = base.extremal
-    assert ex.areas == ((0.025, 0.05, 0.1, 0.2) if dataset == "voc07" else (0.018, 0.025, 0.05, 0.1))
-    assert (ex.max_iter, ex.step, ex.sigma, ex.num_levels, ex.jitter) == (800, 7, 21.0, 8, True)
-    assert (ex.variant, ex.perturbation, ex.reward) == ("preserve", "blur", "simple")
+    optim, masks = base.extremal.optim, base.extremal.masks
+    assert optim.areas == ((0.025, 0.05, 0.1, 0.2) if dataset == "voc07" else (0.018, 0.025, 0.05, 0.1))
+    assert (optim.max_iter, masks.step, masks.sigma, masks.num_levels, optim.jitter) == (800, 7, 21.0, 8, True)
+    assert (optim.variant, masks.perturbation, optim.reward) == ("preserve", "blur", "simple")
     assert cell_of_model(base.model.arch, base.model.dataset) == (dataset, arch)
     for method in METHODS:
         cfg = load_config(str(BENCHMARK / "methods" / f"{cell}_{method}.yaml"))

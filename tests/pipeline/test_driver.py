@@ -109,9 +109,9 @@ def test_a_replacement_that_never_starts_stops_the_job_with_its_reason(tmp_path:
     out = str(tmp_path / "out")
     cfg = tiny_config(shards, out, "cluster.num_actors=1", "cluster.max_retries=3")
     task = functools.partial(NoRoomTask, flag=str(tmp_path / "died"))
-    with pytest.raises(DriverError, match=r"no worker left: a replacement worker did not start within 20 s .*"
+    with pytest.raises(DriverError, match=r"no worker left: a replacement worker did not start within 10 s .*"
                                           r"run the same command again to resume") as stopped:
-        run_job(cfg, task_class=task, progress_stream=io.StringIO(), startup_timeout_s=20)
+        run_job(cfg, task_class=task, progress_stream=io.StringIO(), startup_timeout_s=10)
     assert "shards: " in stopped.value.summary.report()  # what jobs.attribute prints above the error
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["summary"]["done"] < 3

@@ -243,7 +243,7 @@ def test_driver_interrupted_releases_the_output_and_a_restart_resumes(tmp_path: 
     from pipeline.shards import iter_samples
     from tests.shard_factory import write_shards
 
-    shards = write_shards(tmp_path / "shards", num_shards=12, per_shard=2)
+    shards = write_shards(tmp_path / "shards", num_shards=6, per_shard=2)
     out = tmp_path / "out"
     cfg = tiny_config(shards, str(out), "cluster.num_actors=1", "extremal.max_iter=60", "worker.batch_size=1")
     path = tmp_path / "job.yaml"

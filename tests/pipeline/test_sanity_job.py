@@ -20,6 +20,7 @@ from pipeline.evaluation.randomization import learnable_layers, randomize, stage
 from pipeline.io.parts import iter_part_rows, part_urls, read_results
 from pipeline.report.build import build_report
 from pipeline.schema import restore_maps
+from pipeline.storage import Storage
 from tests.pipeline.conftest import tiny_config
 from tests.report.chromium import check_page, chromium_binary
 
@@ -138,7 +139,7 @@ def test_mprt_task_in_process(demo_model_and_data, tmp_path: Path) -> None:
 
     def summed(name: str) -> torch.Tensor:
         columns = ["maps", "map_min", "map_max", "map_height", "map_width", "error"]
-        rows = iter_part_rows(part_urls(str(tmp_path / name))[0], None, columns)
+        rows = iter_part_rows(part_urls(str(tmp_path / name))[0], Storage(), columns)
         return torch.stack([torch.from_numpy(restore_maps(r["stored"], r["map_min"], r["map_max"]).sum(0)) for r in rows])
 
     assert part["explanation_entropy"].tolist() == pytest.approx(discrete_entropy(summed("orig")).tolist(), rel=1e-6)

@@ -23,6 +23,7 @@ from pipeline.metrics.road import FRACTIONS
 from pipeline.report import build_report
 from pipeline.report.evaluations import deletion_section, mprt_section
 from pipeline.report.scan import scan_output
+from pipeline.storage import Storage
 from tests.report.chromium import check_page, chromium_binary
 from tests.report.synthetic import synthetic_rows, write_output
 
@@ -64,7 +65,7 @@ def _mprt(out: Path, emprt: float) -> None:
                       "randomized": pa.array([1], pa.int32()), "rows": [len(rows)],
                       **{m: [0.5] for m in ("spearman_abs", "spearman_signed", "ssim", "hog_spearman")},
                       **{f"{m}_std": [0.1] for m in ("spearman_abs", "spearman_signed", "ssim", "hog_spearman")}})
-    write_table(str(folder), table, None, mprt_table(str(folder / "mprt"), None, samples=3, magnitude=0.1))
+    write_table(str(folder), table, Storage(), mprt_table(str(folder / "mprt"), Storage(), samples=3, magnitude=0.1))
 
 
 def test_the_report_shows_the_new_metrics_per_method(tmp_path: Path) -> None:
