@@ -18,7 +18,7 @@ import argparse
 import contextlib
 import sys
 
-from pipeline.cli import ray_session
+from pipeline.cli import ray_session, run_main
 from pipeline.config_load import results_location
 from pipeline.storage import Storage, join
 
@@ -87,11 +87,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.evaluation.pointing_run import run_pointing_game
     from pipeline.evaluation.pointing_table import format_summary, write_tables
-    from pipeline.io.parts import refuse_unless_attribution_outputs
+    from pipeline.io.parts import check_attribution_output
     from pipeline.shards import ShardReadError
     from pipeline.storage import OutputError
 
-    refused = refuse_unless_attribution_outputs([results], storage)
+    # Not an attribution output: one line through the jobs' exit-code table (2; unreadable: 1).
+    refused = run_main(lambda: check_attribution_output(results, storage) or 0)
     if refused:
         return refused
     bar = tqdm(unit="part", desc="pointing game")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.cli import UsageError, run_main
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.report", description=__doc__.split("\n\n")[1])
@@ -31,24 +33,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.per_class < 1 or args.max_classes < 1:
-        print("error: --per-class and --max-classes must be >= 1", file=sys.stderr)
-        return 2
 
-    from pipeline.io.parts import refuse_unless_attribution_outputs
-    from pipeline.report import build_report
-    from pipeline.storage import OutputError
+    def body() -> int:
+        if args.per_class < 1 or args.max_classes < 1:
+            raise UsageError("--per-class and --max-classes must be >= 1")
+        from pipeline.io.parts import check_attribution_output
+        from pipeline.report import build_report
 
-    refused = refuse_unless_attribution_outputs(args.input)
-    if refused:
-        return refused
-    try:
+        for uri in args.input:
+            check_attribution_output(uri)
         index = build_report(args.input, args.out, per_class=args.per_class, max_classes=args.max_classes, title=args.title)
-    except (FileNotFoundError, OutputError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"report: {index}")
-    return 0
+        print(f"report: {index}")
+        return 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Needs only pyarrow, numpy, torch (for the resize) and fsspec; works on any outpu
 from __future__ import annotations
 
 import io
-import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -47,21 +46,6 @@ def check_attribution_output(uri: str, storage: Storage = Storage()) -> None:
     if missing:
         raise NotAnOutputError(f"{uri} is not the output of an attribution job: its parts lack the columns "
                                f"{', '.join(missing)} (another job's output?)")
-
-
-def refuse_unless_attribution_outputs(uris: list[str], storage: Storage = Storage()) -> int:
-    """For the evaluation jobs: 0 when every one of ``uris`` is an attribution output, else the
-    exit code after printing the one-line reason (2: the wrong kind of folder; 1: unreachable)."""
-    try:
-        for uri in uris:
-            check_attribution_output(uri, storage)
-    except NotAnOutputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # no part yet, or the folder cannot be read (OutputError)
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def part_urls(uri: str, storage: Storage = Storage()) -> list[str]:
