@@ -7,7 +7,8 @@ with the paper schedule's masks:
 
   compressed T, xk   T < 800 iterations, λ over the same range (lambda_growth = 1.0035^(800/T),
                      so the final sharpness is the paper's), learning rate 0.01·k;
-                     T266_lr1 is the settings of `schedule="fast"` (ExtremalSettings.scheduled())
+                     T266_lr1 was the first `schedule="fast"`; the current one keeps the
+                     paper's first 120 iterations (bench_fast_schedule.py measures it)
   stop eps/w         the paper schedule, but a mask whose parameters moved less than eps (max
                      abs) over the last w iterations is frozen and leaves the network batch
                      (`stop_tolerance`, `stop_window`); its passes are really saved

@@ -18,7 +18,7 @@ from .area import AreaPlan, area_loss, area_plan, mask_area
 from .masks import SmoothMaskGenerator
 from .perturbation import build_pyramid, perturb
 from .rewards import Reward, class_scores
-from .settings import ExtremalSettings
+from .settings import ExtremalSettings, geometric_weights
 
 
 @dataclass
@@ -82,20 +82,22 @@ def variant_reward(scores: torch.Tensor, targets: torch.Tensor, reward: Reward, 
 
 class MaskStepper:
     """The optimizer of docs/algorithm.md for mask parameters in [0, 1]: SGD with momentum and dampening on
-    `penalty_weight·R - reward`, clamping after each step, λ growing geometrically."""
+    `penalty_weight·R - reward`, clamping after each step, λ at step t from `weights` (default: the
+    settings' schedule, `Optimisation.lambda_weights`)."""
 
-    def __init__(self, params: torch.Tensor, settings: ExtremalSettings):
+    def __init__(self, params: torch.Tensor, settings: ExtremalSettings, weights: list[float] | None = None):
         self.params = params
         self.settings = settings
         self.optimizer = torch.optim.SGD(
             [params], lr=settings.optim.learning_rate, momentum=settings.optim.momentum, dampening=settings.optim.dampening
         )
-        self.weight = settings.optim.lambda0
+        self.weights = settings.optim.lambda_weights() if weights is None else weights
+        self.steps = 0
         self.history: list[torch.Tensor] = []
 
     def step(self, gain: torch.Tensor, area_term: torch.Tensor) -> None:
         """One update from the per-mask reward and area penalty `[K]`."""
-        penalty = self.weight * area_term
+        penalty = self.weights[self.steps] * area_term
         self.optimizer.zero_grad(set_to_none=True)
         (penalty - gain).sum().backward()
         self.optimizer.step()
@@ -103,7 +105,7 @@ class MaskStepper:
             self.params.clamp_(0.0, 1.0)
         if self.settings.optim.keep_history:
             self.history.append(torch.stack((gain.detach(), -penalty.detach()), dim=1))
-        self.weight *= self.settings.optim.lambda_growth
+        self.steps += 1
 
     def history_tensor(self, b: int, a: int) -> torch.Tensor | None:
         """`[B, A, 2, T]` (reward, area penalty) on the CPU, or None when not kept."""
@@ -123,7 +125,6 @@ def optimize_masks(
     The model must already be in eval mode with its parameters frozen (the public API does it).
     `pyramid` `[B, L, C, H, W]`: the images' perturbation pyramid, when the caller has it.
     """
-    settings = settings.scheduled()
     b, _, h, w = images.shape
     areas = settings.optim.areas
     a = len(areas)
@@ -147,13 +148,13 @@ def optimize_masks(
         return _optimize_warm(model, pyramid, targets, reward, settings, generator)
     params = torch.ones(b * a, *generator.geometry.param_shape, device=images.device, requires_grad=True)
     plan = area_plan(mask_areas.tolist(), generator.geometry.num_entries, images.device)
-    masks, full, stepper = _descend(model, pyramid, params, mask_targets, plan, reward, settings, generator,
-                                    settings.optim.lambda0, settings.optim.lambda_growth, settings.optim.max_iter)
+    weights = settings.optim.lambda_weights()
+    masks, full, stepper = _descend(model, pyramid, params, mask_targets, plan, reward, settings, generator, weights)
     return MaskBatch(
         masks=masks.detach().view(b, a, h, w),
         achieved_areas=mask_area(full.detach()).view(b, a),
         history=stepper.history_tensor(b, a),
-        iterations=torch.full((b, a), settings.optim.max_iter, dtype=torch.long),
+        iterations=torch.full((b, a), len(weights), dtype=torch.long),
     )
 
 
@@ -166,19 +167,17 @@ def _descend(
     reward: Reward,
     settings: ExtremalSettings,
     generator: SmoothMaskGenerator,
-    lambda0: float,
-    lambda_growth: float,
-    iters: int,
+    weights: list[float],
 ) -> tuple[torch.Tensor, torch.Tensor, MaskStepper]:
-    """`iters` SGD steps on `params` `[K, ...]` (K = B·G masks, image-major: G per image of
-    `pyramid` `[B, L, C, H, W]`) with λ from `lambda0` growing by `lambda_growth`; returns the last
-    iteration's masks `[K, H, W]`, full-resolution masks and the stepper. Nothing in the loop
-    reads a value back from the device (no host sync)."""
-    stepper = MaskStepper(params, settings.with_overrides(lambda0=lambda0, lambda_growth=lambda_growth))
+    """One SGD step on `params` `[K, ...]` (K = B·G masks, image-major: G per image of `pyramid`
+    `[B, L, C, H, W]`) per λ of `weights` `[T]`; returns the last iteration's masks `[K, H, W]`,
+    full-resolution masks and the stepper. Nothing in the loop reads a value back from the
+    device (no host sync)."""
+    stepper = MaskStepper(params, settings, weights)
     step = IterationStep(model, pyramid, mask_targets, plan, reward, settings, generator)
     if generator.fused:
         step = compiled_step(step)
-    for t in range(iters):
+    for t in range(len(weights)):
         masks, full, gain, area_term = step(params, settings.optim.jitter and t % 2 == 0)
         stepper.step(gain, area_term)
     return masks, full, stepper
@@ -260,17 +259,17 @@ def _optimize_warm(
     params = torch.ones(b, *generator.geometry.param_shape, device=pyramid.device)
     for n, j in enumerate(order):
         if n == 0:
-            iters, lambda0, step = total, settings.optim.lambda0, growth
+            weights = settings.optim.lambda_weights()
         elif settings.optim.warm_lambda == "tail":
-            iters, lambda0, step = warm, settings.optim.lambda0 * growth ** (total - warm), growth
+            weights = geometric_weights(settings.optim.lambda0 * growth ** (total - warm), growth, warm)
         else:
-            iters, lambda0, step = warm, settings.optim.lambda0, growth ** (total / warm)
+            weights = geometric_weights(settings.optim.lambda0, growth ** (total / warm), warm)
         params = params.detach().clone().requires_grad_(True)
         plan = area_plan(torch.tensor(areas[j]).repeat(b).tolist(), generator.geometry.num_entries, pyramid.device)
-        last, full, _ = _descend(model, pyramid, params, targets, plan, reward, settings, generator, lambda0, step, iters)
+        last, full, _ = _descend(model, pyramid, params, targets, plan, reward, settings, generator, weights)
         masks[:, j] = last.detach().view(b, h, w)
         achieved[:, j] = mask_area(full.detach())
-        iterations[:, j] = iters
+        iterations[:, j] = len(weights)
     return MaskBatch(masks=masks, achieved_areas=achieved, history=None, iterations=iterations)
 
 
@@ -309,7 +308,7 @@ def _optimize_with_stop(
     iterations = torch.zeros(k, dtype=torch.long)
     stepped = torch.arange(k, device=pyramid.device)  # masks that still take steps
     in_network = torch.ones(k, dtype=torch.bool, device=pyramid.device)  # ... of which with the reward
-    weight = settings.optim.lambda0
+    weights = settings.optim.lambda_weights()
     for t in range(settings.optim.max_iter):
         p = params[stepped].requires_grad_(True)
         masks, full = generator.generate(p)
@@ -323,7 +322,7 @@ def _optimize_with_stop(
                 x = torch.flip(x, dims=(3,))
             net_gain = variant_reward(model_scores(model, x, settings), mask_targets[ids], reward, settings.optim.variant)
             gain = net_gain if len(ids) == len(stepped) else gain.index_put((net.nonzero()[:, 0],), net_gain)
-        penalty = weight * area_loss(full, mask_areas[stepped], settings.optim.tie_tolerance)
+        penalty = weights[t] * area_loss(full, mask_areas[stepped], settings.optim.tie_tolerance)
         (penalty - gain).sum().backward()
         with torch.no_grad():
             grad = p.grad
@@ -336,7 +335,6 @@ def _optimize_with_stop(
             final_masks[stepped] = masks.detach().view(-1, h, w)
             final_area[stepped] = mask_area(full.detach())
             iterations[ids.cpu()] += 1
-            weight *= settings.optim.lambda_growth
             if (t + 1) % settings.optim.stop_window == 0 and t + 1 < settings.optim.max_iter and len(ids):
                 moved = (params[ids] - anchor[ids]).flatten(1).abs().amax(dim=1)
                 anchor[ids] = params[ids]
