@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from extremal_core.settings import Execution, ExtremalSettings
+from extremal_core.settings import FAST_SCHEDULE, Execution, ExtremalSettings
 from pipeline.config import ConfigError, JobConfig
 from pipeline.config_hash import _hashed_dict, config_hash
 from pipeline.config_load import config_from_dict, config_to_dict, dump_config_yaml, load_config
@@ -204,6 +204,9 @@ def test_config_hash_tracks_only_what_changes_outputs() -> None:
     # settings added later are hashed only away from their defaults: older outputs keep their hash
     hashed = _hashed_dict(load_config(None, MINIMAL))["extremal"]
     assert not {"schedule", "stop_tolerance", "stop_window", "stop_finish"} & set(hashed)
+    # a non-default schedule hashes its definition: outputs of an earlier `fast` are another config
+    fast = _hashed_dict(load_config(None, [*MINIMAL, "extremal.schedule=fast"]))["extremal"]["schedule"]
+    assert fast == {"fast": FAST_SCHEDULE}
 
 
 def test_storage_holds_no_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
