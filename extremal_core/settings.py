@@ -30,7 +30,7 @@ COMPILE_MODES = ("auto", "on", "off")
 # small mask settles on its region: compressing them sent some masks to another one), then the
 # rest of the paper's λ range in the remaining iterations, smoothstep in log λ. Hashed with the
 # schedule's name, so outputs of another definition are another config.
-FAST_SCHEDULE = {"iterations": "max_iter // 3", "paper_start": 0.15, "ramp": "smoothstep in log λ"}
+FAST_SCHEDULE = {"iterations_divisor": 3, "paper_start": 0.15, "ramp": "smoothstep in log λ"}
 UNLESS_DEFAULT = "unless default"
 
 
@@ -76,7 +76,7 @@ class Optimisation:
     sharpness) in `max_iter // 3` iterations, the same learning rate: 3x fewer network passes.
     Its first `0.15·max_iter` iterations are the paper's own; the rest of the range follows in
     the remaining ones, eased in and out (smoothstep in log λ); `lambda_weights()` lists it and
-    `benchmarks/bench_schedule.py` measures it against the paper schedule. `stop_tolerance` (None: off, the
+    `benchmarks/bench_fast_schedule.py` measures it against the paper schedule. `stop_tolerance` (None: off, the
     paper's fixed schedule): every `stop_window` iterations, a mask whose parameters moved less
     than this (largest absolute change over the window) is frozen and leaves the network batch
     (`stop_finish="freeze"`: it keeps its mask; `"area"`: it goes on with the area term alone;
@@ -149,7 +149,7 @@ class Optimisation:
         paper = geometric_weights(self.lambda0, self.lambda_growth, self.max_iter)
         if self.schedule == "paper":
             return paper
-        iters = max(1, self.max_iter // 3)
+        iters = max(1, self.max_iter // FAST_SCHEDULE["iterations_divisor"])
         kept = min(round(FAST_SCHEDULE["paper_start"] * self.max_iter), iters - 1)
         start, end, rest = paper[kept], paper[-1], iters - kept
         if rest == 1:
